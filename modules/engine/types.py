@@ -1,0 +1,170 @@
+"""Plain dataclasses and enums shared by the engine and its callers: requests, results, checkpoints, model types.
+
+This module imports no ML library at run time, so the UI and API layers can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class ModelType(str, enum.Enum):
+    """Architecture family of a checkpoint, as told from its tensor names and shapes."""
+
+    SD1 = "sd1"
+    SD1_INPAINT = "sd1-inpaint"
+    SD2 = "sd2"
+    SD2_INPAINT = "sd2-inpaint"
+    SDXL = "sdxl"
+    SDXL_INPAINT = "sdxl-inpaint"
+    SDXL_REFINER = "sdxl-refiner"
+
+    @property
+    def is_sdxl(self) -> bool:
+        """Whether the model uses the SGM/SDXL conditioner (two text encoders or the refiner's one)."""
+        return self in (ModelType.SDXL, ModelType.SDXL_INPAINT, ModelType.SDXL_REFINER)
+
+    @property
+    def is_inpaint(self) -> bool:
+        """Whether the UNet takes 9 input channels (latent + mask + masked-image latent)."""
+        return self in (ModelType.SD1_INPAINT, ModelType.SD2_INPAINT, ModelType.SDXL_INPAINT)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """One checkpoint file on disk, named the way A1111 names it.
+
+    Attributes:
+        filename: Absolute path of the file.
+        name: Path relative to its checkpoint directory with ``/`` separators, e.g. ``sdxl/foo.safetensors``.
+        sha256: Full SHA-256 hex digest of the file, or None while it has not been hashed.
+        config: Path of the ``<stem>.yaml`` beside the file, or None.
+    """
+
+    filename: Path
+    name: str
+    sha256: str | None = None
+    config: Path | None = None
+
+    @property
+    def model_name(self) -> str:
+        """``name`` without its extension, ``/`` replaced by ``_`` (A1111's ``model_name``)."""
+        return self.name.rsplit(".", 1)[0].replace("/", "_").replace("\\", "_")
+
+    @property
+    def name_for_extra(self) -> str:
+        """Base name without extension: what infotext writes as ``Model``."""
+        return Path(self.name).stem
+
+    @property
+    def shorthash(self) -> str | None:
+        """First 10 hex digits of the SHA-256 (A1111's ``Model hash``), or None if not hashed yet."""
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        """``name [shorthash]`` once hashed, else just ``name`` (A1111's title)."""
+        return f"{self.name} [{self.shorthash}]" if self.sha256 else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One txt2img/img2img job, with A1111's field names and UI defaults.
+
+    Per-job settings that A1111 keeps in ``opts`` (clip skip, ENSD, RNG source…) are in ``GenerationOptions``.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: tuple[str, ...] = ()
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    denoising_strength: float = 0.75
+    init_images: tuple[Image.Image, ...] = ()
+    mask: Image.Image | None = None
+
+    @property
+    def mode(self) -> str:
+        """``"img2img"`` when init images are given, else ``"txt2img"``."""
+        return "img2img" if self.init_images else "txt2img"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOptions:
+    """Settings that shape a generation but are not request fields in A1111 (they live in its options).
+
+    Attributes:
+        clip_skip: ``CLIP_stop_at_last_layers``; 1 = the last layer.
+        eta_noise_seed_delta: ENSD, added to the seed for sampler noise after the first draw.
+        randn_source: ``"GPU"``, ``"CPU"`` or ``"NV"``.
+        emphasis: ``"Original"``, ``"No norm"``, ``"Ignore"`` or ``"None"``.
+        comma_padding_backtrack: Tokens to look back for a comma when a 75-token chunk fills up.
+        version: Written as ``Version`` in the infotext.
+    """
+
+    clip_skip: int = 1
+    eta_noise_seed_delta: int = 0
+    randn_source: str = "GPU"
+    emphasis: str = "Original"
+    comma_padding_backtrack: int = 20
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """Progress of the running job, reported after each sampling step.
+
+    ``job_no`` counts batches (0-based) out of ``job_count`` (= n_iter); ``step`` is 1-based within the batch.
+    """
+
+    step: int
+    total_steps: int
+    job_no: int
+    job_count: int
+
+
+class StepCallback(Protocol):
+    """Called by the engine after each sampling step."""
+
+    def __call__(self, info: StepInfo) -> None:
+        """Receive the progress of the current job."""
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    """What a job produced: images with their seeds, prompts and infotexts (index-aligned).
+
+    Attributes:
+        images: Generated images, in order.
+        infotexts: A1111 infotext per image.
+        interrupted: True if the job was stopped early; ``images`` then holds what was finished.
+    """
+
+    images: list[Image.Image] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    interrupted: bool = False
+    job_timestamp: str = ""
+    extra_generation_params: dict[str, object] = field(default_factory=dict)
