@@ -211,6 +211,18 @@ def _split_legacy(sampler_name: str) -> tuple[SamplerSpec, ScheduleSpec] | None:
     return None
 
 
+def split_sampler_name(name: str) -> tuple[str, str | None]:
+    """Return ``(sampler name, schedule label or None)``, splitting legacy names such as ``DPM++ 2M Karras``.
+
+    Unknown names come back unchanged with None.
+    """
+    sampler = find_sampler(name)
+    if sampler is not None:
+        return sampler.name, None
+    legacy = _split_legacy(name)
+    return (legacy[0].name, legacy[1].label) if legacy else (name, None)
+
+
 def resolve_sampler(sampler_name: str, scheduler: str | None) -> tuple[SamplerSpec, ScheduleSpec]:
     """Find the sampler and schedule type a request names.
 
@@ -258,7 +270,7 @@ def _schedule_overrides(cls: type, sampler: SamplerSpec, schedule: ScheduleSpec)
     params = inspect.signature(cls.__init__).parameters
     if sampler.timestep_sampler:
         if schedule.name != "automatic":
-            logger.debug("%s is a timestep sampler; schedule type %s is ignored (as A1111)", sampler.name, schedule.label)
+            logger.debug("%s is a timestep sampler; schedule %s is ignored (as A1111)", sampler.name, schedule.label)
         wanted: Mapping[str, Any] = _TIMESTEP_SAMPLER_SPACING
     elif schedule.overrides is None:
         raise InvalidRequestError(f"Schedule type {schedule.label!r} is not supported yet")

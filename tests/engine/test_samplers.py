@@ -147,9 +147,9 @@ def test_explicit_scheduler_wins_over_legacy_suffix():
 
 
 def test_unknown_names_raise_with_valid_list():
-    with pytest.raises(InvalidRequestError, match="Unknown sampler_name 'Nope'.*DPM\\+\\+ 2M"):
+    with pytest.raises(InvalidRequestError, match=r"Unknown sampler_name 'Nope'.*DPM\+\+ 2M"):
         resolve_sampler("Nope", None)
-    with pytest.raises(InvalidRequestError, match="Unknown scheduler 'Weird'.*Karras"):
+    with pytest.raises(InvalidRequestError, match=r"Unknown scheduler 'Weird'.*Karras"):
         resolve_sampler("Euler", "Weird")
 
 
