@@ -231,6 +231,30 @@ def _fetch_once(
         return _copy_body(transfer, response, on_progress, should_stop)
 
 
+def _fetch_with_resume(
+    transfer: _Transfer,
+    timeout: float,
+    retries: int,
+    on_progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Fetch until the file is whole, resuming up to ``retries`` times after drops that made progress."""
+    opener = urllib.request.build_opener()  # a fresh opener reads the proxy environment now
+    for attempt in range(retries + 1):
+        before = transfer.done
+        cut = _fetch_once(opener, transfer, timeout, on_progress, should_stop)
+        if cut is None:
+            return
+        if transfer.done == before or attempt == retries:
+            raise DownloadError(
+                transfer.failure(f"{cut} after {transfer.done} of {transfer.total or '?'} bytes")
+                + f" The partial file {transfer.part} is kept; the next try resumes it."
+            )
+        logger.warning(
+            "Download of %s interrupted (%s); resuming at byte %d.", transfer.spec.filename, cut, transfer.done
+        )
+
+
 def _check_existing(spec: ModelDownload, final: Path) -> Path:
     """Return an already-downloaded file if it is the expected one; never overwrite it."""
     if spec.sha256 is None:
@@ -299,17 +323,6 @@ def download_file(
         raise DownloadError(f"Cannot prepare {dest_dir} for {spec.filename}: {error}.") from error
     logger.info("Downloading %s to %s (%d bytes already there)", spec.url, final, transfer.done)
     # 3. Fetch; after a dropped connection, resume as long as each try made progress.
-    opener = urllib.request.build_opener()  # a fresh opener reads the proxy environment now
-    for attempt in range(retries + 1):
-        before = transfer.done
-        cut = _fetch_once(opener, transfer, timeout, on_progress, should_stop)
-        if cut is None:
-            break
-        if transfer.done == before or attempt == retries:
-            raise DownloadError(
-                transfer.failure(f"{cut} after {transfer.done} of {transfer.total or '?'} bytes")
-                + f" The partial file {transfer.part} is kept; the next try resumes it."
-            )
-        logger.warning("Download of %s interrupted (%s); resuming at byte %d.", spec.filename, cut, transfer.done)
+    _fetch_with_resume(transfer, timeout, retries, on_progress, should_stop)
     # 4. Verify and move into place.
     return _finish(transfer, final)
