@@ -1,0 +1,257 @@
+"""AppContext: the one mutable object (settings, checkpoint list, ModelManager, JobQueue); submit() is the entry point.
+
+UI and API both call ``submit``; a job runs on the single worker thread with the settings snapshot taken at submit
+time, so a settings change never affects a running job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
+from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
+from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
+from modules.engine.images import read_infotext
+from modules.engine.infotext import infotext_to_request_fields, parse_infotext
+from modules.engine.pipeline import generate
+from modules.engine.prompts import count_tokens
+from modules.engine.samplers import sampler_list, schedule_list
+from modules.engine.tokenizers import clip_tokenizer
+from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest, GenerationResult
+from modules.errors import CheckpointNotFoundError
+from modules.flags import LaunchFlags
+from modules.jobs import Job, JobQueue
+from modules.outputs import JobOutput, build_info, save_outputs
+from modules.settings import Settings
+from modules.version import INFOTEXT_VERSION
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DownloadState:
+    """Progress of the first-run model download, for the UI."""
+
+    done: int = 0
+    total: int | None = None
+    error: str | None = None
+    finished: bool = False
+
+
+@dataclass
+class AppContext:
+    """Composition facade: built once in webui.py, handed to the UI (closure) and the API (app.state)."""
+
+    flags: LaunchFlags
+    settings: Settings
+    jobs: JobQueue = field(default_factory=JobQueue)
+    models: ModelManager = field(default_factory=ModelManager)
+    download_spec: ModelDownload = DEFAULT_MODEL
+    checkpoints: list[CheckpointInfo] = field(default_factory=list)
+    download: DownloadState = field(default_factory=DownloadState)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.hash_cache = HashCache(self.flags.data_dir / "cache" / "hashes.json")
+        self.refresh_checkpoints()
+
+    # ----- checkpoints -------------------------------------------------------------------------------------------
+    def refresh_checkpoints(self) -> list[CheckpointInfo]:
+        """Rescan the checkpoint directories (and ``--ckpt``) and return the new list."""
+        extra = [self.flags.ckpt] if self.flags.ckpt is not None and self.flags.ckpt.exists() else []
+        found = scan_checkpoints(self.flags.checkpoint_dirs, extra_files=extra, hash_cache=self.hash_cache)
+        with self._lock:
+            self.checkpoints = found
+        return found
+
+    def find_checkpoint(self, query: str) -> CheckpointInfo:
+        """Find a checkpoint by any A1111 alias (title, name, model name, short hash…)."""
+        return find_checkpoint(self.checkpoints, query)
+
+    def selected_checkpoint(self, settings: Settings | None = None) -> CheckpointInfo:
+        """The checkpoint named by ``sd_model_checkpoint``, else ``--ckpt``, else the first one found."""
+        snap = settings or self.settings
+        if snap.sd_model_checkpoint:
+            return self.find_checkpoint(snap.sd_model_checkpoint)
+        if self.flags.ckpt is not None:
+            return self.find_checkpoint(self.flags.ckpt.name)
+        if not self.checkpoints:
+            raise CheckpointNotFoundError(
+                f"No checkpoints found. Put a .safetensors or .ckpt file into {self.flags.checkpoint_dirs[-1]} "
+                "and press the refresh button next to the checkpoint list."
+            )
+        return self.checkpoints[0]
+
+    def hashed(self, ckpt: CheckpointInfo) -> CheckpointInfo:
+        """Return ``ckpt`` with its SHA-256 filled in (computed once, cached on disk) unless --no-hashing."""
+        if ckpt.sha256 or self.flags.no_hashing:
+            return ckpt
+        info = CheckpointInfo(ckpt.filename, ckpt.name, self.hash_cache.sha256(ckpt.filename), ckpt.config)
+        with self._lock:
+            self.checkpoints = [info if c.filename == info.filename else c for c in self.checkpoints]
+        return info
+
+    # ----- settings ----------------------------------------------------------------------------------------------
+    def update_settings(self, changes: Mapping[str, Any]) -> Settings:
+        """Validate ``changes``, swap in the new settings, save config.json; load a newly chosen checkpoint.
+
+        Raises:
+            SettingsError: For unknown keys or invalid values (nothing is changed then).
+            CheckpointNotFoundError: If ``sd_model_checkpoint`` names no known checkpoint.
+        """
+        changes = dict(changes)
+        if changes.get("sd_model_checkpoint"):
+            changes["sd_model_checkpoint"] = self.find_checkpoint(str(changes["sd_model_checkpoint"])).title
+        with self._lock:
+            new = self.settings.with_overrides(changes)
+            old, self.settings = self.settings, new
+            new.save(self.flags.settings_file)
+        if new.sd_model_checkpoint != old.sd_model_checkpoint:
+            self.submit_load(new.sd_model_checkpoint).wait()
+        return new
+
+    # ----- jobs --------------------------------------------------------------------------------------------------
+    def load_options(self, model_is_sdxl: bool = False) -> LoadOptions:
+        """Device and dtype policy from the launch flags."""
+        device, dtype, vae_dtype = select_device(
+            use_cpu_all=bool({"all", "sd"} & set(self.flags.use_cpu)),
+            device_id=int(self.flags.device_id) if self.flags.device_id else None,
+            no_half=self.flags.no_half,
+            no_half_vae=self.flags.no_half_vae,
+            precision=self.flags.precision,
+        )
+        return LoadOptions(
+            device=device,
+            dtype=dtype,
+            vae_dtype=vae_dtype,
+            allow_unsafe_pickle=self.flags.disable_safe_unpickle,
+            config_cache_dir=self.flags.data_dir / "cache" / "model-configs",
+        )
+
+    def _load(self, ckpt: CheckpointInfo) -> LoadedModel:
+        return self.models.get(self.hashed(ckpt), self.load_options())
+
+    def submit_load(self, query: str | None = None) -> Job:
+        """Queue loading a checkpoint (by alias; None = the selected one) on the worker."""
+        ckpt = self.find_checkpoint(query) if query else self.selected_checkpoint()
+        return self.jobs.submit(lambda job: self._load(ckpt), kind="load")
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        save: bool = True,
+        job_id: str | None = None,
+    ) -> Job:
+        """Queue a generation. ``overrides`` apply to this job only; the job's result is a JobOutput.
+
+        Raises:
+            SettingsError: If ``overrides`` holds unknown keys or bad values.
+            CheckpointNotFoundError: If the chosen checkpoint does not exist.
+        """
+        snapshot = self.settings.with_overrides(overrides or {})
+        ckpt = self.selected_checkpoint(snapshot)
+        run: Callable[[Job], JobOutput] = lambda job: self._run(job, request, snapshot, ckpt, save)  # noqa: E731
+        return self.jobs.submit(run, kind=request.mode, job_id=job_id)
+
+    def _run(
+        self, job: Job, request: GenerationRequest, snapshot: Settings, ckpt: CheckpointInfo, save: bool
+    ) -> JobOutput:
+        job.textinfo = f"Loading {ckpt.name}"
+        model = self._load(ckpt)
+        job.textinfo = "Generating"
+        options = GenerationOptions(
+            clip_skip=snapshot.CLIP_stop_at_last_layers,
+            eta_noise_seed_delta=snapshot.eta_noise_seed_delta,
+            randn_source=snapshot.randn_source,
+            emphasis=snapshot.emphasis,
+            comma_padding_backtrack=snapshot.comma_padding_backtrack,
+            version=INFOTEXT_VERSION,
+        )
+        result: GenerationResult = generate(model, request, options, job)
+        paths, grid = save_outputs(result, request, snapshot, self.flags.data_dir, save=save)
+        info = build_info(result, request, model.checkpoint, options)
+        logger.info("Job %s: %d image(s) in %.1f s", job.id, len(result.images), _elapsed(job))
+        return JobOutput(result=result, grid=grid, paths=paths, info=info)
+
+    # ----- small facades for the UI (which imports no engine module but types) --------------------------------
+    def sampler_names(self) -> list[str]:
+        """Names of the samplers that can run, in A1111's UI order."""
+        return [s["name"] for s in sampler_list()]
+
+    def schedule_labels(self) -> list[str]:
+        """Schedule-type labels as the UI shows them (``Automatic`` first)."""
+        return [s["label"] for s in schedule_list()]
+
+    def count_tokens(self, text: str) -> tuple[int, int]:
+        """Token count of ``text`` and the chunk limit it falls in (the UI's ``N/75`` counter)."""
+        current = self.models.current
+        tokenizer = current.pipe.tokenizer if current is not None else clip_tokenizer()
+        return count_tokens(tokenizer, text)
+
+    @staticmethod
+    def read_image_info(image: Any) -> tuple[str | None, dict[str, Any]]:
+        """Infotext and other text chunks stored in an image (PNG Info)."""
+        return read_infotext(image)
+
+    @staticmethod
+    def infotext_fields(text: str) -> dict[str, Any]:
+        """Parse an infotext into GenerationRequest field names (plus ``clip_skip``) for "send to" buttons."""
+        return infotext_to_request_fields(parse_infotext(text))
+
+    # ----- first-run download ------------------------------------------------------------------------------------
+    def submit_default_download(self) -> Job:
+        """Queue the first-run download of the default SD 1.5 checkpoint into models/Stable-diffusion."""
+        dest = self.flags.checkpoint_dirs[-1]
+
+        def run(job: Job) -> Path:
+            self.download = DownloadState()
+
+            def progress(done: int, total: int | None) -> None:
+                self.download.done, self.download.total = done, total
+                job.textinfo = f"Downloading {self.download_spec.filename}"
+                if total:
+                    job.report(done // (1 << 20), max(total // (1 << 20), 1))
+
+            try:
+                path = download_file(self.download_spec, dest, on_progress=progress, should_stop=job.should_stop)
+            except Exception as exc:
+                self.download.error = str(exc)
+                raise
+            finally:
+                self.download.finished = True
+            self.refresh_checkpoints()
+            return path
+
+        return self.jobs.submit(run, kind="download")
+
+    def start(self) -> None:
+        """Start-up work: download the default model if there is none (unless disabled), else load the selection."""
+        if not self.checkpoints:
+            if self.flags.no_download_sd_model:
+                logger.warning("No checkpoints in %s; put one there.", self.flags.checkpoint_dirs[-1])
+            else:
+                logger.info("No checkpoints found; downloading %s", self.download_spec.url)
+                self.submit_default_download()
+            return
+        if not self.flags.skip_load_model_at_start:
+            try:
+                self.submit_load()
+            except CheckpointNotFoundError as exc:
+                logger.warning("%s", exc)
+
+    def close(self) -> None:
+        """Stop the worker and free the model."""
+        self.jobs.shutdown()
+        self.models.unload()
+
+
+def _elapsed(job: Job) -> float:
+    return 0.0 if job.started_at is None else time.time() - job.started_at

@@ -1,0 +1,43 @@
+"""Range checks of a GenerationRequest, with messages that name the field and what is allowed."""
+
+from __future__ import annotations
+
+from modules.engine.types import GenerationRequest
+from modules.errors import InvalidRequestError
+
+MAX_SIDE = 4096
+MAX_STEPS = 500
+MAX_BATCH_SIZE = 64
+MAX_N_ITER = 1000
+
+# field → (minimum, maximum) for plain numeric ranges.
+_RANGES: dict[str, tuple[float, float]] = {
+    "steps": (1, MAX_STEPS),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "n_iter": (1, MAX_N_ITER),
+    "cfg_scale": (0.0, 100.0),
+    "denoising_strength": (0.0, 1.0),
+    "subseed_strength": (0.0, 1.0),
+}
+
+
+def validate_request(request: GenerationRequest) -> None:
+    """Raise InvalidRequestError listing every out-of-range field of ``request``.
+
+    >>> validate_request(GenerationRequest(width=512, height=512))
+    >>> validate_request(GenerationRequest(width=500))
+    Traceback (most recent call last):
+    ...
+    modules.errors.InvalidRequestError: width must be a multiple of 8 between 64 and 4096, got 500
+    """
+    problems: list[str] = []
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if not isinstance(value, int) or value % 8 or not 64 <= value <= MAX_SIDE:
+            problems.append(f"{name} must be a multiple of 8 between 64 and {MAX_SIDE}, got {value}")
+    for name, (lo, hi) in _RANGES.items():
+        value = getattr(request, name)
+        if not isinstance(value, (int, float)) or not lo <= value <= hi:
+            problems.append(f"{name} must be between {lo:g} and {hi:g}, got {value}")
+    if problems:
+        raise InvalidRequestError("; ".join(problems))

@@ -1,0 +1,168 @@
+"""Settings: one frozen pydantic model of the runtime options (A1111 option names), with load/save/with_overrides.
+
+Precedence: field defaults < ``config.json`` < command-line flags (applied by the composition root). A ``Settings``
+object is never mutated: a change makes a new validated object that the app context swaps in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modules.errors import SettingsError
+
+logger = logging.getLogger(__name__)
+
+# A1111 option keys we accept (so clients and old config.json files work) but do not implement yet.
+IGNORED_A1111_OPTIONS: frozenset[str] = frozenset(
+    {
+        "sd_vae_as_default", "sd_unet", "inpainting_mask_weight", "initial_noise_multiplier", "img2img_color_correction",
+        "img2img_fix_steps", "enable_quantization", "enable_emphasis", "enable_batch_seeds", "use_old_emphasis_implementation",
+        "upcast_attn", "auto_vae_precision", "auto_vae_precision_bfloat16", "sdxl_crop_top", "sdxl_crop_left",
+        "sdxl_refiner_low_aesthetic_score", "sdxl_refiner_high_aesthetic_score", "sd_checkpoint_cache", "sd_vae_checkpoint_cache",
+        "face_restoration", "face_restoration_model", "code_former_weight", "face_restoration_unload", "tiling",
+        "show_progressbar", "live_previews_enable", "live_previews_image_format", "show_progress_grid",
+        "show_progress_every_n_steps", "show_progress_type", "live_preview_content", "live_preview_refresh_period",
+        "export_for_4chan", "img_downscale_threshold", "target_side_length", "img_max_size_mp", "use_original_name_batch",
+        "use_upscaler_name_as_suffix", "save_selected_only", "save_init_img", "temp_dir", "clean_temp_dir_at_start",
+        "save_incomplete_images", "notification_audio", "notification_volume", "grid_extended_filename",
+        "grid_only_if_multiple", "grid_prevent_empty_spots", "grid_zip_filename_pattern", "n_rows", "font",
+        "grid_text_active_color", "grid_text_inactive_color", "grid_background_color", "save_images_before_face_restoration",
+        "save_images_before_highres_fix", "save_images_before_color_correction", "save_mask", "save_mask_composite",
+        "webp_lossless", "save_log_fields", "save_images_add_number", "save_images_replace_action", "ESRGAN_tile",
+        "ESRGAN_tile_overlap", "realesrgan_enabled_models", "upscaler_for_img2img", "dont_fix_second_order_samplers_schedule",
+        "hires_fix_refiner_pass", "multiple_tqdm", "print_hypernet_extra", "list_hidden_files", "disable_mmap_load_safetensors",
+        "hide_ldm_prints", "dump_stacks_on_signal", "quicksettings_list", "ui_reorder_list", "localization", "gradio_theme",
+        "hires_fix_show_sampler", "hires_fix_show_prompts", "disable_token_counters", "extra_options_txt2img",
+        "extra_options_img2img", "return_mask", "return_mask_composite", "samplers_in_dropdown", "dimensions_and_batch_together",
+        "keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters", "js_modal_lightbox",
+        "js_modal_lightbox_initially_zoomed", "show_warnings", "eta_ddim", "eta_ancestral", "ddim_discretize", "s_churn",
+        "s_tmin", "s_tmax", "s_noise", "k_sched_type", "sigma_min", "sigma_max", "rho", "always_discard_next_to_last_sigma",
+        "sgm_noise_multiplier", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+        "sd_noise_schedule", "s_min_uncond", "token_merging_ratio", "token_merging_ratio_img2img",
+        "token_merging_ratio_hr", "pad_cond_uncond", "pad_cond_uncond_v0", "persistent_cond_cache", "batch_cond_uncond",
+        "fp8_storage", "cache_fp16_weight", "sd_lora", "lora_preferred_name", "lora_add_hashes_to_infotext",
+        "sd_hypernetwork", "disable_weights_auto_swap", "infotext_styles", "infotext_skip_pasting", "add_model_hash_to_info",
+        "add_model_name_to_info", "add_user_name_to_info", "add_version_to_infotext", "interrogate_keep_models_in_memory",
+        "enable_console_prompts", "memmon_poll_rate", "samples_log_stdout", "multiple_tqdm", "api_enable_requests",
+        "api_forbid_local_requests", "api_useragent", "auto_backcompat", "use_old_karras_scheduler_sigmas",
+        "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "use_old_scheduling", "sdxl_clip_l_skip",
+        "outdir_init_images", "enable_reloading_ui_scripts", "sd_checkpoint_hash", "directories_max_prompt_words",
+        "interrupt_after_current", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method",
+        "sd_vae_decode_method", "tiling", "hires_fix_use_firstpass_conds", "use_downcasted_alpha_bar",
+        "refiner_switch_by_sample_steps", "set_scale_by_when_changing_upscaler",
+    }
+)
+
+
+def _opt(default: Any, label: str, section: str, **kw: Any) -> Any:
+    """Build a Field with a UI label and section kept as plain data (the UI picks the widget)."""
+    return Field(default, description=label, json_schema_extra={"section": section}, **kw)
+
+
+class Settings(BaseModel):
+    """Runtime options, A1111 names. UI hints live in ``json_schema_extra`` (``section``); no widgets here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sd_model_checkpoint: str = _opt("", "Stable Diffusion checkpoint", "sd")
+    CLIP_stop_at_last_layers: int = _opt(1, "Clip skip", "sd", ge=1, le=12)
+    sd_vae: str = _opt("Automatic", "SD VAE", "sd")
+    sd_checkpoints_limit: int = _opt(1, "Maximum number of checkpoints loaded at the same time", "sd", ge=1, le=10)
+    emphasis: Literal["Original", "No norm", "Ignore", "None"] = _opt("Original", "Emphasis mode", "sd")
+    comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit", "sd", ge=0, le=74)
+    randn_source: Literal["GPU", "CPU"] = _opt("GPU", "Random number generator source", "sd")
+    eta_noise_seed_delta: int = _opt(0, "Eta noise seed delta", "sampler", ge=0)
+    samples_save: bool = _opt(True, "Always save all generated images", "saving")
+    samples_format: Literal["png", "jpg", "jpeg", "webp"] = _opt("png", "File format for images", "saving")
+    samples_filename_pattern: str = _opt("", "Images filename pattern", "saving")
+    grid_save: bool = _opt(True, "Always save all generated image grids", "saving")
+    grid_format: Literal["png", "jpg", "jpeg", "webp"] = _opt("png", "File format for grids", "saving")
+    return_grid: bool = _opt(True, "Show grid in gallery", "saving")
+    enable_pnginfo: bool = _opt(True, "Save text information about generation parameters as chunks to png files", "saving")
+    save_txt: bool = _opt(False, "Create a text file with generation parameters next to every image", "saving")
+    jpeg_quality: int = _opt(80, "Quality for saved jpeg and webp images", "saving", ge=1, le=100)
+    save_to_dirs: bool = _opt(True, "Save images to a subdirectory", "saving_paths")
+    grid_save_to_dirs: bool = _opt(True, "Save grids to a subdirectory", "saving_paths")
+    directories_filename_pattern: str = _opt("[date]", "Directory name pattern", "saving_paths")
+    outdir_samples: str = _opt("", "Output directory for images; if empty, defaults to three directories below", "saving_paths")
+    outdir_txt2img_samples: str = _opt("outputs/txt2img-images", "Output directory for txt2img images", "saving_paths")
+    outdir_img2img_samples: str = _opt("outputs/img2img-images", "Output directory for img2img images", "saving_paths")
+    outdir_extras_samples: str = _opt("outputs/extras-images", "Output directory for images from extras tab", "saving_paths")
+    outdir_grids: str = _opt("", "Output directory for grids; if empty, defaults to two directories below", "saving_paths")
+    outdir_txt2img_grids: str = _opt("outputs/txt2img-grids", "Output directory for txt2img grids", "saving_paths")
+    outdir_img2img_grids: str = _opt("outputs/img2img-grids", "Output directory for img2img grids", "saving_paths")
+    outdir_save: str = _opt("log/images", "Directory for saving images using the Save button", "saving_paths")
+    send_seed: bool = _opt(True, "Send seed when sending prompt or image to other interface", "ui")
+    send_size: bool = _opt(True, "Send size when sending prompt or image to another interface", "ui")
+
+    @classmethod
+    def load(cls, path: Path) -> Settings:
+        """Read ``config.json``; unknown/ignored A1111 keys are dropped with a log line, bad values are reset.
+
+        A missing file gives the defaults. A corrupt file is kept untouched (renamed aside) and defaults are used.
+        """
+        if not path.exists():
+            return cls()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("top level is not an object")
+        except (OSError, ValueError) as exc:
+            backup = path.with_name(path.name + ".corrupt")
+            logger.warning("Could not read %s (%s); moved it to %s and using defaults", path, exc, backup.name)
+            os.replace(path, backup)
+            return cls()
+        known = {k: v for k, v in data.items() if k in cls.model_fields}
+        good: dict[str, Any] = {}
+        for key, value in known.items():
+            try:
+                cls.model_validate({key: value})
+                good[key] = value
+            except ValidationError:
+                logger.warning("Ignoring invalid value for %s in %s: %r", key, path.name, value)
+        return cls(**good)
+
+    def save(self, path: Path) -> None:
+        """Write to ``path`` atomically, keeping keys of the existing file that this app does not use."""
+        existing: dict[str, Any] = {}
+        if path.exists():
+            try:
+                existing = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                existing = {}
+        existing.update(self.model_dump())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(existing, fh, indent=4, ensure_ascii=False)
+        os.replace(tmp, path)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """Return a copy with ``overrides`` applied and validated.
+
+        Keys of A1111 options we do not implement are ignored (logged); any other unknown key is an error.
+
+        Raises:
+            SettingsError: Naming each unknown key, or the field and reason of an invalid value.
+        """
+        unknown = [k for k in overrides if k not in self.model_fields and k not in IGNORED_A1111_OPTIONS]
+        if unknown:
+            raise SettingsError(f"Unknown setting(s): {', '.join(sorted(unknown))}")
+        ignored = sorted(k for k in overrides if k not in self.model_fields)
+        if ignored:
+            logger.info("Ignoring A1111 settings that have no effect here: %s", ", ".join(ignored))
+        data = self.model_dump()
+        data.update({k: v for k, v in overrides.items() if k in self.model_fields})
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise SettingsError(f"Invalid setting value: {msgs}") from exc

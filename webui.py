@@ -1,0 +1,103 @@
+"""Composition root: parse argv → Settings → AppContext → FastAPI app (+ Gradio UI, + /sdapi/v1) → uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import webbrowser
+from pathlib import Path
+
+# Offline by design: nothing may reach the model hub at run time (set before any HF library is imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DISABLE_TELEMETRY", "1")
+
+from fastapi import FastAPI  # noqa: E402
+
+from modules.context import AppContext  # noqa: E402
+from modules.engine.download import DEFAULT_MODEL, default_model  # noqa: E402
+from modules.errors import WebuiError  # noqa: E402
+from modules.flags import LaunchFlags, parse_flags  # noqa: E402
+from modules.settings import Settings  # noqa: E402
+
+logger = logging.getLogger("webui")
+
+
+def setup_logging(level: str | None) -> None:
+    logging.basicConfig(
+        level=getattr(logging, (level or "INFO").upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "httpcore", "urllib3", "PIL", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def create_context(flags: LaunchFlags) -> AppContext:
+    settings = Settings.load(flags.settings_file)
+    spec = default_model(os.environ["HF_ENDPOINT"]) if os.environ.get("HF_ENDPOINT") else DEFAULT_MODEL
+    return AppContext(flags=flags, settings=settings, download_spec=spec)
+
+
+def create_app(ctx: AppContext) -> FastAPI:
+    """Build the FastAPI app: the API router (with --api / --nowebui) and the Gradio UI (unless --nowebui)."""
+    flags = ctx.flags
+    app = FastAPI(title="Stable Diffusion web UI", root_path=flags.subpath or "")
+    app.state.ctx = ctx
+    if flags.api or flags.nowebui:
+        from modules.api import install_api
+
+        install_api(app, ctx)
+    if not flags.nowebui:
+        import gradio as gr
+
+        from modules.ui import create_ui, ui_launch_kwargs
+
+        blocks = create_ui(ctx)
+        blocks.queue(default_concurrency_limit=4)
+        app = gr.mount_gradio_app(app, blocks, path="/", **ui_launch_kwargs(ctx))
+    return app
+
+
+def main(argv: list[str]) -> int:
+    try:
+        flags = parse_flags(argv)
+    except WebuiError as exc:
+        logging.basicConfig()
+        logger.error("%s", exc)
+        return 2
+    setup_logging(flags.loglevel)
+    if getattr(flags, "raw", {}).get("exit"):
+        return 0
+    flags.data_dir.mkdir(parents=True, exist_ok=True)
+    if (flags.listen or flags.server_name) and not (flags.gradio_auth or flags.gradio_auth_path or flags.api_auth):
+        logger.warning("Listening on %s without --gradio-auth/--api-auth: anyone on the network can use it.", flags.host)
+    ctx = create_context(flags)
+    app = create_app(ctx)
+    ctx.start()
+    import uvicorn
+
+    url = f"http://{'127.0.0.1' if flags.host == '0.0.0.0' else flags.host}:{flags.server_port}"  # noqa: S104
+    logger.info("Running on local URL: %s", url)
+    if flags.autolaunch:
+        webbrowser.open(url)
+    try:
+        uvicorn.run(
+            app,
+            host=flags.host,
+            port=flags.server_port,
+            timeout_keep_alive=flags.timeout_keep_alive,
+            ssl_keyfile=flags.tls_keyfile,
+            ssl_certfile=flags.tls_certfile,
+            log_level="warning",
+        )
+    finally:
+        ctx.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main(sys.argv[1:]))
