@@ -1,0 +1,131 @@
+"""AppContext: the shared entry point, run for real on the tiny checkpoints and a temporary data dir."""
+
+import datetime
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from modules.context import AppContext
+from modules.engine.types import GenerationRequest
+from modules.errors import CheckpointLoadError, CheckpointNotFoundError, SettingsError
+from modules.flags import parse_flags
+from modules.settings import Settings
+
+FAST = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler"}
+
+
+def make_ctx(data_dir, ckpt_dir=None, *extra):
+    args = ["--data-dir", str(data_dir), "--no-download-sd-model", *extra]
+    if ckpt_dir is not None:
+        args += ["--ckpt-dir", str(ckpt_dir)]
+    flags = parse_flags(args, environ={})
+    return AppContext(flags=flags, settings=Settings.load(flags.settings_file))
+
+
+@pytest.fixture
+def ctx(tmp_path, tiny_models_dir):
+    c = make_ctx(tmp_path, tiny_models_dir)
+    yield c
+    c.close()
+
+
+def test_scan_finds_all_tiny_models(ctx):
+    names = {c.name for c in ctx.checkpoints}
+    assert {"sd1.safetensors", "sdxl.safetensors"} <= names
+
+
+def test_generation_is_saved_as_a1111_does(ctx, tmp_path):
+    ctx.update_settings({"sd_model_checkpoint": "sd1"})
+    out = ctx.submit(GenerationRequest(prompt="cat", seed=1234, batch_size=2, **FAST)).wait(120)
+    day = datetime.date.today().isoformat()
+    files = sorted(p.name for p in (tmp_path / "outputs" / "txt2img-images" / day).iterdir())
+    assert files == ["00000-1234.png", "00001-1235.png"]
+    grids = list((tmp_path / "outputs" / "txt2img-grids" / day).iterdir())
+    assert [g.name for g in grids] == ["grid-0000.png"]
+    with Image.open(tmp_path / "outputs" / "txt2img-images" / day / "00001-1235.png") as im:
+        assert im.info["parameters"] == out.result.infotexts[1]
+    assert "Seed: 1235" in out.result.infotexts[1]
+    assert (tmp_path / "params.txt").read_text() == out.result.infotexts[0]
+    assert out.info["all_seeds"] == [1234, 1235] and out.info["sd_model_name"] == "sd1"
+    assert len(out.gallery()) == 3  # grid first
+    # a second job continues the numbering, never overwrites
+    ctx.submit(GenerationRequest(prompt="cat", seed=1, **FAST)).wait(120)
+    assert (tmp_path / "outputs" / "txt2img-images" / day / "00002-1.png").exists()
+
+
+def test_save_false_writes_nothing(ctx, tmp_path):
+    ctx.submit(GenerationRequest(prompt="cat", seed=1, **FAST), save=False).wait(120)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_overrides_apply_to_one_job_only(ctx):
+    job = ctx.submit(GenerationRequest(prompt="cat", seed=1, **FAST), {"CLIP_stop_at_last_layers": 2}, save=False)
+    assert "Clip skip: 2" in job.wait(120).result.infotexts[0]
+    assert ctx.settings.CLIP_stop_at_last_layers == 1
+    with pytest.raises(SettingsError, match="bogus"):
+        ctx.submit(GenerationRequest(**FAST), {"bogus": 1})
+
+
+def test_switch_checkpoint_persists_and_frees_previous(ctx, tmp_path):
+    ctx.update_settings({"sd_model_checkpoint": "sd1"})
+    assert ctx.models.current.checkpoint.name == "sd1.safetensors"
+    ctx.update_settings({"sd_model_checkpoint": "sdxl.safetensors"})
+    assert ctx.models.current.checkpoint.name == "sdxl.safetensors"
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["sd_model_checkpoint"].startswith("sdxl.safetensors [")
+    out = ctx.submit(GenerationRequest(prompt="cat", seed=1, **FAST), save=False).wait(120)
+    assert "Model: sdxl" in out.result.infotexts[0]
+
+
+def test_unknown_checkpoint_is_a_clear_error(ctx):
+    with pytest.raises(CheckpointNotFoundError, match="nope"):
+        ctx.update_settings({"sd_model_checkpoint": "nope"})
+
+
+def test_broken_checkpoint_fails_and_next_job_works(tmp_path, tiny_models):
+    ckpt_dir = tmp_path / "ckpts"
+    ckpt_dir.mkdir()
+    shutil.copy(tiny_models["sd1"], ckpt_dir / "good.safetensors")
+    (ckpt_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    ctx = make_ctx(tmp_path / "data", ckpt_dir)
+    try:
+        job = ctx.submit(GenerationRequest(**FAST), {"sd_model_checkpoint": "broken"}, save=False)
+        with pytest.raises(CheckpointLoadError, match="broken.safetensors"):
+            job.wait(60)
+        out = ctx.submit(GenerationRequest(seed=3, **FAST), {"sd_model_checkpoint": "good"}, save=False).wait(120)
+        assert len(out.result.images) == 1
+    finally:
+        ctx.close()
+
+
+def test_no_checkpoints_message_names_the_folder(tmp_path):
+    ctx = make_ctx(tmp_path)
+    try:
+        assert ctx.checkpoints == []
+        with pytest.raises(CheckpointNotFoundError, match="Stable-diffusion"):
+            ctx.submit(GenerationRequest(**FAST))
+        ctx.start()  # --no-download-sd-model: nothing queued, nothing crashes
+        assert ctx.jobs.current is None and not ctx.jobs.pending
+    finally:
+        ctx.close()
+
+
+def test_refresh_picks_up_new_files(tmp_path, tiny_models):
+    ctx = make_ctx(tmp_path)
+    try:
+        target = tmp_path / "models" / "Stable-diffusion" / "sub"
+        target.mkdir(parents=True)
+        shutil.copy(tiny_models["sd1"], target / "late.safetensors")
+        assert [c.name for c in ctx.refresh_checkpoints()] == ["sub/late.safetensors"]
+    finally:
+        ctx.close()
+
+
+def test_facades(ctx):
+    assert "DPM++ 2M" in ctx.sampler_names() and "Euler" in ctx.sampler_names()
+    assert ctx.schedule_labels()[0] == "Automatic"
+    assert ctx.count_tokens("a photo of a cat") == (4, 75)
+    fields = ctx.infotext_fields("cat\nSteps: 5, Sampler: Euler a, CFG scale: 6, Seed: 9, Size: 64x128")
+    assert fields["steps"] == 5 and fields["height"] == 128 and fields["sampler_name"] == "Euler a"
