@@ -252,6 +252,42 @@ class AppContext:
         self.jobs.shutdown()
         self.models.unload()
 
+    # ----- facades for the API (which imports no engine module but types) ------------------------------------
+    @staticmethod
+    def sampler_list() -> list[dict[str, object]]:
+        """``/sdapi/v1/samplers`` items: name, aliases, options."""
+        return sampler_list()
+
+    @staticmethod
+    def schedule_list() -> list[dict[str, object]]:
+        """``/sdapi/v1/schedulers`` items: name, label, aliases, default_rho, need_inner_model."""
+        return schedule_list()
+
+    @staticmethod
+    def parse_infotext(text: str) -> dict[str, object]:
+        """Parse an infotext as A1111's ``parse_generation_parameters`` does (string values, defaults added)."""
+        return parse_infotext(text)
+
+    @staticmethod
+    def encode_image(image: Any, fmt: str, infotext: str | None, jpeg_quality: int = 80) -> bytes:
+        """Encode an image in ``fmt`` with ``infotext`` embedded (PNG text chunk, JPEG/WebP EXIF UserComment)."""
+        from modules.engine.images import encode_image  # noqa: PLC0415 - kept local to keep this facade self-contained
+
+        return encode_image(image, fmt, infotext, jpeg_quality)
+
+    @staticmethod
+    def check_request(request: GenerationRequest) -> None:
+        """Check ranges and sampler/scheduler names before queueing (the engine checks again when it runs).
+
+        Raises:
+            InvalidRequestError: Naming each bad field and what is allowed.
+        """
+        from modules.engine.samplers import resolve_sampler  # noqa: PLC0415
+        from modules.engine.validation import validate_request  # noqa: PLC0415
+
+        validate_request(request)
+        resolve_sampler(request.sampler_name, request.scheduler)
+
 
 def _elapsed(job: Job) -> float:
     return 0.0 if job.started_at is None else time.time() - job.started_at
