@@ -1,5 +1,4 @@
 import io
-import os
 import struct
 import threading
 from datetime import datetime
@@ -63,7 +62,7 @@ def test_never_overwrites_when_name_taken(tmp_path, monkeypatch):
     p = save_image(_img(), tmp_path, seed=5, infotext=None)
     assert p.name == "00002-5.png"
     assert taken.read_bytes() == b"precious"
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert not [f for f in tmp_path.iterdir() if f.suffix == ".tmp"]
 
 
 def test_concurrent_savers_get_distinct_files(tmp_path):
