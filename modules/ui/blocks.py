@@ -1,0 +1,70 @@
+"""create_ui(ctx) → gr.Blocks: tabs and layout with A1111's labels and elem_ids; event wiring only."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from modules.ui import generation, pnginfo, quicksettings, settings_tab, txt2img
+
+if TYPE_CHECKING:
+    from gradio.components import Component
+
+    from modules.context import AppContext
+
+logger = logging.getLogger(__name__)
+
+TITLE = "Stable Diffusion"
+
+
+def _img2img_placeholder() -> None:
+    gr.Markdown(
+        "### img2img\nimg2img and inpainting arrive in a later version. Use **txt2img** for now.",
+        elem_id="img2img_placeholder",
+    )
+
+
+def _wire_page_load(
+    ctx: AppContext, blocks: gr.Blocks, qs: quicksettings.Quicksettings, st: settings_tab.SettingsTab
+) -> None:
+    """On each page load show the current checkpoint list/selection and settings (they may have changed)."""
+
+    def on_load() -> dict[Component, Any]:
+        updates: dict[Component, Any] = {qs.checkpoint: quicksettings.dropdown_update(ctx), qs.notice:
+                                         quicksettings.notice(ctx)}
+        updates.update(settings_tab.current_values(ctx, st))
+        return updates
+
+    blocks.load(on_load, outputs=[qs.checkpoint, qs.notice, *st.widgets.values()], queue=False,
+                show_progress="hidden", api_visibility="private")
+
+
+def create_ui(ctx: AppContext) -> gr.Blocks:
+    """Build the whole page: quicksettings row, then the txt2img, img2img, PNG Info and Settings tabs.
+
+    Args:
+        ctx: The application context; handlers reach it by closure.
+
+    Returns:
+        The Blocks, not yet queued or mounted (``webui.create_app`` does both).
+    """
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
+        qs = quicksettings.build(ctx)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = txt2img.build_tab(ctx, "txt2img")
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                _img2img_placeholder()
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = pnginfo.build_tab()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                st = settings_tab.build_tab(ctx)
+        quicksettings.wire(ctx, qs)
+        generation.wire(ctx, t2i)
+        pnginfo.wire(ctx, png, t2i, tabs)
+        settings_tab.wire(ctx, st)
+        _wire_page_load(ctx, blocks, qs, st)
+    logger.debug("UI built")
+    return blocks

@@ -1,0 +1,179 @@
+"""Event wiring of a generation tab: Generate (submit + progress polling), Interrupt/Skip, seeds, tokens, paste."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from modules.errors import WebuiError
+from modules.ui.forms import paste_values, to_request
+from modules.ui.views import infotext_html, progress_html, token_counter_html
+
+if TYPE_CHECKING:
+    from gradio.components import Component
+
+    from modules.context import AppContext
+    from modules.jobs import Job
+    from modules.ui.txt2img import GenerationTab
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.25
+
+
+def watch(ctx: AppContext, job: Job, interval: float = POLL_INTERVAL_S) -> Iterator[str]:
+    """Yield the progress-bar HTML every ``interval`` seconds until ``job`` is done."""
+    while not job.done:
+        pending = ctx.jobs.pending
+        ahead = pending.index(job) + (ctx.jobs.current is not None) if job in pending else None
+        yield progress_html(job, ahead)
+        time.sleep(interval)
+
+
+def show_output(output: Any, with_grid: bool, seconds: float | None) -> tuple[list[Any], str, str]:
+    """Gallery images, infotext HTML and info JSON of a finished job (``index_of_first_image`` set for the grid)."""
+    images = output.gallery(with_grid=with_grid)
+    offset = len(images) - len(output.result.images)
+    info = dict(output.info, index_of_first_image=offset)
+    first = output.result.infotexts[0] if output.result.infotexts else ""
+    comment = "Interrupted: showing the images finished so far." if output.result.interrupted else ""
+    return images, infotext_html(first, seconds, comment), json.dumps(info, default=str)
+
+
+def selected_seed(info_json: str, index: int, key: str = "all_seeds") -> int:
+    """Seed (``all_seeds``) or variation seed (``all_subseeds``) of the selected gallery image; −1 if unknown."""
+    try:
+        info = json.loads(info_json) if info_json else {}
+    except ValueError:
+        return -1
+    seeds = info.get(key) or []
+    if not seeds:
+        return -1
+    pos = (index or 0) - int(info.get("index_of_first_image", 0))
+    return int(seeds[pos] if 0 <= pos < len(seeds) else seeds[0])
+
+
+def selected_infotext(info_json: str, index: int) -> str | None:
+    """Infotext of the selected gallery image (the first image's for the grid), or None."""
+    try:
+        info = json.loads(info_json) if info_json else {}
+    except ValueError:
+        return None
+    texts = info.get("infotexts") or []
+    if not texts:
+        return None
+    pos = (index or 0) - int(info.get("index_of_first_image", 0))
+    return str(texts[pos] if 0 <= pos < len(texts) else texts[0])
+
+
+def read_paste_source(ctx: AppContext, prompt: str) -> str | None:
+    """Text for ↙️: the prompt box when it holds an infotext, else the last generation's params.txt."""
+    if prompt and prompt.strip():
+        return prompt
+    params = ctx.flags.data_dir / "params.txt"
+    return params.read_text(encoding="utf-8") if params.exists() else None
+
+
+def paste_updates(ctx: AppContext, t: GenerationTab, text: str | None) -> dict[Component, Any]:
+    """Updates that fill the tab's fields from an infotext (A1111's paste / send-to)."""
+    if not text:
+        return {}
+    fields = ctx.infotext_fields(text)
+    choices = {"sampler_name": ctx.sampler_names(), "scheduler": ctx.schedule_labels()}
+    values = paste_values(fields, ctx.settings, choices)
+    updates: dict[Component, Any] = {t.fields[k]: v for k, v in values.items() if k in t.fields}
+    if values.get("subseed_show") and t.subseed_row is not None:
+        updates[t.subseed_row] = gr.update(visible=True)
+    return updates
+
+
+def _run_generation(ctx: AppContext, t: GenerationTab, values: dict[str, Any]) -> Iterator[dict[Component, Any]]:
+    """Generate handler body: validate, submit, stream progress, then show the images or raise gr.Error."""
+    request = to_request(values, samplers=ctx.sampler_names(), schedulers=ctx.schedule_labels())
+    started = time.time()
+    try:
+        job = ctx.submit(request)
+    except WebuiError as exc:
+        raise gr.Error(str(exc)) from exc
+    for html in watch(ctx, job):
+        yield {t.progress: html}
+    try:
+        output = job.wait()
+    except WebuiError as exc:
+        yield {t.progress: ""}
+        raise gr.Error(str(exc), title="Generation failed") from exc
+    images, info_html, info_json = show_output(output, ctx.settings.return_grid, time.time() - started)
+    yield {t.progress: "", t.gallery: images, t.html_info: info_html, t.generation_info: info_json,
+           t.selected_index: 0}
+
+
+def wire_generate(ctx: AppContext, t: GenerationTab) -> None:
+    """Generate (queued, streamed progress) and Interrupt/Skip (unqueued, so they run while a job does)."""
+
+    def generate(**values: Any) -> Iterator[dict[Component, Any]]:
+        yield from _run_generation(ctx, t, values)
+
+    def interrupt() -> None:
+        job = ctx.jobs.current
+        if job is not None:
+            job.interrupt()
+
+    def skip() -> None:
+        job = ctx.jobs.current
+        if job is not None:
+            job.skip()
+
+    outputs = [t.progress, t.gallery, t.html_info, t.generation_info, t.selected_index]
+    t.generate.click(
+        generate, inputs_kwargs=dict(t.fields), outputs=outputs, api_name=t.tabname, show_progress="minimal",
+        concurrency_id="generate", concurrency_limit=None,
+    )
+    t.interrupt.click(interrupt, queue=False, api_name=f"{t.tabname}_interrupt", show_progress="hidden")
+    t.skip.click(skip, queue=False, api_name=f"{t.tabname}_skip", show_progress="hidden")
+
+
+def wire_helpers(ctx: AppContext, t: GenerationTab) -> None:
+    """Token counters, seed buttons, Extra checkbox, size swap, clear, ↙️ paste and gallery selection."""
+
+    def count(text: str) -> str:
+        return token_counter_html(*ctx.count_tokens(text or ""))
+
+    for box, counter in ((t.fields["prompt"], t.token_counter), (t.fields["negative_prompt"], t.negative_token_counter)):
+        box.change(count, inputs=box, outputs=counter, queue=False, show_progress="hidden", api_visibility="private")
+
+    def on_select(evt: gr.SelectData, info_json: str) -> tuple[int, Any]:
+        text = selected_infotext(info_json, evt.index)
+        return evt.index, (infotext_html(text) if text is not None else gr.update())
+
+    t.gallery.select(on_select, inputs=t.generation_info, outputs=[t.selected_index, t.html_info],
+                     queue=False, show_progress="hidden", api_visibility="private")
+    t.random_seed.click(lambda: -1, outputs=t.fields["seed"], queue=False, api_visibility="private")
+    t.random_subseed.click(lambda: -1, outputs=t.fields["subseed"], queue=False, api_visibility="private")
+    t.reuse_seed.click(lambda info, i: selected_seed(info, i), inputs=[t.generation_info, t.selected_index],
+                       outputs=t.fields["seed"], queue=False, api_visibility="private")
+    t.reuse_subseed.click(lambda info, i: selected_seed(info, i, "all_subseeds"),
+                          inputs=[t.generation_info, t.selected_index], outputs=t.fields["subseed"], queue=False,
+                          api_visibility="private")
+    t.fields["subseed_show"].change(lambda show: gr.update(visible=bool(show)), inputs=t.fields["subseed_show"],
+                                    outputs=t.subseed_row, queue=False, api_visibility="private")
+    t.swap_size.click(lambda w, h: (h, w), inputs=[t.fields["width"], t.fields["height"]],
+                      outputs=[t.fields["width"], t.fields["height"]], queue=False, api_visibility="private")
+    t.clear_prompt.click(lambda: ("", ""), outputs=[t.fields["prompt"], t.fields["negative_prompt"]], queue=False,
+                         api_visibility="private")
+
+    def paste(prompt: str) -> dict[Component, Any]:
+        return paste_updates(ctx, t, read_paste_source(ctx, prompt))
+
+    t.paste.click(paste, inputs=t.fields["prompt"], outputs=list(t.fields.values()) + [t.subseed_row],
+                  api_visibility="private", show_progress="hidden")
+
+
+def wire(ctx: AppContext, t: GenerationTab) -> None:
+    """Attach every event of a generation tab."""
+    wire_generate(ctx, t)
+    wire_helpers(ctx, t)
