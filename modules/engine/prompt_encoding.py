@@ -124,14 +124,16 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor, mode: str) -> tor
     """Weight each token vector of ``z`` ``(B, T, C)`` by ``multipliers`` ``(B, T)`` as A1111's emphasis mode does.
 
     ``Original`` rescales the whole tensor afterwards so its mean equals the mean before weighting; ``No norm``
-    does not; ``Ignore`` and ``None`` leave ``z`` unchanged.
+    does not; ``Ignore`` and ``None`` leave ``z`` unchanged. Where all weights are 1, ``z`` is returned as is (what
+    the rescale gives anyway); a weighted mean of exactly 0 skips the rescale instead of dividing by zero.
     """
-    if mode in ("Ignore", "None"):
+    if mode in ("Ignore", "None") or bool((multipliers == 1.0).all()):
         return z
     mean_before = z.mean()
     z = z * multipliers.to(device=z.device, dtype=z.dtype).unsqueeze(-1)
-    if mode == "Original":
-        z = z * (mean_before / z.mean())
+    mean_after = z.mean()
+    if mode == "Original" and bool(mean_after != 0):
+        z = z * (mean_before / mean_after)
     return z
 
 

@@ -89,6 +89,18 @@ def test_apply_emphasis_preserves_mean():
     assert torch.allclose(out.mean(), z.mean(), atol=1e-6)
     assert torch.allclose(apply_emphasis(z, m, "No norm"), z * m.unsqueeze(-1))
     assert apply_emphasis(z, m, "Ignore") is z
+    assert apply_emphasis(z, torch.ones(2, 77), "Original") is z
+
+
+def test_apply_emphasis_zero_mean_does_not_divide_by_zero():
+    z = torch.zeros(1, 77, 4)
+    z[0, 1] = torch.tensor([1.0, -1.0, 2.0, -2.0])
+    out = apply_emphasis(z, torch.ones(1, 77), "Original")
+    assert torch.equal(out, z)
+    m = torch.ones(1, 77)
+    m[0, 1] = 2.0
+    out = apply_emphasis(z, m, "Original")
+    assert torch.isfinite(out).all() and torch.equal(out[0, 1], 2 * z[0, 1])
 
 
 def test_clip_skip_sd1(sd1):
@@ -190,3 +202,29 @@ def test_argument_errors(sd1):
         encode_prompt_pair(sd1, ModelType.SD1, ["a", "b"], [""])
     with pytest.raises(InvalidRequestError, match="Unknown emphasis 'Loud'"):
         encode_prompt_pair(sd1, ModelType.SD1, ["a"], [""], emphasis="Loud")
+
+
+@pytest.mark.parametrize("kind,model_type", [
+    ("sd1", ModelType.SD1), ("sdxl", ModelType.SDXL),
+])
+def test_embeddings_drive_real_tiny_pipelines(tiny_models, kind, model_type):
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.samplers import make_scheduler, resolve_sampler
+    from modules.engine.types import CheckpointInfo
+
+    path = tiny_models[kind]
+    info = CheckpointInfo(path, path.name, sha256="cd" * 32, config=path.with_suffix(".yaml"))
+    manager = ModelManager()
+    try:
+        model = manager.get(info, LoadOptions())
+        pipe = model.pipe
+        assert model.model_type == model_type
+        e = encode_prompt_pair(pipe, model_type, [LONG], [""], clip_skip=2)
+        assert e.prompt_embeds.shape[:2] == (1, 154)
+        pipe.scheduler = make_scheduler(pipe.scheduler.config, *resolve_sampler("DPM++ 2M", "Automatic"))
+        assert pipe.scheduler.config.prediction_type == model.prediction_type
+        out = pipe(**e.as_pipeline_kwargs(), num_inference_steps=2, height=64, width=64, output_type="latent",
+                   generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(out.images).all()
+    finally:
+        manager.unload()
