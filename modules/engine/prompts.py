@@ -205,7 +205,7 @@ def tokenize_prompt(
     """
     parsed = parse_prompt_attention(text) if emphasis != "None" else [(text, 1.0)]
     texts = [t for t, w in parsed if (t, w) != BREAK_MARKER]
-    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    ids = iter(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else [])
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     builder = _ChunkBuilder(tokenizer.bos_token_id, tokenizer.eos_token_id, comma, comma_padding_backtrack)
     for run in parsed:
