@@ -175,6 +175,11 @@ def _sample_batch(
         "output_type": "latent",
         "callback_on_step_end": step_end,
     }
+    if model.model_type.is_inpaint:
+        # txt2img on an inpainting model (A1111): the whole picture is masked over a neutral gray image.
+        kwargs["image"] = Image.new("RGB", (request.width, request.height), (128, 128, 128))
+        kwargs["mask_image"] = Image.new("L", (request.width, request.height), 255)
+        kwargs["strength"] = 1.0
     if embeds.pooled_prompt_embeds is not None:
         kwargs["pooled_prompt_embeds"] = embeds.pooled_prompt_embeds.expand(bs, -1)
         kwargs["negative_pooled_prompt_embeds"] = embeds.negative_pooled_prompt_embeds.expand(bs, -1)
