@@ -146,8 +146,11 @@ def _leading_numbers(directory: Path, prefix: str) -> list[int]:
 
 
 def next_sequence_number(directory: Path, prefix: str = "") -> int:
-    """Return 1 + the largest leading integer among the names in ``directory`` that start with ``prefix``."""
-    return max(_leading_numbers(directory, prefix), default=0) + 1
+    """Return 1 + the largest leading integer among the names in ``directory`` that start with ``prefix``.
+
+    An empty folder starts at 0, as A1111 does (``00000-<seed>.png``, ``grid-0000.png``).
+    """
+    return max(_leading_numbers(directory, prefix), default=-1) + 1
 
 
 def apply_filename_pattern(pattern: str, tags: Mapping[str, object]) -> str:

@@ -32,8 +32,8 @@ def _img(color="red", size=(16, 16), mode="RGB"):
 def test_first_file_names_and_counter(tmp_path):
     p1 = save_image(_img(), tmp_path, seed=1234567890, infotext=INFOTEXT)
     p2 = save_image(_img(), tmp_path, seed=7, infotext=None)
-    assert p1.name == "00001-1234567890.png"
-    assert p2.name == "00002-7.png"
+    assert p1.name == "00000-1234567890.png"
+    assert p2.name == "00001-7.png"
 
 
 def test_counter_continues_from_largest_leading_integer(tmp_path):
@@ -47,20 +47,20 @@ def test_counter_continues_from_largest_leading_integer(tmp_path):
 
 def test_suffix_pattern_digits_and_empty_basename(tmp_path):
     p = save_image(_img(), tmp_path, seed=3, infotext=None, suffix="-before-highres-fix")
-    assert p.name == "00001-3-before-highres-fix.png"
+    assert p.name == "00000-3-before-highres-fix.png"
     p = save_image(_img(), tmp_path, seed=3, infotext=None, basename_pattern="[seed]-[steps]", tags={"steps": 20},
                    counter_digits=3)
-    assert p.name == "002-3-20.png"
+    assert p.name == "001-3-20.png"
     p = save_image(_img(), tmp_path, seed=None, infotext=None, basename_pattern="[none]")
-    assert p.name == "00003.png"
+    assert p.name == "00002.png"
 
 
 def test_never_overwrites_when_name_taken(tmp_path, monkeypatch):
-    taken = tmp_path / "00001-5.png"
+    taken = tmp_path / "00000-5.png"
     taken.write_bytes(b"precious")
     monkeypatch.setattr(images, "_leading_numbers", lambda directory, prefix: [])  # as if a racer wrote it just now
     p = save_image(_img(), tmp_path, seed=5, infotext=None)
-    assert p.name == "00002-5.png"
+    assert p.name == "00001-5.png"
     assert taken.read_bytes() == b"precious"
     assert not [f for f in tmp_path.iterdir() if f.suffix == ".tmp"]
 
@@ -79,7 +79,7 @@ def test_concurrent_savers_get_distinct_files(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert sorted(int(p.name[:5]) for p in paths) == list(range(1, 9))
+    assert sorted(int(p.name[:5]) for p in paths) == list(range(0, 8))
     assert len(list(tmp_path.iterdir())) == 8  # no .tmp or .lock left behind
 
 
@@ -162,7 +162,7 @@ def test_save_grid_names_and_own_counter(tmp_path):
     (tmp_path / "00050-1.png").write_bytes(b"x")
     g1 = save_grid(_img(), tmp_path, extension="png", infotext=INFOTEXT)
     g2 = save_grid(_img(), tmp_path, extension="png", infotext=None)
-    assert (g1.name, g2.name) == ("grid-0001.png", "grid-0002.png")
+    assert (g1.name, g2.name) == ("grid-0000.png", "grid-0001.png")
     with Image.open(g1) as im:
         assert im.info["parameters"] == INFOTEXT
     assert save_image(_img(), tmp_path, seed=1, infotext=None).name == "00051-1.png"
