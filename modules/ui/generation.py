@@ -35,10 +35,20 @@ def watch(ctx: AppContext, job: Job, interval: float = POLL_INTERVAL_S) -> Itera
         time.sleep(interval)
 
 
-def show_output(output: Any, with_grid: bool, seconds: float | None) -> tuple[list[Any], str, str]:
-    """Gallery images, infotext HTML and info JSON of a finished job (``index_of_first_image`` set for the grid)."""
+def show_output(
+    output: Any, with_grid: bool, seconds: float | None, pnginfo: bool = True
+) -> tuple[list[Any], str, str]:
+    """Gallery images, infotext HTML and info JSON of a finished job (``index_of_first_image`` set for the grid).
+
+    With ``pnginfo`` each gallery image carries its infotext (as A1111's do), so a downloaded or dragged gallery
+    image still has its parameters.
+    """
     images = output.gallery(with_grid=with_grid)
     offset = len(images) - len(output.result.images)
+    texts = output.result.infotexts
+    if pnginfo and texts:
+        for pos, image in enumerate(images):
+            image.info["parameters"] = texts[min(max(pos - offset, 0), len(texts) - 1)]
     info = dict(output.info, index_of_first_image=offset)
     first = output.result.infotexts[0] if output.result.infotexts else ""
     comment = "Interrupted: showing the images finished so far." if output.result.interrupted else ""
@@ -107,7 +117,8 @@ def _run_generation(ctx: AppContext, t: GenerationTab, values: dict[str, Any]) -
     except WebuiError as exc:
         yield {t.progress: ""}
         raise gr.Error(str(exc), title="Generation failed") from exc
-    images, info_html, info_json = show_output(output, ctx.settings.return_grid, time.time() - started)
+    snap = ctx.settings
+    images, info_html, info_json = show_output(output, snap.return_grid, time.time() - started, snap.enable_pnginfo)
     yield {t.progress: "", t.gallery: images, t.html_info: info_html, t.generation_info: info_json,
            t.selected_index: 0}
 

@@ -22,7 +22,7 @@ _MONO_FONTS = ("ui-monospace", "Consolas", "Menlo", "monospace")
 
 CSS = """
 #quicksettings { align-items: flex-end; gap: 0.5em; }
-#quicksettings > div { flex-grow: 0 !important; min-width: 20em !important; }
+#setting_sd_model_checkpoint { flex-grow: 0 !important; min-width: 28em !important; max-width: 40em; }
 #quicksettings .tool-button, .tool-button { max-width: 2.6em; min-width: 2.6em !important; height: 2.4em;
   align-self: end; padding: 0 !important; }
 #no_checkpoint_notice .notice { border: 1px solid var(--color-accent); border-radius: 8px; padding: 0.6em 1em;
@@ -130,7 +130,12 @@ def ui_launch_kwargs(ctx: AppContext) -> dict[str, Any]:
     js = JS.replace("__TOOLTIPS__", json.dumps(TOOLTIPS))
     if flags.theme in ("light", "dark"):
         js = f"() => {{ ({_THEME_JS % flags.theme})(); ({js})(); }}"
-    kwargs: dict[str, Any] = {"theme": make_theme(), "css": CSS, "js": js}
+    kwargs: dict[str, Any] = {
+        "theme": make_theme(),
+        "css": CSS,
+        "js": js,
+        "footer_links": ["api", "gradio", "settings"],
+    }
     logins = parse_auth(flags.gradio_auth, flags.gradio_auth_path)
     if logins:
         kwargs["auth"] = logins

@@ -69,7 +69,7 @@ def build(ctx: AppContext) -> Quicksettings:
             elem_id="setting_sd_model_checkpoint",
             interactive=True,
             scale=0,
-            min_width=320,
+            min_width=420,
         )
         refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes=["tool-button"], scale=0)
     notice_text = notice(ctx)
@@ -80,7 +80,7 @@ def build(ctx: AppContext) -> Quicksettings:
 
 def change_checkpoint(ctx: AppContext, title: str | None) -> dict[str, Any]:
     """Select and load checkpoint ``title``; on failure warn, restore the previous selection and keep going."""
-    if not title:
+    if not title or title == current_title(ctx):
         return dropdown_update(ctx)
     previous = ctx.settings.sd_model_checkpoint
     try:

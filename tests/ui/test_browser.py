@@ -1,0 +1,213 @@
+"""End to end: the real server (webui.create_app + uvicorn) on the tiny checkpoints, driven by a headless browser
+(Playwright + Debian's chromium) and by gradio_client.
+
+Set ``UI_SCREENSHOT_DIR`` to keep the screenshots; otherwise they go to the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+TIMEOUT_MS = 120_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """The real app on a free 127.0.0.1 port, with sd1.safetensors selected, over a temporary data dir."""
+    import uvicorn
+
+    import webui
+    from modules.flags import parse_flags
+
+    data_dir = tmp_path_factory.mktemp("webui-data")
+    (data_dir / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}), encoding="utf-8")
+    port = _free_port()
+    flags = parse_flags(
+        ["--data-dir", str(data_dir), "--ckpt-dir", str(tiny_models_dir), "--no-download-sd-model", "--port",
+         str(port)],
+        environ={},
+    )
+    ctx = webui.create_context(flags)
+    app = webui.create_app(ctx)
+    ctx.start()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not uv.started:
+        assert thread.is_alive() and time.time() < deadline, "the server did not start"
+        time.sleep(0.1)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", ctx=ctx, data_dir=data_dir)
+    uv.should_exit = True
+    thread.join(15)
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server.url)
+    page.wait_for_selector("#txt2img_prompt textarea")
+    yield page
+    context.close()
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    keep = os.environ.get("UI_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / name)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def _set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def _generate(page, prompt: str, steps: int = 4) -> str:
+    """Fill the form, click Generate, wait for the infotext of the new image; return the infotext text."""
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    _set_number(page, "txt2img_steps", steps)
+    _set_number(page, "txt2img_width", 64)
+    _set_number(page, "txt2img_height", 64)
+    page.locator("#txt2img_generate").click()
+    info = page.locator("#html_info_txt2img")
+    info.filter(has_text=prompt).wait_for()
+    page.locator("#txt2img_gallery img").first.wait_for()
+    return info.inner_text()
+
+
+def test_generate_pnginfo_and_checkpoint_switch(page, server, tmp_path):
+    # 1. The page: title, tabs, the selected checkpoint, the token counter.
+    assert page.title() == "Stable Diffusion"
+    for label in ("txt2img", "img2img", "PNG Info", "Settings"):
+        assert page.get_by_role("tab", name=label).is_visible()
+    assert page.locator("#setting_sd_model_checkpoint input").input_value().startswith("sd1.safetensors")
+    page.locator("#txt2img_prompt textarea").fill("a red apple on a table")
+    page.locator("#txt2img_token_counter").filter(has_text=re.compile(r"\b[1-9]\d*/75\b")).wait_for()
+
+    # 2. Generate 64×64 in 4 steps; the infotext and the saved PNG.
+    text = _generate(page, "a red apple on a table")
+    assert "Steps: 4" in text and "Size: 64x64" in text and "Model: sd1" in text
+    seed = int(re.search(r"Seed: (\d+)", text).group(1))
+    day = datetime.now().strftime("%Y-%m-%d")
+    saved = sorted((server.data_dir / "outputs" / "txt2img-images" / day).glob(f"*-{seed}.png"))
+    assert len(saved) == 1, "the generated image was not saved under outputs/txt2img-images/<date>/"
+    png = saved[0]
+    info_json = json.loads(page.locator("#generation_info_txt2img textarea").input_value())
+    assert info_json["seed"] == seed and info_json["steps"] == 4
+
+    # 3. ♻️ puts the image's seed into the seed box; 🎲 sets −1 again.
+    page.locator("#txt2img_reuse_seed").click()
+    page.wait_for_function(f"document.querySelector('#txt2img_seed input').value == '{seed}'")
+    _screenshot(page, tmp_path, "txt2img.png")
+    page.locator("#txt2img_random_seed").click()
+    page.wait_for_function("document.querySelector('#txt2img_seed input').value == '-1'")
+
+    # 4. PNG Info: upload the saved file, read its parameters, send them back to txt2img.
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(png))
+    page.locator("#pnginfo_html").filter(has_text="Steps: 4").wait_for()
+    assert f"Seed: {seed}" in page.locator("#pnginfo_html").inner_text()
+    _screenshot(page, tmp_path, "pnginfo.png")
+    page.locator("#txt2img_tab").click()
+    page.locator("#txt2img_prompt textarea").wait_for(state="visible")
+    page.wait_for_function(f"document.querySelector('#txt2img_seed input').value == '{seed}'")
+    assert page.locator("#txt2img_prompt textarea").input_value() == "a red apple on a table"
+
+    # 5. Switch the checkpoint from the quicksettings dropdown; the model loads on the worker.
+    page.locator("#setting_sd_model_checkpoint input").click()
+    page.get_by_role("option", name=re.compile(r"^sd2v\.safetensors")).click()
+    deadline = time.time() + TIMEOUT_MS / 1000
+    while not (server.ctx.models.current and server.ctx.models.current.checkpoint.name == "sd2v.safetensors"):
+        assert time.time() < deadline, "sd2v was not loaded"
+        time.sleep(0.2)
+    assert server.ctx.settings.sd_model_checkpoint.startswith("sd2v.safetensors")
+    text = _generate(page, "a blue pear")
+    assert "Model: sd2v" in text
+    _screenshot(page, tmp_path, "txt2img-sd2v.png")
+
+    # 6. Settings: tick a checkbox, Apply, and the change is reported and saved to config.json.
+    page.get_by_role("tab", name="Settings").click()
+    page.get_by_role("tab", name="Saving images/grids").click()
+    page.locator("#setting_save_txt input[type=checkbox]").check()
+    page.locator("#settings_submit").click()
+    page.locator("#settings_result").filter(has_text="1 setting changed: save_txt.").wait_for()
+    assert server.ctx.settings.save_txt is True
+    assert json.loads((server.data_dir / "config.json").read_text(encoding="utf-8"))["save_txt"] is True
+    _screenshot(page, tmp_path, "settings.png")
+
+    # 7. A1111 numbers the first file of an empty folder 00000 (modules/images.py get_next_sequence_number).
+    assert png.name == f"00000-{seed}.png"
+
+
+def test_ctrl_enter_generates_and_interrupt_stops(page, server):
+    page.locator("#txt2img_prompt textarea").fill("interrupt me")
+    _set_number(page, "txt2img_steps", 150)
+    _set_number(page, "txt2img_width", 64)
+    _set_number(page, "txt2img_height", 64)
+    page.locator("#txt2img_prompt textarea").press("Control+Enter")
+    page.locator("#txt2img_progress").filter(has_text=re.compile(r"Step \d+/150")).wait_for()
+    page.locator("#txt2img_interrupt").click()
+    page.locator("#html_info_txt2img").filter(has_text="interrupt me").wait_for()
+    steps = int(re.search(r"Steps: (\d+)", page.locator("#html_info_txt2img").inner_text()).group(1))
+    assert steps == 150
+    assert server.ctx.jobs.current is None or server.ctx.jobs.current.kind != "txt2img"
+
+
+def test_gradio_client_txt2img_and_pnginfo(server, tmp_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    client = gradio_client.Client(server.url, verbose=False)
+    _, gallery, html, info_json = client.predict(
+        prompt="api apple", negative_prompt="", steps=3, width=64, height=64, seed=123, api_name="/txt2img"
+    )
+    assert len(gallery) == 1
+    info = json.loads(info_json)
+    assert info["all_seeds"] == [123] and "Steps: 3" in html
+    html, text = client.predict(gradio_client.handle_file(gallery[0]["image"]), api_name="/pnginfo")
+    assert "Steps: 3" in text and "Seed: 123" in text and "<b>parameters</b>" in html
+    with pytest.raises(gradio_client.exceptions.AppError, match="Height must be a multiple of 8"):
+        client.predict(prompt="x", negative_prompt="", height=100, api_name="/txt2img")
