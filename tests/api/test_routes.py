@@ -1,0 +1,252 @@
+"""txt2img / img2img / png-info over real HTTP against a live server on the tiny checkpoints."""
+
+import base64
+import io
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.api.conftest import decode_image, info_of
+
+INFO_KEYS = {
+    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed",
+    "all_subseeds", "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size",
+    "restore_faces", "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash",
+    "seed_resize_from_w", "seed_resize_from_h", "denoising_strength", "extra_generation_params",
+    "index_of_first_image", "infotexts", "styles", "job_timestamp", "clip_skip", "is_using_inpainting_conditioning",
+    "version",
+}
+
+# A1111's own test/test_txt2img.py base payload (legacy keys included), at the tiny size.
+A1111_BASE = {
+    "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0, "enable_hr": False, "eta": 0, "firstphase_height": 0,
+    "firstphase_width": 0, "height": 64, "n_iter": 1, "negative_prompt": "", "prompt": "example prompt",
+    "restore_faces": False, "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0, "sampler_index": "Euler a",
+    "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3, "styles": [], "subseed": -1,
+    "subseed_strength": 0, "tiling": False, "width": 64,
+}
+
+
+def pixels(b64):
+    return np.asarray(decode_image(b64).convert("RGB"), dtype=np.int16)
+
+
+def test_txt2img_response_schema_and_embedded_infotext(server):
+    body = server.txt2img(**A1111_BASE)
+    assert set(body) == {"images", "parameters", "info"}
+    info = info_of(body)
+    assert INFO_KEYS <= set(info)
+    assert len(body["images"]) == 1 and len(info["infotexts"]) == 1 and info["index_of_first_image"] == 0
+    image = decode_image(body["images"][0])
+    assert image.format == "PNG" and image.size == (64, 64)
+    assert pixels(body["images"][0]).std() > 0  # a real image, not a constant one
+    assert image.info["parameters"] == info["infotexts"][0]
+    text = info["infotexts"][0]
+    assert text.startswith("example prompt\nSteps: 3, Sampler: Euler a, ")
+    assert f"Seed: {info['seed']}," in text and "Size: 64x64" in text and "Model: sd1" in text
+    assert 0 <= info["seed"] < 4294967294 and info["all_seeds"] == [info["seed"]]
+    assert (info["sd_model_name"], info["width"], info["steps"], info["sampler_name"]) == ("sd1", 64, 3, "Euler a")
+    assert len(info["sd_model_hash"]) == 10
+    params = body["parameters"]
+    assert params["sampler_name"] == "Euler a" and params["steps"] == 3 and params["save_images"] is False
+
+
+def test_api_defaults_steps_50_euler_and_nothing_saved(server):
+    body = server.post("txt2img", {"prompt": "defaults", "width": 64, "height": 64}).json()
+    info = info_of(body)
+    assert pixels(body["images"][0]).std() > 0
+    assert (info["steps"], info["sampler_name"], info["cfg_scale"], info["batch_size"]) == (50, "Euler", 7.0, 1)
+    assert "Steps: 50, Sampler: Euler, " in info["infotexts"][0]
+    assert not list((server.data_dir / "outputs").rglob("*.png"))
+
+
+def test_same_seed_same_image_and_batch_seeds(server):
+    one = server.txt2img(seed=1234)
+    again = server.txt2img(seed=1234)
+    assert np.array_equal(pixels(one["images"][0]), pixels(again["images"][0]))
+    other = server.txt2img(seed=99)
+    assert not np.array_equal(pixels(one["images"][0]), pixels(other["images"][0]))
+    batch = server.txt2img(seed=1234, batch_size=2)
+    info = info_of(batch)
+    assert info["all_seeds"] == [1234, 1235] and info["seed"] == 1234
+    assert "Seed: 1235," in info["infotexts"][1]
+    assert np.abs(pixels(batch["images"][0]) - pixels(one["images"][0])).max() <= 2
+    single = server.txt2img(seed=1235)
+    assert np.abs(pixels(batch["images"][1]) - pixels(single["images"][0])).max() <= 2
+    iters = info_of(server.txt2img(seed=10, n_iter=2))
+    assert iters["all_seeds"] == [10, 11]
+
+
+def test_save_images_writes_outputs_and_returns_grid_first(server):
+    body = server.txt2img(seed=5, batch_size=2, save_images=True)
+    info = info_of(body)
+    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1
+    grid = decode_image(body["images"][0])
+    assert grid.size != (64, 64) and decode_image(body["images"][1]).size == (64, 64)
+    samples = sorted((server.data_dir / "outputs" / "txt2img-images").rglob("*.png"))
+    assert [p.name.split("-", 1)[1] for p in samples[-2:]] == ["5.png", "6.png"]
+    assert Image.open(samples[-1]).info["parameters"] == info["infotexts"][1]
+    assert list((server.data_dir / "outputs" / "txt2img-grids").rglob("grid-*.png"))
+    no_grid = server.txt2img(seed=5, batch_size=2)  # save_images false: no grid, A1111's rule
+    assert len(no_grid["images"]) == 2 and info_of(no_grid)["index_of_first_image"] == 0
+
+
+def test_send_images_false(server):
+    body = server.txt2img(send_images=False)
+    assert body["images"] == [] and len(info_of(body)["infotexts"]) == 1
+
+
+def test_jpeg_output_via_override_carries_exif_infotext_and_does_not_leak(server):
+    body = server.txt2img(seed=3, override_settings={"samples_format": "jpg"})
+    image = decode_image(body["images"][0])
+    assert image.format == "JPEG"
+    png_info = server.post("png-info", {"image": body["images"][0]}).json()
+    assert png_info["info"] == info_of(body)["infotexts"][0]
+    assert server.get("options").json()["samples_format"] == "png"
+    assert decode_image(server.txt2img()["images"][0]).format == "PNG"
+
+
+def test_override_checkpoint_applies_to_one_request_only(server):
+    body = server.txt2img(override_settings={"sd_model_checkpoint": "sd2v"})
+    assert info_of(body)["sd_model_name"] == "sd2v" and "Model: sd2v" in info_of(body)["infotexts"][0]
+    assert info_of(server.txt2img())["sd_model_name"] == "sd1"
+    assert server.get("options").json()["sd_model_checkpoint"].startswith("sd1.safetensors")
+
+
+def test_override_settings_restore_afterwards_false_keeps_them(server):
+    try:
+        body = server.txt2img(override_settings={"CLIP_stop_at_last_layers": 2}, override_settings_restore_afterwards=False)
+        assert "Clip skip: 2" in info_of(body)["infotexts"][0]
+        assert server.get("options").json()["CLIP_stop_at_last_layers"] == 2
+        assert "Clip skip: 2" in info_of(server.txt2img())["infotexts"][0]
+    finally:
+        assert server.post("options", {"CLIP_stop_at_last_layers": 1}).status_code == 200
+
+
+def test_infotext_field_fills_unset_fields(server):
+    first = info_of(server.txt2img(prompt="from infotext", seed=77, steps=2, cfg_scale=5))["infotexts"][0]
+    body = server.post("txt2img", {"infotext": first, "width": 64, "height": 64}).json()
+    info = info_of(body)
+    assert (info["prompt"], info["seed"], info["steps"], info["cfg_scale"]) == ("from infotext", 77, 2, 5.0)
+
+
+def test_png_info_reads_what_txt2img_wrote(server):
+    body = server.txt2img(prompt="read me back", negative_prompt="blurry", seed=42)
+    info = info_of(body)
+    result = server.post("png-info", {"image": "data:image/png;base64," + body["images"][0]}).json()
+    assert result["info"] == info["infotexts"][0]
+    parsed = result["parameters"]
+    assert (parsed["Prompt"], parsed["Negative prompt"], parsed["Seed"], parsed["Steps"]) == (
+        "read me back", "blurry", "42", "3")
+    assert (parsed["Size-1"], parsed["Size-2"], parsed["Sampler"]) == ("64", "64", "Euler")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    plain = server.post("png-info", {"image": base64.b64encode(buf.getvalue()).decode()}).json()
+    assert plain == {"info": "", "items": {}, "parameters": {}}
+
+
+def test_img2img_reaches_the_engine(server):
+    init = server.txt2img(seed=1)["images"][0]
+    response = server.post("img2img", {"init_images": [init], "width": 64, "height": 64, "steps": 2})
+    if response.status_code == 200:  # once the engine supports img2img
+        assert decode_image(response.json()["images"][0]).size == (64, 64)
+    else:
+        assert response.status_code == 422 and "img2img" in response.json()["detail"]
+    missing = server.post("img2img", {"prompt": "x"})
+    assert missing.status_code == 404 and "Init image not found" in missing.json()["detail"]
+
+
+def test_progress_and_interrupt_from_another_thread(server):
+    result = {}
+
+    def run():
+        start = time.monotonic()
+        result["response"] = server.post("txt2img", {"width": 256, "height": 256, "steps": 500, "seed": 8})
+        result["seconds"] = time.monotonic() - start
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline, progress = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        progress = server.get("progress").json()
+        if progress["state"]["sampling_step"] >= 2:
+            break
+        time.sleep(0.05)
+    state = progress["state"]
+    assert state["sampling_steps"] == 500 and state["job_count"] == 1 and 0 < progress["progress"] < 1
+    assert progress["eta_relative"] > 0 and len(state["job_timestamp"]) == 14 and progress["current_image"] is None
+    assert server.get("progress", params={"skip_current_image": "true"}).status_code == 200
+    assert server.post("interrupt").json() == {}
+    worker.join(60)
+    response = result["response"]
+    assert response.status_code == 200 and len(response.json()["images"]) == 1  # what it had, as A1111 does
+    steps_done = int(info_of(response.json())["steps"])
+    assert steps_done == 500 and result["seconds"] < 30
+    idle = server.get("progress").json()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
+
+
+def test_skip_ends_the_current_batch(server):
+    done = {}
+    worker = threading.Thread(
+        target=lambda: done.setdefault("r", server.post("txt2img", {"width": 128, "height": 128, "steps": 300, "n_iter": 2}))
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while server.get("progress").json()["state"]["sampling_step"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.post("skip").json() is None
+    time.sleep(0.3)
+    server.post("interrupt")
+    worker.join(60)
+    assert done["r"].status_code == 200 and 1 <= len(done["r"].json()["images"]) <= 2
+
+
+def test_concurrent_burst_gets_its_own_answers(server):
+    seeds = [101, 102, 103, 101, 104, 105, 102, 106]
+    with ThreadPoolExecutor(max_workers=len(seeds)) as pool:
+        bodies = list(pool.map(lambda s: server.txt2img(seed=s, steps=2, prompt=f"burst {s}"), seeds))
+    by_seed = {}
+    for seed, body in zip(seeds, bodies, strict=True):
+        info = info_of(body)
+        assert info["seed"] == seed and info["prompt"] == f"burst {seed}"
+        assert decode_image(body["images"][0]).info["parameters"] == info["infotexts"][0]
+        by_seed.setdefault(seed, []).append(pixels(body["images"][0]))
+    for images in by_seed.values():
+        assert all(np.array_equal(images[0], other) for other in images[1:])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"prompt": "((emphasis)), (emphasis1:1.1), [to:1], [from::2], [from:to:0.3], [alt|alt1]"},
+        {"negative_prompt": "example negative prompt"},
+        {"width": 128, "height": 64},
+        {"restore_faces": True},
+        {"tiling": True},
+        {"n_iter": 2},
+        {"batch_size": 2},
+        {"sampler_index": "DDIM"},
+        {"sampler_index": "PLMS"},
+        {"sampler_index": "UniPC"},
+    ],
+    ids=["complex-prompt", "negative", "not-square", "restore-faces", "tiling", "n_iter", "batch", "ddim", "plms", "unipc"],
+)
+def test_a1111_upstream_txt2img_payloads(server, extra):
+    body = server.txt2img(**{**A1111_BASE, **extra})
+    info = info_of(body)
+    assert len(body["images"]) == info["batch_size"] * extra.get("n_iter", 1)
+    assert decode_image(body["images"][0]).size == (extra.get("width", 64), extra.get("height", 64))
+    assert info["sampler_name"] == extra.get("sampler_index", "Euler a")
+
+
+def test_gzip_and_process_time_header(server):
+    response = server.post("txt2img", {"width": 64, "height": 64, "steps": 2}, headers={"Accept-Encoding": "gzip"})
+    assert response.headers.get("Content-Encoding") == "gzip" and float(response.headers["X-Process-Time"]) > 0
+    assert json.loads(response.content)["images"]
+    assert "access-control-allow-origin" not in server.get("options", headers={"Origin": "http://x.test"}).headers
