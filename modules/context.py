@@ -107,7 +107,7 @@ class AppContext:
         """
         changes = dict(changes)
         if changes.get("sd_model_checkpoint"):
-            changes["sd_model_checkpoint"] = self.find_checkpoint(str(changes["sd_model_checkpoint"])).title
+            changes["sd_model_checkpoint"] = self.hashed(self.find_checkpoint(str(changes["sd_model_checkpoint"]))).title
         with self._lock:
             new = self.settings.with_overrides(changes)
             old, self.settings = self.settings, new

@@ -126,6 +126,6 @@ def test_refresh_picks_up_new_files(tmp_path, tiny_models):
 def test_facades(ctx):
     assert "DPM++ 2M" in ctx.sampler_names() and "Euler" in ctx.sampler_names()
     assert ctx.schedule_labels()[0] == "Automatic"
-    assert ctx.count_tokens("a photo of a cat") == (4, 75)
+    assert ctx.count_tokens("a photo of a cat") == (5, 75)
     fields = ctx.infotext_fields("cat\nSteps: 5, Sampler: Euler a, CFG scale: 6, Seed: 9, Size: 64x128")
     assert fields["steps"] == 5 and fields["height"] == 128 and fields["sampler_name"] == "Euler a"
