@@ -1,0 +1,252 @@
+"""ModelManager: checkpoint → diffusers pipeline (class + config dir per ModelType), dtype/device policy, eviction.
+
+Loading is offline (``HF_HUB_OFFLINE``; ``local_files_only`` everywhere) and follows one route for ``.safetensors``
+and ``.ckpt``: read the header (safetensors) or the safe pickle (ckpt), detect the type, build the architecture from
+the yaml beside the file or from the shapes, write/reuse its config folder, read the weights once and build the
+components from that state dict (:mod:`modules.engine.components`).
+
+Device/dtype policy (:func:`select_device`), following A1111:
+
+- CUDA: UNet and text encoders fp16 (fp32 with ``--no-half`` / ``--precision full``); VAE fp16 unless
+  ``--no-half-vae``. The SDXL pipelines upcast an fp16 VAE to fp32 for decoding by themselves (``force_upcast``,
+  the AutoencoderKL default), because the SDXL 1.0 VAE overflows in fp16.
+- MPS: fp16 UNet/text, fp32 VAE (as A1111 on macOS).
+- CPU: fp32 always (fp16 on CPU is ~10× slower and not supported by every op).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modules.errors import CheckpointLoadError
+from modules.engine.config_folder import default_cache_dir, model_index, write_config_folder
+from modules.engine.detection import detect_model_type, read_header
+from modules.engine.ldm_yaml import build_architecture
+from modules.engine.safe_load import load_ckpt_state_dict
+from modules.engine.types import CheckpointInfo, ModelType
+
+logger = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+IMG2IMG_PIPELINES = {False: "StableDiffusionImg2ImgPipeline", True: "StableDiffusionXLImg2ImgPipeline"}
+INPAINT_PIPELINES = {False: "StableDiffusionInpaintPipeline", True: "StableDiffusionXLInpaintPipeline"}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a checkpoint (built from Settings by the app context).
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        dtype: UNet and text-encoder dtype name (a key of :data:`DTYPES`).
+        vae_dtype: VAE dtype name.
+        allow_unsafe_pickle: ``--disable-safe-unpickle``: unpickle ``.ckpt`` files without restriction.
+        config_cache_dir: Where config folders are cached (default: a folder in the system temp dir).
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    vae_dtype: str = "float32"
+    allow_unsafe_pickle: bool = False
+    config_cache_dir: Path | None = None
+
+
+def select_device(
+    *, use_cpu_all: bool, device_id: int | None, no_half: bool, no_half_vae: bool, precision: str
+) -> tuple[str, str, str]:
+    """Choose ``(device, dtype, vae_dtype)`` from A1111's flags and the hardware (policy in the module docstring).
+
+    Args:
+        use_cpu_all: ``--use-cpu all``.
+        device_id: ``--device-id`` (CUDA index) or None.
+        no_half: ``--no-half``.
+        no_half_vae: ``--no-half-vae``.
+        precision: ``--precision`` (``"autocast"``, ``"half"`` or ``"full"``; ``"full"`` acts as ``--no-half``).
+    """
+    full = no_half or precision == "full"
+    if not use_cpu_all and torch.cuda.is_available():
+        device = f"cuda:{device_id}" if device_id is not None else "cuda"
+        choice = (device, "float32" if full else "float16", "float32" if full or no_half_vae else "float16")
+    elif not use_cpu_all and torch.backends.mps.is_available():
+        choice = ("mps", "float32" if full else "float16", "float32")
+    else:
+        choice = ("cpu", "float32", "float32")
+    logger.info("Device: %s, UNet/text dtype %s, VAE dtype %s", *choice)
+    return choice
+
+
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint and its txt2img (or inpainting) pipeline.
+
+    Attributes:
+        checkpoint: The file it came from.
+        model_type: The detected family.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"`` (also set on the scheduler).
+        pipe: The diffusers pipeline.
+        device: Where its weights live.
+        dtype: UNet/text-encoder dtype name (the VAE may differ: ``pipe.vae.dtype``).
+        load_seconds: Wall time of the load.
+    """
+
+    checkpoint: CheckpointInfo
+    model_type: ModelType
+    prediction_type: str
+    pipe: Any = field(repr=False)
+    device: str
+    dtype: str
+    load_seconds: float
+
+    def derived_pipeline(self, class_name: str) -> Any:
+        """Return ``diffusers.<class_name>.from_pipe(self.pipe)``: the same weights, another task, no reload."""
+        import diffusers
+
+        return getattr(diffusers, class_name).from_pipe(self.pipe)
+
+    def img2img(self) -> Any:
+        """Return the img2img pipeline sharing this model's components."""
+        return self.derived_pipeline(IMG2IMG_PIPELINES[self.model_type.is_sdxl])
+
+    def inpaint(self) -> Any:
+        """Return the inpainting pipeline sharing this model's components (works for 4- and 9-channel UNets)."""
+        return self.derived_pipeline(INPAINT_PIPELINES[self.model_type.is_sdxl])
+
+
+def _set_offline() -> None:
+    """Make sure nothing reaches the Hugging Face Hub (respecting values the user set explicitly)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def read_state_dict(path: Path, *, allow_unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """Read every tensor of a checkpoint (safetensors, or the safe ``.ckpt`` loader).
+
+    Raises:
+        CheckpointLoadError: The file is corrupt or truncated (or an unsafe pickle, as UnsafeCheckpointError).
+    """
+    if path.suffix.lower() != ".safetensors":
+        return load_ckpt_state_dict(path, allow_unsafe=allow_unsafe)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointLoadError(f"{path.name}: cannot read tensors ({reason})") from error
+
+
+def _build_pipeline(class_name: str, components: dict[str, Any], flags: dict[str, Any]) -> Any:
+    """Instantiate the pipeline, passing None for optional components we do not use (safety checker…).
+
+    ``flags`` are the non-component entries of ``model_index.json`` (``requires_aesthetics_score``…); those the
+    class accepts are passed on.
+    """
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    parameters = inspect.signature(cls.__init__).parameters
+    kwargs = {name: components.get(name) for name in parameters if name != "self" and name in components}
+    for name, parameter in parameters.items():
+        if name not in kwargs and name != "self" and parameter.default is inspect.Parameter.empty:
+            kwargs[name] = None  # safety_checker, feature_extractor, text_encoder of the refiner…
+    kwargs.update({k: v for k, v in flags.items() if k in parameters and not isinstance(v, list)})
+    return cls(**kwargs)
+
+
+def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedModel:
+    """Load one checkpoint into a ready pipeline (steps in the module docstring).
+
+    Raises:
+        CheckpointLoadError: Unreadable, truncated or inconsistent file, or a yaml that does not match it.
+        UnsafeCheckpointError: A ``.ckpt`` pickle was refused.
+        UnknownModelTypeError: The file is not a supported Stable Diffusion checkpoint.
+    """
+    _set_offline()  # before diffusers/huggingface_hub are first imported (they read it at import time)
+    from modules.engine.components import build_components
+    from modules.engine.prediction import probe_prediction_type
+
+    started = time.perf_counter()
+    path, source = Path(checkpoint.filename), Path(checkpoint.filename).name
+    # 1. Tensors (safetensors: header first, so a LoRA or VAE is refused before reading gigabytes).
+    is_safetensors = path.suffix.lower() == ".safetensors"
+    shapes = read_header(path) if is_safetensors else None
+    model_type = detect_model_type(shapes, source=path) if shapes is not None else None
+    state_dict = read_state_dict(path, allow_unsafe=options.allow_unsafe_pickle)
+    shapes = shapes or {k: tuple(v.shape) for k, v in state_dict.items()}
+    model_type = model_type or detect_model_type(shapes, source=path)
+    # 2. Architecture and its config folder.
+    arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
+    folder = write_config_folder(arch, options.config_cache_dir or default_cache_dir())
+    # 3. Components from the one state dict, then the pipeline.
+    _check_dtypes(options)
+    components = build_components(
+        state_dict, arch, folder, source=source, dtype=DTYPES[options.dtype], vae_dtype=DTYPES[options.vae_dtype]
+    )
+    del state_dict
+    prediction = arch.scheduler["prediction_type"]
+    if not arch.prediction_known:
+        prediction = probe_prediction_type(components["unet"])
+    components["scheduler"] = type(components["scheduler"]).from_config(
+        components["scheduler"].config, prediction_type=prediction
+    )
+    pipe = _build_pipeline(arch.pipeline_class, components, model_index(arch))
+    pipe.set_progress_bar_config(disable=True)
+    # 4. Device (dtypes were applied while filling the models).
+    pipe.to(options.device)
+    seconds = time.perf_counter() - started
+    logger.info("Loaded %s (%s, %s) in %.1f s on %s", source, model_type.value, prediction, seconds, options.device)
+    return LoadedModel(checkpoint, model_type, prediction, pipe, options.device, options.dtype, seconds)
+
+
+def _check_dtypes(options: LoadOptions) -> None:
+    """Raise CheckpointLoadError for a dtype name outside :data:`DTYPES`."""
+    for name in ("dtype", "vae_dtype"):
+        if getattr(options, name) not in DTYPES:
+            raise CheckpointLoadError(f"unknown {name} {getattr(options, name)!r}; expected one of {list(DTYPES)}")
+
+
+class ModelManager:
+    """Owns the loaded model: at most one at a time; switching frees the previous one before loading the next."""
+
+    def __init__(self) -> None:
+        self._current: LoadedModel | None = None
+        self._options: LoadOptions | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The loaded model, or None."""
+        return self._current
+
+    def get(self, checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedModel:
+        """Return the model for ``checkpoint``, loading it (and unloading the previous one first) if needed."""
+        current = self._current
+        if current is not None and current.checkpoint.filename == checkpoint.filename and self._options == options:
+            return current
+        self.unload()
+        loaded = load_checkpoint(checkpoint, options)
+        self._current, self._options = loaded, options
+        return loaded
+
+    def unload(self) -> None:
+        """Drop the current model and give its memory back (``gc.collect`` and the CUDA cache)."""
+        if self._current is None:
+            return
+        name, pipe_ref = self._current.checkpoint.name, weakref.ref(self._current.pipe)
+        self._current, self._options = None, None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.info("Unloaded %s%s", name, "" if pipe_ref() is None else " (still referenced elsewhere)")

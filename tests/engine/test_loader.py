@@ -1,0 +1,287 @@
+"""Loading the tiny checkpoints through the real loader: every kind, both formats, with and without the yaml."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+import struct
+import types
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, load_checkpoint, select_device
+from modules.engine.prediction import probe_mean_difference, probe_prediction_type
+from modules.engine.types import CheckpointInfo, ModelType
+from modules.errors import CheckpointLoadError, UnknownModelTypeError, UnsafeCheckpointError
+
+KINDS = ("sd1", "sd2v", "sd1-inpaint", "sdxl")
+TYPES = {"sd1": ModelType.SD1, "sd2v": ModelType.SD2, "sd1-inpaint": ModelType.SD1_INPAINT, "sdxl": ModelType.SDXL}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run this module's tiny models on one thread: on a busy 2-core machine, 2 OpenMP threads are ~8x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def options(tmp_path_factory: pytest.TempPathFactory) -> LoadOptions:
+    return LoadOptions(config_cache_dir=tmp_path_factory.mktemp("configs"))
+
+
+def info(path: Path, *, with_yaml: bool = True) -> CheckpointInfo:
+    yaml_path = path.with_suffix(".yaml")
+    return CheckpointInfo(path, path.name, config=yaml_path if with_yaml and yaml_path.exists() else None)
+
+
+def copy_without_yaml(path: Path, dest: Path) -> CheckpointInfo:
+    target = dest / path.name
+    shutil.copyfile(path, target)
+    return info(target)
+
+
+def all_tensors(model: LoadedModel) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, module in model.pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            out.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    return out
+
+
+def check_tokenizers(model: LoadedModel) -> None:
+    tokenizers = [model.pipe.components.get(n) for n in ("tokenizer", "tokenizer_2")]
+    for tokenizer in filter(None, tokenizers):
+        assert len(tokenizer) == 49408
+        assert tokenizer.model_max_length == 77
+        ids = tokenizer("a photo of a cat").input_ids
+        assert (ids[0], ids[-1]) == (49406, 49407)
+
+
+@pytest.mark.parametrize("with_yaml", [True, False], ids=["yaml", "no-yaml"])
+@pytest.mark.parametrize("fmt", ["", ".ckpt"], ids=["safetensors", "ckpt"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_every_kind(
+    kind: str, fmt: str, with_yaml: bool, tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path
+) -> None:
+    source = tiny_models[kind + fmt]
+    checkpoint = info(source) if with_yaml else copy_without_yaml(source, tmp_path)
+    assert (checkpoint.config is not None) == with_yaml
+    model = load_checkpoint(checkpoint, options)
+    assert model.model_type is TYPES[kind]
+    assert type(model.pipe).__name__ == {
+        "sd1-inpaint": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLPipeline",
+    }.get(kind, "StableDiffusionPipeline")  # fmt: skip
+    tensors = all_tensors(model)
+    assert not [k for k, v in tensors.items() if v.device.type == "meta"]
+    assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.float32}
+    check_tokenizers(model)
+    assert model.pipe.scheduler.config.prediction_type == model.prediction_type
+    if kind == "sd2v" and with_yaml:
+        assert model.prediction_type == "v_prediction"
+    if kind != "sd2v":
+        assert model.prediction_type == "epsilon"
+
+
+def test_sd2_pad_token_and_probe_without_yaml(
+    tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path
+) -> None:
+    model = load_checkpoint(copy_without_yaml(tiny_models["sd2v"], tmp_path), options)
+    assert model.pipe.tokenizer.pad_token == "!"
+    assert model.pipe.tokenizer.pad_token_id == 0
+    # Random weights carry no eps/v signal: the probe sees mean(out - in) near 0 and answers "epsilon".
+    assert model.prediction_type == "epsilon"
+
+
+class ConstantUNet(torch.nn.Module):
+    """A stand-in UNet whose prediction is ``input + offset``."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = types.SimpleNamespace(in_channels=4, cross_attention_dim=16)
+
+    def forward(self, latents, timesteps, encoder_hidden_states, return_dict=False):
+        assert timesteps.tolist() == [999]
+        assert encoder_hidden_states.shape == (1, 2, 16)
+        return (latents + self.offset + self.weight,)
+
+
+@pytest.mark.parametrize(("offset", "expected"), [(-2.0, "v_prediction"), (0.0, "epsilon"), (-0.5, "epsilon")])
+def test_probe_on_constructed_models(offset: float, expected: str) -> None:
+    assert probe_prediction_type(ConstantUNet(offset)) == expected
+
+
+def test_probe_inputs_are_a1111s() -> None:
+    seen = {}
+
+    def unet(latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        seen.update(latents=latents.clone(), t=timesteps.tolist(), context=context.clone())
+        return latents * 0
+
+    assert probe_mean_difference(unet, in_channels=4, context_dim=8) == pytest.approx(-0.5)
+    assert seen["t"] == [999]
+    assert torch.all(seen["latents"] == 0.5) and seen["latents"].shape == (1, 4, 8, 8)
+    assert torch.all(seen["context"] == 0.5) and seen["context"].shape == (1, 2, 8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_one_image_per_kind(kind: str, tiny_models: dict[str, Path], options: LoadOptions) -> None:
+    from PIL import Image
+
+    model = load_checkpoint(info(tiny_models[kind]), options)
+    extra = {}
+    if kind == "sd1-inpaint":
+        extra = {"image": Image.new("RGB", (64, 64), "gray"), "mask_image": Image.new("L", (64, 64), 255)}
+    result = model.pipe(
+        "a cat", num_inference_steps=4, height=64, width=64, generator=torch.Generator().manual_seed(1), **extra
+    )
+    image = result.images[0]
+    assert image.size == (64, 64)
+    assert len(set(image.getdata())) > 1  # not a blank frame
+
+
+def test_derived_pipelines_share_weights(tiny_models: dict[str, Path], options: LoadOptions) -> None:
+    model = load_checkpoint(info(tiny_models["sd1"]), options)
+    img2img, inpaint = model.img2img(), model.inpaint()
+    assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert type(inpaint).__name__ == "StableDiffusionInpaintPipeline"
+    assert img2img.unet is model.pipe.unet and inpaint.vae is model.pipe.vae
+
+
+def save_modified(source: Path, dest: Path, edit) -> CheckpointInfo:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(source)
+    edit(state)
+    save_file(state, dest, metadata={"format": "pt"})
+    shutil.copyfile(source.with_suffix(".yaml"), dest.with_suffix(".yaml"))
+    return info(dest)
+
+
+@pytest.mark.parametrize(
+    ("key", "what", "diffusers_name"),
+    [
+        ("cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight", "text_encoder", "layers.3.mlp.fc1"),
+        ("model.diffusion_model.output_blocks.2.0.out_layers.3.weight", "UNet", "up_blocks.0.resnets.2.conv2.weight"),
+        ("first_stage_model.decoder.up.1.block.0.conv1.bias", "VAE", "up_blocks.2.resnets.0.conv1.bias"),
+    ],
+)
+def test_missing_weights_are_errors(
+    key: str, what: str, diffusers_name: str, tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path
+) -> None:
+    checkpoint = save_modified(tiny_models["sd1"], tmp_path / "holey.safetensors", lambda s: s.pop(key))
+    with pytest.raises(CheckpointLoadError, match=rf"holey\.safetensors: 1 {what}.* weights missing") as err:
+        load_checkpoint(checkpoint, options)
+    assert diffusers_name in str(err.value)
+
+
+def test_unexpected_weights_are_reported(
+    tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def add(state: dict) -> None:
+        state["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.extra.weight"] = torch.zeros(2)
+
+    checkpoint = save_modified(tiny_models["sd1"], tmp_path / "extra.safetensors", add)
+    with caplog.at_level(logging.WARNING):
+        load_checkpoint(checkpoint, options)
+    assert "1 unexpected UNet keys ignored" in caplog.text
+    assert "extra.weight" in caplog.text
+
+
+def test_wrong_shape_is_an_error(tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path) -> None:
+    key = "first_stage_model.decoder.conv_out.bias"
+    path = tmp_path / "bad.safetensors"
+    checkpoint = save_modified(tiny_models["sd1"], path, lambda s: s.update({key: torch.ones(5)}))
+    with pytest.raises(CheckpointLoadError, match=r"bad\.safetensors: VAE weights do not fit"):
+        load_checkpoint(checkpoint, options)
+
+
+def test_truncated_and_foreign_files(tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(tiny_models["sd1"].read_bytes()[:1_000_000])
+    with pytest.raises(CheckpointLoadError, match=r"cut\.safetensors: truncated"):
+        load_checkpoint(info(cut), options)
+    lora = tmp_path / "lora.safetensors"
+    raw = json.dumps({"lora_unet_x.lora_down.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    lora.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4)
+    with pytest.raises(UnknownModelTypeError, match="models/Lora"):
+        load_checkpoint(info(lora), options)
+
+
+def test_unsafe_ckpt_is_refused_by_the_loader(options: LoadOptions, tmp_path: Path) -> None:
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "x": Evil()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        load_checkpoint(info(path), options)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_mismatched_yaml_is_refused(tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path) -> None:
+    target = tmp_path / "xl.safetensors"
+    shutil.copyfile(tiny_models["sdxl"], target)
+    shutil.copyfile(tiny_models["sd1"].with_suffix(".yaml"), target.with_suffix(".yaml"))
+    with pytest.raises(CheckpointLoadError, match=r"xl\.safetensors: the yaml beside it does not match"):
+        load_checkpoint(info(target), options)
+
+
+def test_model_manager_switch_frees_previous(tiny_models: dict[str, Path], options: LoadOptions) -> None:
+    manager = ModelManager()
+    first = manager.get(info(tiny_models["sd1"]), options)
+    assert manager.get(info(tiny_models["sd1"]), options) is first
+    old_pipe = weakref.ref(first.pipe)
+    del first
+    second = manager.get(info(tiny_models["sd2v"]), options)
+    gc.collect()
+    assert old_pipe() is None
+    assert manager.current is second
+    bf16_vae = LoadOptions(vae_dtype="bfloat16", config_cache_dir=options.config_cache_dir)
+    reloaded = manager.get(info(tiny_models["sd2v"]), bf16_vae)
+    assert reloaded is not second  # different options: reloaded
+    assert reloaded.pipe.vae.dtype == torch.bfloat16 and reloaded.pipe.unet.dtype == torch.float32
+    manager.unload()
+    assert manager.current is None
+
+
+def test_select_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device(use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast") == (
+        "cpu", "float32", "float32",
+    )  # fmt: skip
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert select_device(use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast") == (
+        "mps", "float16", "float32",
+    )  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cases = {
+        (False, False, "autocast", None): ("cuda", "float16", "float16"),
+        (False, True, "autocast", 1): ("cuda:1", "float16", "float32"),
+        (True, False, "autocast", None): ("cuda", "float32", "float32"),
+        (False, False, "full", None): ("cuda", "float32", "float32"),
+    }
+    for (no_half, no_half_vae, precision, device_id), expected in cases.items():
+        got = select_device(
+            use_cpu_all=False, device_id=device_id, no_half=no_half, no_half_vae=no_half_vae, precision=precision
+        )
+        assert got == expected
+    assert select_device(use_cpu_all=True, device_id=0, no_half=False, no_half_vae=False, precision="half")[0] == "cpu"
+
+
+def test_unknown_dtype_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(CheckpointLoadError, match="unknown dtype"):
+        load_checkpoint(info(tiny_models["sd1"]), LoadOptions(dtype="float8", config_cache_dir=tmp_path))
