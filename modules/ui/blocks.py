@@ -32,13 +32,20 @@ def _wire_page_load(
     """On each page load show the current checkpoint list/selection and settings (they may have changed)."""
 
     def on_load() -> dict[Component, Any]:
-        updates: dict[Component, Any] = {qs.checkpoint: quicksettings.dropdown_update(ctx), qs.notice:
-                                         quicksettings.notice(ctx)}
+        updates: dict[Component, Any] = {
+            qs.checkpoint: quicksettings.dropdown_update(ctx),
+            qs.notice: quicksettings.notice(ctx),
+        }
         updates.update(settings_tab.current_values(ctx, st))
         return updates
 
-    blocks.load(on_load, outputs=[qs.checkpoint, qs.notice, *st.widgets.values()], queue=False,
-                show_progress="hidden", api_visibility="private")
+    blocks.load(
+        on_load,
+        outputs=[qs.checkpoint, qs.notice, *st.widgets.values()],
+        queue=False,
+        show_progress="hidden",
+        api_visibility="private",
+    )
 
 
 def create_ui(ctx: AppContext) -> gr.Blocks:

@@ -10,13 +10,15 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import gradio as gr
-from pydantic.fields import FieldInfo
 
 from modules.engine.types import GenerationRequest
 from modules.settings import Settings
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,19 @@ def _check_choice(label: str, value: str, choices: Iterable[str] | None) -> None
         raise gr.Error(f"{label}: unknown value {value!r}. Choose one of: {', '.join(allowed)}.")
 
 
+def _field_value(name: str, value: Any) -> Any:
+    """Convert one widget value to the request field's type, checking numeric ranges."""
+    if name in INT_FIELDS or name in FLOAT_FIELDS:
+        if name in ("seed", "subseed") and value in (None, ""):
+            value = -1
+        number = _as_number(name, value)
+        _check_range(name, number)
+        return int(number) if name in INT_FIELDS else float(number)
+    if name == "styles":
+        return tuple(str(s) for s in (value or ()))
+    return "" if value is None else str(value)
+
+
 def to_request(
     values: Mapping[str, Any],
     *,
@@ -113,21 +128,11 @@ def to_request(
     Raises:
         gr.Error: Naming the field and the allowed range when a value is missing, not a number or out of range.
     """
-    data: dict[str, Any] = {}
-    for name in GenerationRequest.__dataclass_fields__:
-        if name not in values or name in ("init_images", "mask"):
-            continue
-        value = values[name]
-        if name in INT_FIELDS or name in FLOAT_FIELDS:
-            if name in ("seed", "subseed") and value in (None, ""):
-                value = -1
-            number = _as_number(name, value)
-            _check_range(name, number)
-            data[name] = int(number) if name in INT_FIELDS else float(number)
-        elif name == "styles":
-            data[name] = tuple(str(s) for s in (value or ()))
-        else:
-            data[name] = "" if value is None else str(value)
+    data = {
+        name: _field_value(name, values[name])
+        for name in GenerationRequest.__dataclass_fields__
+        if name in values and name not in ("init_images", "mask")
+    }
     for name in ("width", "height"):
         if name in data and data[name] % 8:
             raise gr.Error(f"{name.capitalize()} must be a multiple of 8 (got {data[name]}).")
@@ -212,8 +217,10 @@ def _literal_choices(annotation: Any) -> tuple[str, ...] | None:
 
 
 def widget_spec(key: str, info: FieldInfo) -> WidgetSpec:
-    """Map one Settings field to a widget: bool → Checkbox, Literal → Dropdown, bounded number → Slider,
-    other numbers → Number, everything else → Textbox."""
+    """Map one Settings field to a widget.
+
+    bool → Checkbox, Literal → Dropdown, number with both bounds → Slider, other numbers → Number, else Textbox.
+    """
     label = info.description or key
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     section = str(extra.get("section", "other"))

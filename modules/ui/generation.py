@@ -119,8 +119,7 @@ def _run_generation(ctx: AppContext, t: GenerationTab, values: dict[str, Any]) -
         raise gr.Error(str(exc), title="Generation failed") from exc
     snap = ctx.settings
     images, info_html, info_json = show_output(output, snap.return_grid, time.time() - started, snap.enable_pnginfo)
-    yield {t.progress: "", t.gallery: images, t.html_info: info_html, t.generation_info: info_json,
-           t.selected_index: 0}
+    yield {t.progress: "", t.gallery: images, t.html_info: info_html, t.generation_info: info_json, t.selected_index: 0}
 
 
 def wire_generate(ctx: AppContext, t: GenerationTab) -> None:
@@ -141,50 +140,95 @@ def wire_generate(ctx: AppContext, t: GenerationTab) -> None:
 
     outputs = [t.progress, t.gallery, t.html_info, t.generation_info, t.selected_index]
     t.generate.click(
-        generate, inputs_kwargs=dict(t.fields), outputs=outputs, api_name=t.tabname, show_progress="minimal",
-        concurrency_id="generate", concurrency_limit=None,
+        generate,
+        inputs_kwargs=dict(t.fields),
+        outputs=outputs,
+        api_name=t.tabname,
+        show_progress="minimal",
+        concurrency_id="generate",
+        concurrency_limit=None,
     )
     t.interrupt.click(interrupt, queue=False, api_name=f"{t.tabname}_interrupt", show_progress="hidden")
     t.skip.click(skip, queue=False, api_name=f"{t.tabname}_skip", show_progress="hidden")
 
 
 def wire_helpers(ctx: AppContext, t: GenerationTab) -> None:
-    """Token counters, seed buttons, Extra checkbox, size swap, clear, ↙️ paste and gallery selection."""
+    """Token counters, gallery selection, size swap, clear and ↙️ paste."""
 
     def count(text: str) -> str:
         return token_counter_html(*ctx.count_tokens(text or ""))
 
-    for box, counter in ((t.fields["prompt"], t.token_counter), (t.fields["negative_prompt"], t.negative_token_counter)):
+    prompts = ((t.fields["prompt"], t.token_counter), (t.fields["negative_prompt"], t.negative_token_counter))
+    for box, counter in prompts:
         box.change(count, inputs=box, outputs=counter, queue=False, show_progress="hidden", api_visibility="private")
 
     def on_select(evt: gr.SelectData, info_json: str) -> tuple[int, Any]:
         text = selected_infotext(info_json, evt.index)
         return evt.index, (infotext_html(text) if text is not None else gr.update())
 
-    t.gallery.select(on_select, inputs=t.generation_info, outputs=[t.selected_index, t.html_info],
-                     queue=False, show_progress="hidden", api_visibility="private")
-    t.random_seed.click(lambda: -1, outputs=t.fields["seed"], queue=False, api_visibility="private")
-    t.random_subseed.click(lambda: -1, outputs=t.fields["subseed"], queue=False, api_visibility="private")
-    t.reuse_seed.click(lambda info, i: selected_seed(info, i), inputs=[t.generation_info, t.selected_index],
-                       outputs=t.fields["seed"], queue=False, api_visibility="private")
-    t.reuse_subseed.click(lambda info, i: selected_seed(info, i, "all_subseeds"),
-                          inputs=[t.generation_info, t.selected_index], outputs=t.fields["subseed"], queue=False,
-                          api_visibility="private")
-    t.fields["subseed_show"].change(lambda show: gr.update(visible=bool(show)), inputs=t.fields["subseed_show"],
-                                    outputs=t.subseed_row, queue=False, api_visibility="private")
-    t.swap_size.click(lambda w, h: (h, w), inputs=[t.fields["width"], t.fields["height"]],
-                      outputs=[t.fields["width"], t.fields["height"]], queue=False, api_visibility="private")
-    t.clear_prompt.click(lambda: ("", ""), outputs=[t.fields["prompt"], t.fields["negative_prompt"]], queue=False,
-                         api_visibility="private")
+    t.gallery.select(
+        on_select,
+        inputs=t.generation_info,
+        outputs=[t.selected_index, t.html_info],
+        queue=False,
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    t.swap_size.click(
+        lambda w, h: (h, w),
+        inputs=[t.fields["width"], t.fields["height"]],
+        outputs=[t.fields["width"], t.fields["height"]],
+        queue=False,
+        api_visibility="private",
+    )
+    t.clear_prompt.click(
+        lambda: ("", ""),
+        outputs=[t.fields["prompt"], t.fields["negative_prompt"]],
+        queue=False,
+        api_visibility="private",
+    )
 
     def paste(prompt: str) -> dict[Component, Any]:
         return paste_updates(ctx, t, read_paste_source(ctx, prompt))
 
-    t.paste.click(paste, inputs=t.fields["prompt"], outputs=list(t.fields.values()) + [t.subseed_row],
-                  api_visibility="private", show_progress="hidden")
+    t.paste.click(
+        paste,
+        inputs=t.fields["prompt"],
+        outputs=[*t.fields.values(), t.subseed_row],
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+
+def wire_seeds(t: GenerationTab) -> None:
+    """🎲 and ♻️ for seed and variation seed, and the "Extra" checkbox."""
+    t.random_seed.click(lambda: -1, outputs=t.fields["seed"], queue=False, api_visibility="private")
+    t.random_subseed.click(lambda: -1, outputs=t.fields["subseed"], queue=False, api_visibility="private")
+    t.reuse_seed.click(
+        lambda info, i: selected_seed(info, i),
+        inputs=[t.generation_info, t.selected_index],
+        outputs=t.fields["seed"],
+        queue=False,
+        api_visibility="private",
+    )
+    t.reuse_subseed.click(
+        lambda info, i: selected_seed(info, i, "all_subseeds"),
+        inputs=[t.generation_info, t.selected_index],
+        outputs=t.fields["subseed"],
+        queue=False,
+        api_visibility="private",
+    )
+    t.fields["subseed_show"].change(
+        lambda show: gr.update(visible=bool(show)),
+        inputs=t.fields["subseed_show"],
+        outputs=t.subseed_row,
+        queue=False,
+        api_visibility="private",
+    )
 
 
 def wire(ctx: AppContext, t: GenerationTab) -> None:
     """Attach every event of a generation tab."""
     wire_generate(ctx, t)
     wire_helpers(ctx, t)
+    wire_seeds(t)

@@ -36,8 +36,12 @@ def build_tab() -> PngInfoTab:
     with gr.Row(equal_height=False):
         with gr.Column(variant="panel"):
             image = gr.Image(
-                label="Source", type="pil", sources=["upload", "clipboard"], elem_id="pnginfo_image",
-                image_mode=None, height=480,
+                label="Source",
+                type="pil",
+                sources=["upload", "clipboard"],
+                elem_id="pnginfo_image",
+                image_mode=None,
+                height=480,
             )
         with gr.Column(variant="panel"):
             html = gr.HTML("", elem_id="pnginfo_html")
@@ -72,7 +76,8 @@ def wire(ctx: AppContext, p: PngInfoTab, txt2img: GenerationTab, tabs: gr.Tabs) 
         updates[tabs] = gr.Tabs(selected="txt2img")
         return updates
 
-    p.image.change(on_image, inputs=p.image, outputs=[p.html, p.generation_info], api_name="pnginfo",
-                   show_progress="hidden")
+    p.image.change(
+        on_image, inputs=p.image, outputs=[p.html, p.generation_info], api_name="pnginfo", show_progress="hidden"
+    )
     outputs = [*txt2img.fields.values(), txt2img.subseed_row, tabs]
     p.send_txt2img.click(send, inputs=p.generation_info, outputs=outputs, api_visibility="private")

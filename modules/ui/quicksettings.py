@@ -118,6 +118,9 @@ def wire(ctx: AppContext, qs: Quicksettings) -> None:
         on_refresh, outputs=[qs.checkpoint, qs.notice], api_name="refresh_checkpoints", concurrency_limit=None
     )
     qs.timer.tick(
-        on_tick, outputs=[qs.checkpoint, qs.notice, qs.timer], show_progress="hidden", api_visibility="private",
+        on_tick,
+        outputs=[qs.checkpoint, qs.notice, qs.timer],
+        show_progress="hidden",
+        api_visibility="private",
         concurrency_limit=None,
     )

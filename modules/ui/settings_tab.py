@@ -87,5 +87,9 @@ def wire(ctx: AppContext, tab: SettingsTab) -> None:
         text = apply_settings(ctx, values)
         return {tab.result: text, **current_values(ctx, tab)}
 
-    tab.submit.click(on_apply, inputs_kwargs=dict(tab.widgets), outputs=[tab.result, *tab.widgets.values()],
-                     api_name="apply_settings")
+    tab.submit.click(
+        on_apply,
+        inputs_kwargs=dict(tab.widgets),
+        outputs=[tab.result, *tab.widgets.values()],
+        api_name="apply_settings",
+    )

@@ -62,18 +62,24 @@ def build_toprow(t: GenerationTab) -> None:
         with gr.Column(scale=6, elem_id=f"{tab}_prompt_container"):
             with gr.Group(elem_classes=["prompt-box"]):
                 t.fields["prompt"] = gr.Textbox(
-                    label="Prompt", show_label=False, lines=3, max_lines=20, elem_id=f"{tab}_prompt",
+                    label="Prompt",
+                    show_label=False,
+                    lines=3,
+                    max_lines=20,
+                    elem_id=f"{tab}_prompt",
                     placeholder="Prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)",
                 )
                 t.token_counter = gr.HTML(token_counter_html(0, 75), elem_id=f"{tab}_token_counter")
             with gr.Group(elem_classes=["prompt-box"]):
                 t.fields["negative_prompt"] = gr.Textbox(
-                    label="Negative prompt", show_label=False, lines=3, max_lines=20, elem_id=f"{tab}_neg_prompt",
+                    label="Negative prompt",
+                    show_label=False,
+                    lines=3,
+                    max_lines=20,
+                    elem_id=f"{tab}_neg_prompt",
                     placeholder="Negative prompt\n(Press Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt)",
                 )
-                t.negative_token_counter = gr.HTML(
-                    token_counter_html(0, 75), elem_id=f"{tab}_negative_token_counter"
-                )
+                t.negative_token_counter = gr.HTML(token_counter_html(0, 75), elem_id=f"{tab}_negative_token_counter")
         with gr.Column(scale=2, elem_id=f"{tab}_actions_column"):
             with gr.Row():
                 t.interrupt = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", variant="secondary")
@@ -83,8 +89,14 @@ def build_toprow(t: GenerationTab) -> None:
                 t.paste = _tool("↙️", f"{tab}_paste")
                 t.clear_prompt = _tool("🗑️", f"{tab}_clear_prompt")
             t.fields["styles"] = gr.Dropdown(
-                label="Styles", choices=[], value=[], multiselect=True, elem_id=f"{tab}_styles",
-                show_label=False, container=False, allow_custom_value=False,
+                label="Styles",
+                choices=[],
+                value=[],
+                multiselect=True,
+                elem_id=f"{tab}_styles",
+                show_label=False,
+                container=False,
+                allow_custom_value=False,
             )
 
 
@@ -95,11 +107,15 @@ def build_settings_column(ctx: AppContext, t: GenerationTab) -> None:
         samplers = ctx.sampler_names()
         schedules = ctx.schedule_labels()
         t.fields["sampler_name"] = gr.Dropdown(
-            label="Sampling method", choices=samplers, elem_id=f"{tab}_sampling",
+            label="Sampling method",
+            choices=samplers,
+            elem_id=f"{tab}_sampling",
             value=_DEFAULTS.sampler_name if _DEFAULTS.sampler_name in samplers else (samplers or [None])[0],
         )
         t.fields["scheduler"] = gr.Dropdown(
-            label="Schedule type", choices=schedules, elem_id=f"{tab}_scheduler",
+            label="Schedule type",
+            choices=schedules,
+            elem_id=f"{tab}_scheduler",
             value=_DEFAULTS.scheduler if _DEFAULTS.scheduler in schedules else (schedules or [None])[0],
         )
     t.fields["steps"] = _slider(tab, "steps", _DEFAULTS.steps, 1)
@@ -144,8 +160,15 @@ def build_output_column(t: GenerationTab) -> None:
     tab = t.tabname
     t.progress = gr.HTML("", elem_id=f"{tab}_progress")
     t.gallery = gr.Gallery(
-        label="Output", show_label=False, columns=4, preview=True, elem_id=f"{tab}_gallery", height=512,
-        object_fit="contain", interactive=False, format="png",
+        label="Output",
+        show_label=False,
+        columns=4,
+        preview=True,
+        elem_id=f"{tab}_gallery",
+        height=512,
+        object_fit="contain",
+        interactive=False,
+        format="png",
     )
     t.html_info = gr.HTML("", elem_id=f"html_info_{tab}", elem_classes=["infotext"])
     t.generation_info = gr.Textbox("", visible="hidden", elem_id=f"generation_info_{tab}", label="Generation info")

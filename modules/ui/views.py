@@ -35,7 +35,7 @@ def format_eta(seconds: float | None) -> str:
     """
     if seconds is None:
         return "…"
-    total = int(round(seconds))
+    total = round(seconds)
     if total < 60:
         return f"{total}s"
     if total < 3600:

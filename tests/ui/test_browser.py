@@ -24,8 +24,13 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 TIMEOUT_MS = 120_000
 
@@ -48,8 +53,15 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     (data_dir / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}), encoding="utf-8")
     port = _free_port()
     flags = parse_flags(
-        ["--data-dir", str(data_dir), "--ckpt-dir", str(tiny_models_dir), "--no-download-sd-model", "--port",
-         str(port)],
+        [
+            "--data-dir",
+            str(data_dir),
+            "--ckpt-dir",
+            str(tiny_models_dir),
+            "--no-download-sd-model",
+            "--port",
+            str(port),
+        ],
         environ={},
     )
     ctx = webui.create_context(flags)

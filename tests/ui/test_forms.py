@@ -44,8 +44,18 @@ def test_to_request_maps_every_field_by_name():
         schedulers=SCHEDULES,
     )
     assert req == GenerationRequest(
-        prompt="a cat", negative_prompt="blurry", styles=("s1",), sampler_name="DPM++ 2M", scheduler="Automatic",
-        steps=4, width=64, height=128, n_iter=3, batch_size=2, cfg_scale=6.5, seed=1234,
+        prompt="a cat",
+        negative_prompt="blurry",
+        styles=("s1",),
+        sampler_name="DPM++ 2M",
+        scheduler="Automatic",
+        steps=4,
+        width=64,
+        height=128,
+        n_iter=3,
+        batch_size=2,
+        cfg_scale=6.5,
+        seed=1234,
     )
     assert isinstance(req.steps, int) and isinstance(req.seed, int) and isinstance(req.cfg_scale, float)
 
@@ -58,7 +68,7 @@ def test_to_request_defaults_and_empty_seed():
 
 
 def test_variation_seed_used_only_with_extra_checked():
-    extra = dict(subseed=77, subseed_strength=0.3, seed_resize_from_w=256, seed_resize_from_h=320)
+    extra = {"subseed": 77, "subseed_strength": 0.3, "seed_resize_from_w": 256, "seed_resize_from_h": 320}
     off = forms.to_request(form(subseed_show=False, **extra))
     assert (off.subseed, off.subseed_strength, off.seed_resize_from_w, off.seed_resize_from_h) == (-1, 0.0, -1, -1)
     on = forms.to_request(form(subseed_show=True, **extra))
@@ -93,15 +103,33 @@ def test_to_request_rejects_bad_values_with_readable_errors(overrides, message):
 
 def test_paste_values_respects_send_seed_and_send_size():
     fields = {
-        "prompt": "p", "negative_prompt": "n", "steps": 4, "sampler_name": "Euler a", "scheduler": "Karras",
-        "cfg_scale": 5.0, "seed": 42, "width": 64, "height": 96, "subseed": 9, "subseed_strength": 0.25,
+        "prompt": "p",
+        "negative_prompt": "n",
+        "steps": 4,
+        "sampler_name": "Euler a",
+        "scheduler": "Karras",
+        "cfg_scale": 5.0,
+        "seed": 42,
+        "width": 64,
+        "height": 96,
+        "subseed": 9,
+        "subseed_strength": 0.25,
         "clip_skip": 2,
     }
     choices = {"sampler_name": SAMPLERS, "scheduler": SCHEDULES}
     both = forms.paste_values(fields, Settings(), choices)
     assert both == {
-        "prompt": "p", "negative_prompt": "n", "steps": 4, "sampler_name": "Euler a", "scheduler": "Karras",
-        "cfg_scale": 5.0, "seed": 42, "width": 64, "height": 96, "subseed": 9, "subseed_strength": 0.25,
+        "prompt": "p",
+        "negative_prompt": "n",
+        "steps": 4,
+        "sampler_name": "Euler a",
+        "scheduler": "Karras",
+        "cfg_scale": 5.0,
+        "seed": 42,
+        "width": 64,
+        "height": 96,
+        "subseed": 9,
+        "subseed_strength": 0.25,
         "subseed_show": True,
     }
     neither = forms.paste_values(fields, Settings(send_seed=False, send_size=False), choices)
@@ -133,7 +161,7 @@ def test_settings_specs_exclude_and_group_by_section():
     assert "sd_model_checkpoint" not in {s.key for s in specs}
     assert len(specs) == len(Settings.model_fields) - 1
     groups = forms.group_by_section(specs)
-    assert list(groups)[0] == "Stable Diffusion"
+    assert next(iter(groups)) == "Stable Diffusion"
     assert "CLIP_stop_at_last_layers" in {s.key for s in groups["Stable Diffusion"]}
     assert {s.key for s in groups["Saving images/grids"]} >= {"samples_save", "samples_format"}
 

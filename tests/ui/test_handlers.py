@@ -26,8 +26,9 @@ def tab(empty_ctx):
 
 
 def test_apply_settings_saves_changes_to_config_json(empty_ctx):
-    text = settings_tab.apply_settings(empty_ctx, {"CLIP_stop_at_last_layers": 2.0, "samples_format": "jpg",
-                                                   "samples_save": True})
+    text = settings_tab.apply_settings(
+        empty_ctx, {"CLIP_stop_at_last_layers": 2.0, "samples_format": "jpg", "samples_save": True}
+    )
     assert text == "2 settings changed: CLIP_stop_at_last_layers, samples_format."
     assert empty_ctx.settings.CLIP_stop_at_last_layers == 2
     saved = json.loads(empty_ctx.flags.settings_file.read_text(encoding="utf-8"))
@@ -117,8 +118,9 @@ def test_paste_source_falls_back_to_params_txt(empty_ctx):
 
 
 def test_selected_seed_and_infotext_account_for_the_grid():
-    info = json.dumps({"all_seeds": [10, 11], "all_subseeds": [5, 6], "infotexts": ["a", "b"],
-                       "index_of_first_image": 1})
+    info = json.dumps(
+        {"all_seeds": [10, 11], "all_subseeds": [5, 6], "infotexts": ["a", "b"], "index_of_first_image": 1}
+    )
     assert generation.selected_seed(info, 0) == 10  # the grid → the first image
     assert generation.selected_seed(info, 2) == 11
     assert generation.selected_seed(info, 2, "all_subseeds") == 6

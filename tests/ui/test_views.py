@@ -9,7 +9,7 @@ from modules.ui import views
 
 
 def job(**kw):
-    base = dict(step=0, total_steps=0, job_no=0, job_count=1, textinfo="", progress=0.0, eta=None)
+    base = {"step": 0, "total_steps": 0, "job_no": 0, "job_count": 1, "textinfo": "", "progress": 0.0, "eta": None}
     base.update(kw)
     return SimpleNamespace(**base)
 
