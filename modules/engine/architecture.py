@@ -159,7 +159,7 @@ def _transformer_depth(shapes: Shapes, block: str) -> int:
 
 def unet_config_from_shapes(shapes: Shapes, model_type: ModelType, *, source: str = "checkpoint") -> dict[str, Any]:
     """Derive the ``UNet2DConditionModel`` config from the LDM UNet's tensor shapes."""
-    channels, in_channels = _shape(shapes, UNET + "input_blocks.0.0.weight", source)[:2]
+    _, in_channels = _shape(shapes, UNET + "input_blocks.0.0.weight", source)[:2]
     n_inputs = len(_indices(shapes, re.escape(UNET) + r"input_blocks\.(\d+)\."))
     n_levels = len(_indices(shapes, re.escape(UNET) + r"input_blocks\.(\d+)\.0\.op\.weight")) + 1
     res_blocks = (n_inputs - 1 - (n_levels - 1)) // n_levels
@@ -167,8 +167,11 @@ def unet_config_from_shapes(shapes: Shapes, model_type: ModelType, *, source: st
     block_out = [int(_shape(shapes, f"{UNET}input_blocks.{i}.0.in_layers.2.weight", source)[0]) for i in firsts]
     attention = [f"{UNET}input_blocks.{i}.1.proj_in.weight" in shapes for i in firsts]
     mid_depth = _transformer_depth(shapes, "middle_block")
-    depths = [_transformer_depth(shapes, f"input_blocks.{i}") if a else mid_depth for i, a in zip(firsts, attention)]
-    first_attn = next((i for i, a in zip(firsts, attention) if a), None)
+    depths = [
+        _transformer_depth(shapes, f"input_blocks.{i}") if a else mid_depth
+        for i, a in zip(firsts, attention, strict=True)
+    ]
+    first_attn = next((i for i, a in zip(firsts, attention, strict=True) if a), None)
     if first_attn is None or mid_depth == 0:
         raise CheckpointLoadError(f"{source}: the UNet has no cross-attention blocks; not a text-to-image UNet")
     attn = f"{UNET}input_blocks.{first_attn}.1."
@@ -297,9 +300,7 @@ def scheduler_config(
     }
 
 
-def architecture_from_shapes(
-    shapes: Shapes, model_type: ModelType, *, source: str = "checkpoint"
-) -> ModelArchitecture:
+def architecture_from_shapes(shapes: Shapes, model_type: ModelType, *, source: str = "checkpoint") -> ModelArchitecture:
     """Build the whole architecture from shapes alone (no yaml). SD2's eps/v is left to the loader's probe."""
     probe = model_type is ModelType.SD2  # SD2 inpainting (512-inpainting-ema) is eps; A1111 probes plain SD2 only
     return ModelArchitecture(

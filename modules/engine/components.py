@@ -24,9 +24,9 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from modules.errors import CheckpointLoadError
 from modules.engine.architecture import ENCODER_FAMILIES, ModelArchitecture, TextEncoderSpec
 from modules.engine.config_folder import MODEL_MAX_LENGTH, component_subfolders
+from modules.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ def fill_model(
     Raises:
         CheckpointLoadError: A weight is missing or has the wrong shape.
     """
-    weights = {
-        k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items() if not IGNORED_KEYS.search(k)
-    }
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items() if not IGNORED_KEYS.search(k)}
     try:
         result = model.load_state_dict(weights, strict=False, assign=True)
     except RuntimeError as error:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from modules.errors import CheckpointLoadError
 from modules.engine.architecture import ModelArchitecture, TextEncoderSpec
+from modules.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def component_subfolders(arch: ModelArchitecture) -> list[tuple[str, str, TextEn
     if arch.model_type.is_sdxl and len(arch.text_encoders) == 1:
         return [("text_encoder_2", "tokenizer_2", arch.text_encoders[0])]
     names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")]
-    return [(te, tok, spec) for (te, tok), spec in zip(names, arch.text_encoders)]
+    return [(te, tok, spec) for (te, tok), spec in zip(names, arch.text_encoders, strict=False)]
 
 
 def model_index(arch: ModelArchitecture) -> dict[str, Any]:
@@ -127,7 +126,7 @@ def write_config_folder(arch: ModelArchitecture, dest: Path) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         _populate(arch, staging)
         try:
-            os.replace(staging, folder)
+            staging.replace(folder)
         except OSError:  # another writer won the race: keep theirs
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as error:

@@ -42,9 +42,7 @@ class DetectionRule:
 
 DETECTION_RULES: tuple[DetectionRule, ...] = (
     DetectionRule("model.diffusion_model.x_embedder.proj.weight", "an SD3 model (not supported)"),
-    DetectionRule(
-        "conditioner.embedders.1.model.ln_final.weight", ModelType.SDXL, {9: ModelType.SDXL_INPAINT}
-    ),
+    DetectionRule("conditioner.embedders.1.model.ln_final.weight", ModelType.SDXL, {9: ModelType.SDXL_INPAINT}),
     DetectionRule("conditioner.embedders.0.model.ln_final.weight", ModelType.SDXL_REFINER),
     DetectionRule(
         "depth_model.model.pretrained.act_postprocess3.0.project.0.bias", "an SD2 depth model (not supported)"

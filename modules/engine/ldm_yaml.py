@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modules.errors import CheckpointLoadError
 from modules.engine.architecture import (
     ENCODER_FAMILIES,
     FAMILY_DEFAULTS,
@@ -31,6 +30,7 @@ from modules.engine.architecture import (
     text_encoder_config,
 )
 from modules.engine.types import ModelType
+from modules.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def unet_config_from_yaml(yaml_cfg: Mapping[str, Any], model_type: ModelType) ->
             heads_by_channels(block_out, int(head_channels)) if head_channels not in (None, -1) else unet["num_heads"]
         ),
         "use_linear_projection": bool(unet.get("use_linear_in_transformer", False)),
-        "transformer_layers_per_block": [d if a else mid for d, a in zip(depth_list, attention)],
+        "transformer_layers_per_block": [d if a else mid for d, a in zip(depth_list, attention, strict=True)],
         "upcast_attention": model_type in (ModelType.SD2, ModelType.SD2_INPAINT),
     }
     if unet.get("num_classes") == "sequential":
@@ -203,7 +203,7 @@ def architecture_from_yaml(
         raise CheckpointLoadError(
             f"{source}: the yaml beside it does not match the {model_type.value} checkpoint: " + "; ".join(problems)
         )
-    text = tuple(_merge_encoder(p, spec, source) for (_, p), spec in zip(encoders, derived.text_encoders))
+    text = tuple(_merge_encoder(p, spec, source) for (_, p), spec in zip(encoders, derived.text_encoders, strict=True))
     return ModelArchitecture(
         model_type=model_type,
         pipeline_class=PIPELINE_CLASSES[model_type],

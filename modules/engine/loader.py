@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from modules.errors import CheckpointLoadError
 from modules.engine.config_folder import default_cache_dir, model_index, write_config_folder
 from modules.engine.detection import detect_model_type, read_header
 from modules.engine.ldm_yaml import build_architecture
 from modules.engine.safe_load import load_ckpt_state_dict
 from modules.engine.types import CheckpointInfo, ModelType
+from modules.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,9 @@ from modules.errors import CheckpointLoadError, UnsafeCheckpointError
 logger = logging.getLogger(__name__)
 
 LIGHTNING_CALLBACK = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
-UNSAFE_HINT = "refused; nothing was executed; convert it to .safetensors or start with --disable-safe-unpickle if you trust it"
+UNSAFE_HINT = (
+    "refused; nothing was executed; convert it to .safetensors or start with --disable-safe-unpickle if you trust it"
+)
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)|unrecognized function (\S+)|classes allowlisted.*got (\S+)")
 
 
@@ -72,7 +74,7 @@ def allowed_globals() -> list[Any]:
 
 
 def _offending_globals(path: Path, error: Exception) -> list[str]:
-    """Name the globals that made the weights-only unpickler refuse ``path`` (static scan, falls back to the message)."""
+    """Name the globals that made the weights-only unpickler refuse ``path`` (static scan, else the message)."""
     names: list[str] = []
     if zipfile.is_zipfile(path):
         try:

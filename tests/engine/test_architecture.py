@@ -314,15 +314,18 @@ def test_config_folder(kind: str, tmp_path: Path) -> None:
     index = json.loads((folder / "model_index.json").read_text())
     assert index == model_index(arch)
     assert index["_class_name"] == arch.pipeline_class
-    assert UNet2DConditionModel.load_config(folder, subfolder="unet")["block_out_channels"] == arch.unet[
-        "block_out_channels"
-    ]
+    assert (
+        UNet2DConditionModel.load_config(folder, subfolder="unet")["block_out_channels"]
+        == arch.unet["block_out_channels"]
+    )
     assert AutoencoderKL.load_config(folder, subfolder="vae")["latent_channels"] == 4
     assert EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler").config.beta_schedule == "scaled_linear"
     expected_pads = {"sd1": ["<|endoftext|>"], "sd2v": ["!"], "sdxl": ["<|endoftext|>", "!"], "sdxl-refiner": ["!"]}
     tokenizer_dirs = sorted(p.name for p in folder.iterdir() if p.name.startswith("tokenizer"))
     assert [CLIPTokenizer.from_pretrained(folder / d).pad_token for d in tokenizer_dirs] == expected_pads[kind]
-    for spec, te_dir in zip(arch.text_encoders, sorted(p for p in folder.iterdir() if p.name.startswith("text_"))):
+    for spec, te_dir in zip(
+        arch.text_encoders, sorted(p for p in folder.iterdir() if p.name.startswith("text_")), strict=True
+    ):
         assert CLIPTextConfig.from_pretrained(te_dir).hidden_size == spec.config["hidden_size"]
 
 
