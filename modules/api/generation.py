@@ -76,9 +76,7 @@ def _encode(ctx: AppContext, image: Image.Image, infotext: str | None, settings:
     return encode_base64(ctx.encode_image(image, settings.samples_format, text, settings.jpeg_quality))
 
 
-def build_response(
-    ctx: AppContext, req: GenerationFields, output: JobOutput, settings: Settings
-) -> ImageResponse:
+def build_response(ctx: AppContext, req: GenerationFields, output: JobOutput, settings: Settings) -> ImageResponse:
     """Shape a finished job as A1111 does: grid first only with ``save_images``, ≥2 images and ``return_grid``."""
     result = output.result
     with_grid = bool(req.save_images and output.grid is not None and settings.return_grid and len(result.images) > 1)

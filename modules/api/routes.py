@@ -1,10 +1,11 @@
-"""APIRouter for /sdapi/v1 generation, state and settings: txt2img, img2img, png-info, progress, options…
+"""APIRouter for /sdapi/v1 generation, state and settings: txt2img, img2img, png-info, progress, options.
 
 Endpoints are plain ``def``: FastAPI runs them in its thread pool, so ``job.wait()`` blocks only that thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from modules.api.generation import run_generation
 from modules.api.images import decode_base64_image
 from modules.api.schemas import ImageResponse, ImageToImageRequest, TextToImageRequest
 from modules.api.schemas_info import PNGInfoRequest, PNGInfoResponse, ProgressResponse, ProgressState
+from modules.errors import WebuiError
 from modules.jobs import Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ def _job_label(job: Job) -> str:
 
 def progress(
     ctx: Ctx,
-    skip_current_image: bool = Query(False, description="Do not send the live preview"),  # noqa: B008
+    skip_current_image: bool = Query(False, description="Do not send the live preview"),
 ) -> ProgressResponse:
     """Progress of the running job (A1111's formula; 0 and job_count 0 when idle)."""
     job = ctx.jobs.current
@@ -107,14 +109,16 @@ def skip(ctx: Ctx) -> None:
 def get_options(ctx: Ctx) -> dict[str, Any]:
     """Every setting and its current value (A1111 option names).
 
-    ``sd_model_checkpoint`` reports the loaded checkpoint's title when none was chosen explicitly, as A1111 does.
+    ``sd_model_checkpoint`` is the selected checkpoint's full title (``name [hash]`` once hashed), as A1111 reports
+    it, whichever alias was used to choose it; ``sd_checkpoint_hash`` is the loaded model's SHA-256.
     """
     options = ctx.settings.model_dump()
+    # With no checkpoint at all, or a configured one that vanished, the stored value is reported as is.
+    with contextlib.suppress(WebuiError):
+        options["sd_model_checkpoint"] = ctx.selected_checkpoint().title
     current = ctx.models.current
     if current is not None:
         options["sd_checkpoint_hash"] = current.checkpoint.sha256
-        if not options.get("sd_model_checkpoint"):
-            options["sd_model_checkpoint"] = current.checkpoint.title
     return options
 
 

@@ -1,4 +1,4 @@
-"""APIRouter for /sdapi/v1 listings and model actions: sd-models, samplers, refresh-*, memory, server-*…
+"""APIRouter for /sdapi/v1 listings and model actions: sd-models, samplers, refresh-*, memory, server-*.
 
 Lists of things this server does not have (VAEs, LoRAs, upscalers, scripts…) are empty: that is the truthful answer.
 """

@@ -21,8 +21,16 @@ logger = logging.getLogger(__name__)
 
 # img2img fields passed on to GenerationRequest once the engine grows them (checked by name, not by reflection).
 _IMG2IMG_PASSTHROUGH = (
-    "resize_mode", "image_cfg_scale", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill",
-    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "initial_noise_multiplier",
+    "resize_mode",
+    "image_cfg_scale",
+    "mask_blur_x",
+    "mask_blur_y",
+    "mask_round",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+    "initial_noise_multiplier",
 )
 
 

@@ -71,8 +71,18 @@ def start_server(data_dir: Path, models_dir: Path, extra_flags: list[str]) -> It
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "config.json").write_text(json.dumps({"sd_model_checkpoint": DEFAULT_MODEL}), encoding="utf-8")
     port = free_port()
-    argv = ["--data-dir", str(data_dir), "--api", "--nowebui", "--ckpt-dir", str(models_dir),
-            "--no-download-sd-model", "--port", str(port), *extra_flags]
+    argv = [
+        "--data-dir",
+        str(data_dir),
+        "--api",
+        "--nowebui",
+        "--ckpt-dir",
+        str(models_dir),
+        "--no-download-sd-model",
+        "--port",
+        str(port),
+        *extra_flags,
+    ]
     ctx = webui.create_context(parse_flags(argv, environ={}))
     app = webui.create_app(ctx)
     ctx.start()

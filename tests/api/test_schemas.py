@@ -14,11 +14,32 @@ from modules.errors import InvalidRequestError
 
 # The base payload of A1111's own test/test_txt2img.py, with the legacy keys it sends.
 A1111_TXT2IMG = {
-    "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0, "enable_hr": False, "eta": 0,
-    "firstphase_height": 0, "firstphase_width": 0, "height": 64, "n_iter": 1, "negative_prompt": "",
-    "prompt": "example prompt", "restore_faces": False, "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0,
-    "sampler_index": "Euler a", "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3,
-    "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": False, "width": 64,
+    "batch_size": 1,
+    "cfg_scale": 7,
+    "denoising_strength": 0,
+    "enable_hr": False,
+    "eta": 0,
+    "firstphase_height": 0,
+    "firstphase_width": 0,
+    "height": 64,
+    "n_iter": 1,
+    "negative_prompt": "",
+    "prompt": "example prompt",
+    "restore_faces": False,
+    "s_churn": 0,
+    "s_noise": 1,
+    "s_tmax": 0,
+    "s_tmin": 0,
+    "sampler_index": "Euler a",
+    "seed": -1,
+    "seed_resize_from_h": -1,
+    "seed_resize_from_w": -1,
+    "steps": 3,
+    "styles": [],
+    "subseed": -1,
+    "subseed_strength": 0,
+    "tiling": False,
+    "width": 64,
 }
 
 
@@ -106,7 +127,9 @@ def test_unsupported_features_are_refused_with_the_field_named(payload, needle):
 
 def test_ignored_features_are_logged(caplog):
     caplog.set_level("INFO", logger="modules.api.schemas")
-    TextToImageRequest(restore_faces=True, tiling=True, alwayson_scripts={"ADetailer": {"args": [False]}}).check_supported()
+    TextToImageRequest(
+        restore_faces=True, tiling=True, alwayson_scripts={"ADetailer": {"args": [False]}}
+    ).check_supported()
     assert "restore_faces" in caplog.text and "tiling" in caplog.text and "ADetailer" in caplog.text
 
 
