@@ -40,8 +40,8 @@ def parse_credentials(spec: str | None) -> dict[str, str]:
         if not entry:
             continue
         user, sep, password = entry.partition(":")
-        if not sep:
-            logger.warning("Ignoring --api-auth entry without ':' (expected user:password)")
+        if not sep or not user:
+            logger.warning("Ignoring an --api-auth entry that is not user:password")
             continue
         logins[user] = password
     return logins
