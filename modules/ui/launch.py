@@ -22,7 +22,8 @@ _MONO_FONTS = ("ui-monospace", "Consolas", "Menlo", "monospace")
 
 CSS = """
 #quicksettings { align-items: flex-end; gap: 0.5em; }
-#setting_sd_model_checkpoint { flex-grow: 0 !important; min-width: 28em !important; max-width: 40em; }
+#quicksettings > .form { flex-grow: 0 !important; }
+#setting_sd_model_checkpoint { flex-grow: 1 !important; }
 #quicksettings .tool-button, .tool-button { max-width: 2.6em; min-width: 2.6em !important; height: 2.4em;
   align-self: end; padding: 0 !important; }
 #no_checkpoint_notice .notice { border: 1px solid var(--color-accent); border-radius: 8px; padding: 0.6em 1em;
