@@ -1,0 +1,1 @@
+"""The engine: checkpoints to images. Knows no UI, no HTTP and no app settings; configuration comes as arguments."""
