@@ -14,13 +14,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DISABLE_TELEMETRY", "1")
 
-from fastapi import FastAPI  # noqa: E402
+from fastapi import FastAPI
 
-from modules.context import AppContext  # noqa: E402
-from modules.engine.download import DEFAULT_MODEL, default_model  # noqa: E402
-from modules.errors import WebuiError  # noqa: E402
-from modules.flags import LaunchFlags, parse_flags  # noqa: E402
-from modules.settings import Settings  # noqa: E402
+from modules.context import AppContext
+from modules.engine.download import DEFAULT_MODEL, default_model
+from modules.errors import WebuiError
+from modules.flags import LaunchFlags, parse_flags
+from modules.settings import Settings
 
 logger = logging.getLogger("webui")
 
@@ -73,13 +73,15 @@ def main(argv: list[str]) -> int:
         return 0
     flags.data_dir.mkdir(parents=True, exist_ok=True)
     if (flags.listen or flags.server_name) and not (flags.gradio_auth or flags.gradio_auth_path or flags.api_auth):
-        logger.warning("Listening on %s without --gradio-auth/--api-auth: anyone on the network can use it.", flags.host)
+        logger.warning(
+            "Listening on %s without --gradio-auth/--api-auth: anyone on the network can use it.", flags.host
+        )
     ctx = create_context(flags)
     app = create_app(ctx)
     ctx.start()
     import uvicorn
 
-    url = f"http://{'127.0.0.1' if flags.host == '0.0.0.0' else flags.host}:{flags.server_port}"  # noqa: S104
+    url = f"http://{'127.0.0.1' if flags.host == '0.0.0.0' else flags.host}:{flags.server_port}"
     logger.info("Running on local URL: %s", url)
     if flags.autolaunch:
         webbrowser.open(url)

@@ -1,0 +1,1 @@
+"""Stable Diffusion web UI (AUTOMATIC1111-compatible)."""

@@ -16,14 +16,15 @@ from typing import Any
 
 from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
 from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
-from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
-from modules.engine.images import read_infotext
+from modules.engine.images import encode_image, read_infotext
 from modules.engine.infotext import infotext_to_request_fields, parse_infotext
+from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
 from modules.engine.pipeline import generate
 from modules.engine.prompts import count_tokens
-from modules.engine.samplers import sampler_list, schedule_list
+from modules.engine.samplers import resolve_sampler, sampler_list, schedule_list
 from modules.engine.tokenizers import clip_tokenizer
 from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest, GenerationResult
+from modules.engine.validation import validate_request
 from modules.errors import CheckpointNotFoundError
 from modules.flags import LaunchFlags
 from modules.jobs import Job, JobQueue
@@ -107,7 +108,8 @@ class AppContext:
         """
         changes = dict(changes)
         if changes.get("sd_model_checkpoint"):
-            changes["sd_model_checkpoint"] = self.hashed(self.find_checkpoint(str(changes["sd_model_checkpoint"]))).title
+            chosen = self.find_checkpoint(str(changes["sd_model_checkpoint"]))
+            changes["sd_model_checkpoint"] = self.hashed(chosen).title
         with self._lock:
             new = self.settings.with_overrides(changes)
             old, self.settings = self.settings, new
@@ -271,8 +273,6 @@ class AppContext:
     @staticmethod
     def encode_image(image: Any, fmt: str, infotext: str | None, jpeg_quality: int = 80) -> bytes:
         """Encode an image in ``fmt`` with ``infotext`` embedded (PNG text chunk, JPEG/WebP EXIF UserComment)."""
-        from modules.engine.images import encode_image  # noqa: PLC0415 - kept local to keep this facade self-contained
-
         return encode_image(image, fmt, infotext, jpeg_quality)
 
     @staticmethod
@@ -282,9 +282,6 @@ class AppContext:
         Raises:
             InvalidRequestError: Naming each bad field and what is allowed.
         """
-        from modules.engine.samplers import resolve_sampler  # noqa: PLC0415
-        from modules.engine.validation import validate_request  # noqa: PLC0415
-
         validate_request(request)
         resolve_sampler(request.sampler_name, request.scheduler)
 

@@ -212,7 +212,7 @@ class JobQueue:
         except WebuiError as exc:
             logger.warning("Job %s (%s) failed: %s", job.id, job.kind, exc)
             job.error, job.status = exc, JobStatus.FAILED
-        except BaseException as exc:  # noqa: BLE001 - the one place that catches everything
+        except BaseException as exc:
             error_id = uuid.uuid4().hex[:8]
             logger.exception("Job %s (%s) crashed [error id %s]", job.id, job.kind, error_id)
             job.error = JobFailedError(f"Internal error [{error_id}]: {type(exc).__name__}: {exc}")

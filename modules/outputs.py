@@ -66,7 +66,11 @@ def save_outputs(
         for image, seed, info in zip(result.images, result.seeds, result.infotexts, strict=True):
             text = info if settings.enable_pnginfo else None
             path = save_image(
-                image, samples_dir, seed=seed, extension=settings.samples_format, infotext=text,
+                image,
+                samples_dir,
+                seed=seed,
+                extension=settings.samples_format,
+                infotext=text,
                 jpeg_quality=settings.jpeg_quality,
             )
             if settings.save_txt:

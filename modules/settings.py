@@ -23,41 +23,164 @@ logger = logging.getLogger(__name__)
 # A1111 option keys we accept (so clients and old config.json files work) but do not implement yet.
 IGNORED_A1111_OPTIONS: frozenset[str] = frozenset(
     {
-        "sd_vae_as_default", "sd_unet", "inpainting_mask_weight", "initial_noise_multiplier", "img2img_color_correction",
-        "img2img_fix_steps", "enable_quantization", "enable_emphasis", "enable_batch_seeds", "use_old_emphasis_implementation",
-        "upcast_attn", "auto_vae_precision", "auto_vae_precision_bfloat16", "sdxl_crop_top", "sdxl_crop_left",
-        "sdxl_refiner_low_aesthetic_score", "sdxl_refiner_high_aesthetic_score", "sd_checkpoint_cache", "sd_vae_checkpoint_cache",
-        "face_restoration", "face_restoration_model", "code_former_weight", "face_restoration_unload", "tiling",
-        "show_progressbar", "live_previews_enable", "live_previews_image_format", "show_progress_grid",
-        "show_progress_every_n_steps", "show_progress_type", "live_preview_content", "live_preview_refresh_period",
-        "export_for_4chan", "img_downscale_threshold", "target_side_length", "img_max_size_mp", "use_original_name_batch",
-        "use_upscaler_name_as_suffix", "save_selected_only", "save_init_img", "temp_dir", "clean_temp_dir_at_start",
-        "save_incomplete_images", "notification_audio", "notification_volume", "grid_extended_filename",
-        "grid_only_if_multiple", "grid_prevent_empty_spots", "grid_zip_filename_pattern", "n_rows", "font",
-        "grid_text_active_color", "grid_text_inactive_color", "grid_background_color", "save_images_before_face_restoration",
-        "save_images_before_highres_fix", "save_images_before_color_correction", "save_mask", "save_mask_composite",
-        "webp_lossless", "save_log_fields", "save_images_add_number", "save_images_replace_action", "ESRGAN_tile",
-        "ESRGAN_tile_overlap", "realesrgan_enabled_models", "upscaler_for_img2img", "dont_fix_second_order_samplers_schedule",
-        "hires_fix_refiner_pass", "multiple_tqdm", "print_hypernet_extra", "list_hidden_files", "disable_mmap_load_safetensors",
-        "hide_ldm_prints", "dump_stacks_on_signal", "quicksettings_list", "ui_reorder_list", "localization", "gradio_theme",
-        "hires_fix_show_sampler", "hires_fix_show_prompts", "disable_token_counters", "extra_options_txt2img",
-        "extra_options_img2img", "return_mask", "return_mask_composite", "samplers_in_dropdown", "dimensions_and_batch_together",
-        "keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters", "js_modal_lightbox",
-        "js_modal_lightbox_initially_zoomed", "show_warnings", "eta_ddim", "eta_ancestral", "ddim_discretize", "s_churn",
-        "s_tmin", "s_tmax", "s_noise", "k_sched_type", "sigma_min", "sigma_max", "rho", "always_discard_next_to_last_sigma",
-        "sgm_noise_multiplier", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
-        "sd_noise_schedule", "s_min_uncond", "token_merging_ratio", "token_merging_ratio_img2img",
-        "token_merging_ratio_hr", "pad_cond_uncond", "pad_cond_uncond_v0", "persistent_cond_cache", "batch_cond_uncond",
-        "fp8_storage", "cache_fp16_weight", "sd_lora", "lora_preferred_name", "lora_add_hashes_to_infotext",
-        "sd_hypernetwork", "disable_weights_auto_swap", "infotext_styles", "infotext_skip_pasting", "add_model_hash_to_info",
-        "add_model_name_to_info", "add_user_name_to_info", "add_version_to_infotext", "interrogate_keep_models_in_memory",
-        "enable_console_prompts", "memmon_poll_rate", "samples_log_stdout", "multiple_tqdm", "api_enable_requests",
-        "api_forbid_local_requests", "api_useragent", "auto_backcompat", "use_old_karras_scheduler_sigmas",
-        "no_dpmpp_sde_batch_determinism", "use_old_hires_fix_width_height", "use_old_scheduling", "sdxl_clip_l_skip",
-        "outdir_init_images", "enable_reloading_ui_scripts", "sd_checkpoint_hash", "directories_max_prompt_words",
-        "interrupt_after_current", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method",
-        "sd_vae_decode_method", "tiling", "hires_fix_use_firstpass_conds", "use_downcasted_alpha_bar",
-        "refiner_switch_by_sample_steps", "set_scale_by_when_changing_upscaler",
+        "sd_vae_as_default",
+        "sd_unet",
+        "inpainting_mask_weight",
+        "initial_noise_multiplier",
+        "img2img_color_correction",
+        "img2img_fix_steps",
+        "enable_quantization",
+        "enable_emphasis",
+        "enable_batch_seeds",
+        "use_old_emphasis_implementation",
+        "upcast_attn",
+        "auto_vae_precision",
+        "auto_vae_precision_bfloat16",
+        "sdxl_crop_top",
+        "sdxl_crop_left",
+        "sdxl_refiner_low_aesthetic_score",
+        "sdxl_refiner_high_aesthetic_score",
+        "sd_checkpoint_cache",
+        "sd_vae_checkpoint_cache",
+        "face_restoration",
+        "face_restoration_model",
+        "code_former_weight",
+        "face_restoration_unload",
+        "tiling",
+        "show_progressbar",
+        "live_previews_enable",
+        "live_previews_image_format",
+        "show_progress_grid",
+        "show_progress_every_n_steps",
+        "show_progress_type",
+        "live_preview_content",
+        "live_preview_refresh_period",
+        "export_for_4chan",
+        "img_downscale_threshold",
+        "target_side_length",
+        "img_max_size_mp",
+        "use_original_name_batch",
+        "use_upscaler_name_as_suffix",
+        "save_selected_only",
+        "save_init_img",
+        "temp_dir",
+        "clean_temp_dir_at_start",
+        "save_incomplete_images",
+        "notification_audio",
+        "notification_volume",
+        "grid_extended_filename",
+        "grid_only_if_multiple",
+        "grid_prevent_empty_spots",
+        "grid_zip_filename_pattern",
+        "n_rows",
+        "font",
+        "grid_text_active_color",
+        "grid_text_inactive_color",
+        "grid_background_color",
+        "save_images_before_face_restoration",
+        "save_images_before_highres_fix",
+        "save_images_before_color_correction",
+        "save_mask",
+        "save_mask_composite",
+        "webp_lossless",
+        "save_log_fields",
+        "save_images_add_number",
+        "save_images_replace_action",
+        "ESRGAN_tile",
+        "ESRGAN_tile_overlap",
+        "realesrgan_enabled_models",
+        "upscaler_for_img2img",
+        "dont_fix_second_order_samplers_schedule",
+        "hires_fix_refiner_pass",
+        "multiple_tqdm",
+        "print_hypernet_extra",
+        "list_hidden_files",
+        "disable_mmap_load_safetensors",
+        "hide_ldm_prints",
+        "dump_stacks_on_signal",
+        "quicksettings_list",
+        "ui_reorder_list",
+        "localization",
+        "gradio_theme",
+        "hires_fix_show_sampler",
+        "hires_fix_show_prompts",
+        "disable_token_counters",
+        "extra_options_txt2img",
+        "extra_options_img2img",
+        "return_mask",
+        "return_mask_composite",
+        "samplers_in_dropdown",
+        "dimensions_and_batch_together",
+        "keyedit_precision_attention",
+        "keyedit_precision_extra",
+        "keyedit_delimiters",
+        "js_modal_lightbox",
+        "js_modal_lightbox_initially_zoomed",
+        "show_warnings",
+        "eta_ddim",
+        "eta_ancestral",
+        "ddim_discretize",
+        "s_churn",
+        "s_tmin",
+        "s_tmax",
+        "s_noise",
+        "k_sched_type",
+        "sigma_min",
+        "sigma_max",
+        "rho",
+        "always_discard_next_to_last_sigma",
+        "sgm_noise_multiplier",
+        "uni_pc_variant",
+        "uni_pc_skip_type",
+        "uni_pc_order",
+        "uni_pc_lower_order_final",
+        "sd_noise_schedule",
+        "s_min_uncond",
+        "token_merging_ratio",
+        "token_merging_ratio_img2img",
+        "token_merging_ratio_hr",
+        "pad_cond_uncond",
+        "pad_cond_uncond_v0",
+        "persistent_cond_cache",
+        "batch_cond_uncond",
+        "fp8_storage",
+        "cache_fp16_weight",
+        "sd_lora",
+        "lora_preferred_name",
+        "lora_add_hashes_to_infotext",
+        "sd_hypernetwork",
+        "disable_weights_auto_swap",
+        "infotext_styles",
+        "infotext_skip_pasting",
+        "add_model_hash_to_info",
+        "add_model_name_to_info",
+        "add_user_name_to_info",
+        "add_version_to_infotext",
+        "interrogate_keep_models_in_memory",
+        "enable_console_prompts",
+        "memmon_poll_rate",
+        "samples_log_stdout",
+        "api_enable_requests",
+        "api_forbid_local_requests",
+        "api_useragent",
+        "auto_backcompat",
+        "use_old_karras_scheduler_sigmas",
+        "no_dpmpp_sde_batch_determinism",
+        "use_old_hires_fix_width_height",
+        "use_old_scheduling",
+        "sdxl_clip_l_skip",
+        "outdir_init_images",
+        "enable_reloading_ui_scripts",
+        "sd_checkpoint_hash",
+        "directories_max_prompt_words",
+        "interrupt_after_current",
+        "sd_vae_overrides_per_model_preferences",
+        "sd_vae_encode_method",
+        "sd_vae_decode_method",
+        "hires_fix_use_firstpass_conds",
+        "use_downcasted_alpha_bar",
+        "refiner_switch_by_sample_steps",
+        "set_scale_by_when_changing_upscaler",
     }
 )
 
@@ -86,17 +209,25 @@ class Settings(BaseModel):
     grid_save: bool = _opt(True, "Always save all generated image grids", "saving")
     grid_format: Literal["png", "jpg", "jpeg", "webp"] = _opt("png", "File format for grids", "saving")
     return_grid: bool = _opt(True, "Show grid in gallery", "saving")
-    enable_pnginfo: bool = _opt(True, "Save text information about generation parameters as chunks to png files", "saving")
+    enable_pnginfo: bool = _opt(
+        True, "Save text information about generation parameters as chunks to png files", "saving"
+    )
     save_txt: bool = _opt(False, "Create a text file with generation parameters next to every image", "saving")
     jpeg_quality: int = _opt(80, "Quality for saved jpeg and webp images", "saving", ge=1, le=100)
     save_to_dirs: bool = _opt(True, "Save images to a subdirectory", "saving_paths")
     grid_save_to_dirs: bool = _opt(True, "Save grids to a subdirectory", "saving_paths")
     directories_filename_pattern: str = _opt("[date]", "Directory name pattern", "saving_paths")
-    outdir_samples: str = _opt("", "Output directory for images; if empty, defaults to three directories below", "saving_paths")
+    outdir_samples: str = _opt(
+        "", "Output directory for images; if empty, defaults to three directories below", "saving_paths"
+    )
     outdir_txt2img_samples: str = _opt("outputs/txt2img-images", "Output directory for txt2img images", "saving_paths")
     outdir_img2img_samples: str = _opt("outputs/img2img-images", "Output directory for img2img images", "saving_paths")
-    outdir_extras_samples: str = _opt("outputs/extras-images", "Output directory for images from extras tab", "saving_paths")
-    outdir_grids: str = _opt("", "Output directory for grids; if empty, defaults to two directories below", "saving_paths")
+    outdir_extras_samples: str = _opt(
+        "outputs/extras-images", "Output directory for images from extras tab", "saving_paths"
+    )
+    outdir_grids: str = _opt(
+        "", "Output directory for grids; if empty, defaults to two directories below", "saving_paths"
+    )
     outdir_txt2img_grids: str = _opt("outputs/txt2img-grids", "Output directory for txt2img grids", "saving_paths")
     outdir_img2img_grids: str = _opt("outputs/img2img-grids", "Output directory for img2img grids", "saving_paths")
     outdir_save: str = _opt("log/images", "Directory for saving images using the Save button", "saving_paths")
@@ -118,7 +249,7 @@ class Settings(BaseModel):
         except (OSError, ValueError) as exc:
             backup = path.with_name(path.name + ".corrupt")
             logger.warning("Could not read %s (%s); moved it to %s and using defaults", path, exc, backup.name)
-            os.replace(path, backup)
+            path.replace(backup)
             return cls()
         known = {k: v for k, v in data.items() if k in cls.model_fields}
         good: dict[str, Any] = {}
@@ -143,7 +274,7 @@ class Settings(BaseModel):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(existing, fh, indent=4, ensure_ascii=False)
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         """Return a copy with ``overrides`` applied and validated.

@@ -92,7 +92,7 @@ def test_broken_checkpoint_fails_and_next_job_works(tmp_path, tiny_models):
     ctx = make_ctx(tmp_path / "data", ckpt_dir)
     try:
         job = ctx.submit(GenerationRequest(**FAST), {"sd_model_checkpoint": "broken"}, save=False)
-        with pytest.raises(CheckpointLoadError, match="broken.safetensors"):
+        with pytest.raises(CheckpointLoadError, match=r"broken\.safetensors"):
             job.wait(60)
         out = ctx.submit(GenerationRequest(seed=3, **FAST), {"sd_model_checkpoint": "good"}, save=False).wait(120)
         assert len(out.result.images) == 1

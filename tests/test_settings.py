@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from modules.errors import SettingsError
 from modules.settings import Settings
@@ -14,7 +15,7 @@ def test_defaults_are_a1111s():
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         Settings().samples_format = "jpg"
 
 

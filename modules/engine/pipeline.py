@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from modules.engine.loader import LoadedModel
-from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
 from PIL import Image
 
 from modules.engine.infotext import format_infotext
+from modules.engine.loader import LoadedModel
+from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
 from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
@@ -246,4 +246,3 @@ def infotext_params(
         "Version": options.version or None,
     }
     return {k: v for k, v in params.items() if v is not None}
-

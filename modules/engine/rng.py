@@ -109,7 +109,7 @@ def batch_noise(
     """
     images: list[torch.Tensor] = []
     generators: list[torch.Generator] = []
-    c, h, w = spec.shape
+    _, h, w = spec.shape
     for i, seed in enumerate(seeds):
         sub = None
         if subseed_strength > 0 and subseeds:

@@ -44,12 +44,13 @@ def run(workdir: Path, runs: int = 5) -> dict[str, object]:
     load_s = time.perf_counter() - t0
     results: dict[str, object] = {"file_bytes": path.stat().st_size, "make_s": make_s, "load_s": load_s}
     for sampler in ("Euler", "DPM++ 2M"):
-        req = GenerationRequest(prompt="a photo of a cat", steps=20, width=512, height=512, seed=1,
-                                sampler_name=sampler)
+        req = GenerationRequest(
+            prompt="a photo of a cat", steps=20, width=512, height=512, seed=1, sampler_name=sampler
+        )
         generate(model, req, GenerationOptions())  # warm-up
         torch.cuda.reset_peak_memory_stats()
         times = []
-        for i in range(runs):
+        for _ in range(runs):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             res = generate(model, req)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ class TextEncoderSpec:
 
     Attributes:
         component: The pipeline component name (``text_encoder`` or ``text_encoder_2``).
-        ldm_prefix: Key prefix in the file, e.g. ``cond_stage_model.transformer.`` or ``conditioner.embedders.1.model.``.
+        ldm_prefix: Key prefix in the file, e.g. ``cond_stage_model.transformer.`` or
+            ``conditioner.embedders.1.model.``.
         openclip: Whether the keys use the OpenCLIP layout (``transformer.resblocks.*``) rather than HF CLIP.
         config: CLIPTextConfig fields of the architecture as saved (all layers).
         drop_last_layer: diffusers loads one layer fewer (SD2's penultimate OpenCLIP-H).
@@ -233,7 +234,7 @@ def _sgm_layout(params: Mapping[str, Any]) -> Layout:
             prefix = f"conditioner.embedders.{i}."
             encoders.append(_text_encoder(emb["target"], emb.get("params"), "", prefix))
     names = ("text_encoder", "text_encoder_2") if len(encoders) == 2 else ("text_encoder_2",)
-    encoders = [TextEncoderSpec(**{**spec.__dict__, "component": n}) for spec, n in zip(encoders, names, strict=True)]
+    encoders = [replace(spec, component=name) for spec, name in zip(encoders, names, strict=True)]
     if len(encoders) == 1:
         pipeline = "StableDiffusionXLImg2ImgPipeline"
     else:

@@ -165,7 +165,9 @@ def vae_key(key: str, levels: int) -> str:
         return f"{m[1]}.norm_out.{m[2]}"
     if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.([01])\." + resnet, key):
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{VAE_RESNET[m[3]]}.{m[4]}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\." + _WB, key):
+    if m := re.fullmatch(
+        r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\." + _WB, key
+    ):
         return f"{m[1]}.mid.attn_1.{VAE_ATTENTION[m[2]]}.{m[3]}"
     if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\." + resnet, key):
         return f"encoder.down.{m[1]}.block.{m[2]}.{VAE_RESNET[m[3]]}.{m[4]}"

@@ -197,4 +197,3 @@ def verify_roundtrip(path: Path, yaml_path: Path | None = None, *, routes: Seque
                 raise AssertionError(f"{path.name} via {route}: {len(problems)} problem(s):\n  {shown}")
             logger.info("%s via %s: %d/%d tensors identical", path.name, route, len(loaded), len(loaded))
             del pipe
-

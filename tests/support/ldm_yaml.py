@@ -155,7 +155,12 @@ def _first_stage(size: str, target: str) -> dict[str, Any]:
         "attn_resolutions": [],
         "dropout": 0.0,
     }
-    params = {"embed_dim": 4, "monitor": "val/rec_loss", "ddconfig": ddconfig, "lossconfig": {"target": "torch.nn.Identity"}}
+    params = {
+        "embed_dim": 4,
+        "monitor": "val/rec_loss",
+        "ddconfig": ddconfig,
+        "lossconfig": {"target": "torch.nn.Identity"},
+    }
     return {"target": target, "params": params}
 
 

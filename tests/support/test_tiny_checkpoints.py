@@ -12,7 +12,14 @@ from omegaconf import OmegaConf
 from tests.support.ldm_keys import UnmappedKeyError, clip_to_ldm, openclip_to_ldm, unet_to_ldm, vae_to_ldm
 from tests.support.ldm_verify import read_state_dict
 from tests.support.make_header_fixtures import HEADERS_DIR, header_files
-from tests.support.tiny_checkpoints import ALL_KINDS, KINDS, header_shapes, verify_roundtrip, write_checkpoint, yaml_text
+from tests.support.tiny_checkpoints import (
+    ALL_KINDS,
+    KINDS,
+    header_shapes,
+    verify_roundtrip,
+    write_checkpoint,
+    yaml_text,
+)
 
 
 def load_header(kind: str, size: str) -> dict[str, list[int]]:
@@ -132,7 +139,11 @@ def test_same_seed_gives_identical_bytes(tmp_path, tiny_models):
     # The fixture wrote sd1 with seed 0 (its index in KINDS); the .ckpt zip records its file stem, so keep the name.
     again = write_checkpoint("sd1", tmp_path / "sd1.safetensors", seed=0)
     assert again.read_bytes() == tiny_models["sd1"].read_bytes()
-    assert (tmp_path / "sd1.yaml").read_text() == yaml_text("sd1", "tiny") == tiny_models["sd1"].with_suffix(".yaml").read_text()
+    assert (
+        (tmp_path / "sd1.yaml").read_text()
+        == yaml_text("sd1", "tiny")
+        == tiny_models["sd1"].with_suffix(".yaml").read_text()
+    )
     again = write_checkpoint("sd1", tmp_path / "sd1-ckpt.ckpt", seed=0, write_yaml=False)
     assert again.read_bytes() == tiny_models["sd1.ckpt"].read_bytes()
     assert not (tmp_path / "sd1-ckpt.yaml").exists()

@@ -37,7 +37,7 @@ from tests.support.ldm_yaml import write_yaml as _write_yaml_file
 logger = logging.getLogger(__name__)
 
 KINDS = ("sd1", "sd2v", "sd1-inpaint", "sdxl")
-ALL_KINDS = KINDS + ("sd2-inpaint", "sdxl-inpaint", "sdxl-refiner")
+ALL_KINDS = (*KINDS, "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 SUFFIXES = (".safetensors", ".ckpt")
 
@@ -247,7 +247,9 @@ def verify_roundtrip(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the CLI arguments."""
-    parser = argparse.ArgumentParser(prog="python -m tests.support.tiny_checkpoints", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.tiny_checkpoints", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--kind", required=True, choices=ALL_KINDS)
     parser.add_argument("--size", default="tiny", choices=("tiny", "full"))
     parser.add_argument("--dtype", default="fp16", choices=tuple(DTYPES))
