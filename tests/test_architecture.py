@@ -21,6 +21,9 @@ RULES = {
     "flags": (HEAVY | WEB, ("modules.engine", "modules.jobs", "modules.context", "modules.ui", "modules.api")),
     "context": (WEB, ("modules.ui", "modules.api")),
     "outputs": (WEB, ("modules.ui", "modules.api")),
+    "version": (HEAVY | WEB, ("modules.",)),
+    # stdlib only: the launchers run it before anything is installed
+    "launch_check": (HEAVY | WEB | {"pydantic", "numpy", "PIL", "packaging"}, ("modules.",)),
 }
 # ui and api may use only these engine modules (types carry no ML imports).
 ENGINE_ALLOWED_FOR_WEB = ("modules.engine.types",)
