@@ -22,8 +22,8 @@ RULES = {
     "context": (WEB, ("modules.ui", "modules.api")),
     "outputs": (WEB, ("modules.ui", "modules.api")),
     "version": (HEAVY | WEB, ("modules.",)),
-    # stdlib only: the launchers run it before anything is installed
-    "launch_check": (HEAVY | WEB | {"pydantic", "numpy", "PIL", "packaging"}, ("modules.",)),
+    # stdlib only (it probes "import torch" on purpose): the launchers run it before anything is installed
+    "launch_check": (WEB | {"diffusers", "transformers", "pydantic", "PIL", "packaging"}, ("modules.",)),
 }
 # ui and api may use only these engine modules (types carry no ML imports).
 ENGINE_ALLOWED_FOR_WEB = ("modules.engine.types",)
