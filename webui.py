@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from modules.context import AppContext
 from modules.engine.download import DEFAULT_MODEL, default_model
 from modules.errors import WebuiError
-from modules.flags import LaunchFlags, parse_flags
+from modules.flags import LaunchFlags, ignored_flags_used, parse_flags
 from modules.settings import Settings
 
 logger = logging.getLogger("webui")
@@ -69,7 +69,9 @@ def main(argv: list[str]) -> int:
         logger.error("%s", exc)
         return 2
     setup_logging(flags.loglevel)
-    if getattr(flags, "raw", {}).get("exit"):
+    if ignored := ignored_flags_used(flags):
+        logger.info("Accepted for A1111 compatibility, no effect here: %s", ", ".join(ignored))
+    if flags.raw.get("exit"):
         return 0
     flags.data_dir.mkdir(parents=True, exist_ok=True)
     if (flags.listen or flags.server_name) and not (flags.gradio_auth or flags.gradio_auth_path or flags.api_auth):

@@ -25,7 +25,7 @@ from modules.engine.samplers import resolve_sampler, sampler_list, schedule_list
 from modules.engine.tokenizers import clip_tokenizer
 from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest, GenerationResult
 from modules.engine.validation import validate_request
-from modules.errors import CheckpointNotFoundError
+from modules.errors import CheckpointNotFoundError, InvalidRequestError
 from modules.flags import LaunchFlags
 from modules.jobs import Job, JobQueue
 from modules.outputs import JobOutput, build_info, save_outputs
@@ -142,7 +142,7 @@ class AppContext:
     def submit_load(self, query: str | None = None) -> Job:
         """Queue loading a checkpoint (by alias; None = the selected one) on the worker."""
         ckpt = self.find_checkpoint(query) if query else self.selected_checkpoint()
-        return self.jobs.submit(lambda job: self._load(ckpt), kind="load")
+        return self.jobs.submit(lambda job: self._load(ckpt).checkpoint, kind="load")
 
     def submit(
         self,
@@ -282,8 +282,15 @@ class AppContext:
         Raises:
             InvalidRequestError: Naming each bad field and what is allowed.
         """
-        validate_request(request)
-        resolve_sampler(request.sampler_name, request.scheduler)
+        problems = []
+        checks = (lambda: validate_request(request), lambda: resolve_sampler(request.sampler_name, request.scheduler))
+        for check in checks:
+            try:
+                check()
+            except InvalidRequestError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise InvalidRequestError("; ".join(problems))
 
 
 def _elapsed(job: Job) -> float:

@@ -279,9 +279,11 @@ def parse_flags(argv: Sequence[str], environ: dict[str, str] | None = None) -> L
                 raise
             raise SettingsError(f"Invalid command-line arguments: {' '.join(args)} (see webui.py --help)") from exc
     raw = vars(ns)
-    used_ignored = sorted(f for f in IGNORED_FLAGS if raw.get(f.lstrip("-").replace("-", "_")))
-    if used_ignored:
-        logger.info("Accepted for A1111 compatibility, no effect here: %s", ", ".join(used_ignored))
     known = {k: v for k, v in raw.items() if k in LaunchFlags.model_fields and v is not None}
     known["use_cpu"] = tuple(raw.get("use_cpu") or ())
     return LaunchFlags(**known, raw=raw)
+
+
+def ignored_flags_used(flags: LaunchFlags) -> list[str]:
+    """Return the A1111 flags given on the command line that have no effect here (to log them once)."""
+    return sorted(f for f in IGNORED_FLAGS if flags.raw.get(f.lstrip("-").replace("-", "_")))

@@ -202,6 +202,7 @@ class JobQueue:
             with self._lock:
                 self._current = None
                 self.completed_count = next(self._completed) + 1
+            del job  # the worker keeps no finished job (its result may hold a whole model) while it waits
 
     @staticmethod
     def _run(job: Job) -> None:

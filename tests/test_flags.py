@@ -1,7 +1,7 @@
 import pytest
 
 from modules.errors import SettingsError
-from modules.flags import IGNORED_FLAGS, build_parser, parse_flags
+from modules.flags import IGNORED_FLAGS, build_parser, ignored_flags_used, parse_flags
 
 
 def test_defaults(tmp_path):
@@ -70,3 +70,8 @@ def test_every_ignored_flag_is_registered():
     parser = build_parser()
     known = {opt for action in parser._actions for opt in action.option_strings}
     assert known >= IGNORED_FLAGS
+
+
+def test_ignored_flags_reported():
+    flags = parse_flags(["--xformers", "--lora-dir", "x", "--port", "1"], environ={})
+    assert ignored_flags_used(flags) == ["--lora-dir", "--xformers"]

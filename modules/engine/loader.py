@@ -235,6 +235,7 @@ class ModelManager:
         current = self._current
         if current is not None and current.checkpoint.filename == checkpoint.filename and self._options == options:
             return current
+        del current  # hold no reference while unloading, or the old weights stay in memory
         self.unload()
         loaded = load_checkpoint(checkpoint, options)
         self._current, self._options = loaded, options
