@@ -97,8 +97,34 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     denoising_strength: float = 0.75
+    # img2img / inpainting (A1111 names; UI defaults)
     init_images: tuple[Image.Image, ...] = ()
     mask: Image.Image | None = None
+    resize_mode: int = 0  # 0 Just resize, 1 Crop and resize, 2 Resize and fill, 3 Just resize (latent upscale)
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_round: bool = True
+    inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # True = "Only masked"
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = 0  # 1 = inpaint not masked
+    initial_noise_multiplier: float = 1.0
+    image_cfg_scale: float | None = None
+    # hires fix (txt2img)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    # SDXL refiner
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
 
     @property
     def mode(self) -> str:
