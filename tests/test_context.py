@@ -129,3 +129,70 @@ def test_facades(ctx):
     assert ctx.count_tokens("a photo of a cat") == (5, 75)
     fields = ctx.infotext_fields("cat\nSteps: 5, Sampler: Euler a, CFG scale: 6, Seed: 9, Size: 64x128")
     assert fields["steps"] == 5 and fields["height"] == 128 and fields["sampler_name"] == "Euler a"
+
+
+def _serve(directory):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_first_start_downloads_the_default_model_and_loads_it(tmp_path, tiny_models):
+    import hashlib
+
+    from modules.engine.download import ModelDownload
+
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(tiny_models["sd1"], served / "model.safetensors")
+    sha = hashlib.sha256((served / "model.safetensors").read_bytes()).hexdigest()
+    server = _serve(served)
+    try:
+        flags = parse_flags(["--data-dir", str(tmp_path / "data")], environ={})
+        url = f"http://127.0.0.1:{server.server_port}/model.safetensors"
+        spec = ModelDownload(url=url, filename="v1-5-pruned-emaonly.safetensors", sha256=sha)
+        ctx = AppContext(flags=flags, settings=Settings(), download_spec=spec)
+        try:
+            ctx.start()
+            job = ctx.jobs.current or ctx.jobs.pending[0]
+            assert job.kind == "download"
+            path = job.wait(60)
+            assert path == tmp_path / "data" / "models" / "Stable-diffusion" / "v1-5-pruned-emaonly.safetensors"
+            assert ctx.download.finished and ctx.download.error is None and ctx.download.done == path.stat().st_size
+            assert [c.name for c in ctx.checkpoints] == ["v1-5-pruned-emaonly.safetensors"]
+            out = ctx.submit(GenerationRequest(seed=1, **FAST), save=False).wait(120)
+            assert "Model: v1-5-pruned-emaonly" in out.result.infotexts[0]
+        finally:
+            ctx.close()
+    finally:
+        server.shutdown()
+
+
+def test_failed_download_is_reported_and_the_app_keeps_working(tmp_path):
+    import socket
+
+    from modules.engine.download import ModelDownload
+    from modules.errors import DownloadError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = parse_flags(["--data-dir", str(tmp_path)], environ={})
+    spec = ModelDownload(url=f"http://127.0.0.1:{port}/x.safetensors", filename="x.safetensors", sha256=None)
+    ctx = AppContext(flags=flags, settings=Settings(), download_spec=spec)
+    try:
+        ctx.start()
+        job = ctx.jobs.current or ctx.jobs.pending[0]
+        with pytest.raises(DownloadError, match="Stable-diffusion"):
+            job.wait(60)
+        assert ctx.download.error and "x.safetensors" in ctx.download.error
+        assert ctx.update_settings({"jpeg_quality": 70}).jpeg_quality == 70  # still usable
+        with pytest.raises(CheckpointNotFoundError, match="Stable-diffusion"):
+            ctx.submit(GenerationRequest(**FAST))
+    finally:
+        ctx.close()
