@@ -1,0 +1,245 @@
+"""The project benchmark (spec/performance.md §8): workloads W1–W3, W5, W6 through our engine and plain diffusers.
+
+Run on the GPU machine from the repository root::
+
+    python -m tests.gpu.bench --out tests/gpu/results/bench-h100.json [--skip-sdxl] [--runs 10]
+
+It writes full-size random-weight single-file checkpoints in the original LDM layout (SD1.5 ≈ 2.1 GB, SDXL ≈ 6.9 GB),
+loads them through the app's ModelManager (the path the UI and API use) and times generation, then times the
+baseline B: a plain ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` built from the same fp16 components
+(SDPA, eager, prompt strings, default Euler scheduler). Every output is checked to be finite. On a CPU-only machine
+``--tiny`` runs the same code on tiny checkpoints (a smoke test of the benchmark itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
+from modules.engine.pipeline import generate
+from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest
+from tests.support.tiny_checkpoints import write_checkpoint
+
+logger = logging.getLogger("bench")
+
+FLOP_PER_STEP = {"sd1": 1.607e12, "sdxl": 13.52e12}  # UNet with CFG (batch 2), performance.md §1
+LIMIT_IT_S = {"sd1": 498.0, "sdxl": 59.2}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
+    """Run ``fn`` ``warmup`` times, then return ``runs`` wall times (synchronised)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        _sync()
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _peak_gb() -> float:
+    return torch.cuda.max_memory_reserved() / 1e9 if torch.cuda.is_available() else 0.0
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def engine_workload(model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
+    """Our engine: e2e s/image for 20 steps, UNet it/s from the 20- vs 2-step difference."""
+
+    def job(steps: int) -> Callable[[], None]:
+        req = GenerationRequest(
+            prompt="a photo of a cat",
+            steps=steps,
+            width=size,
+            height=size,
+            batch_size=batch,
+            seed=1,
+            sampler_name="Euler",
+            cfg_scale=7.0,
+        )
+
+        def run() -> None:
+            res = generate(model, req, GenerationOptions())
+            assert all(np.isfinite(np.asarray(im, dtype=np.float32)).all() for im in res.images)
+
+        return run
+
+    _reset_peak()
+    t20 = statistics.median(timed(job(20), warmup, runs))
+    t2 = statistics.median(timed(job(2), 1, max(3, runs // 2)))
+    return _summary(t20, t2, batch, model.model_type.value)
+
+
+def baseline_workload(model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
+    """Plain diffusers (B): the same fp16 components in a fresh standard pipeline, prompt strings, eager."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    comps = dict(model.pipe.components)
+    comps["scheduler"] = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config)
+    cls = StableDiffusionXLPipeline if model.model_type.is_sdxl else StableDiffusionPipeline
+    expected, optional = cls._get_signature_keys(cls)
+    pipe = cls(**{k: v for k, v in comps.items() if k in set(expected) | set(optional)})
+    pipe.set_progress_bar_config(disable=True)
+
+    def job(steps: int) -> Callable[[], None]:
+        def run() -> None:
+            out = pipe(
+                ["a photo of a cat"] * batch,
+                num_inference_steps=steps,
+                guidance_scale=7.0,
+                height=size,
+                width=size,
+                output_type="np",
+            )
+            assert np.isfinite(out.images).all()
+
+        return run
+
+    _reset_peak()
+    t20 = statistics.median(timed(job(20), warmup, runs))
+    t2 = statistics.median(timed(job(2), 1, max(3, runs // 2)))
+    return _summary(t20, t2, batch, model.model_type.value)
+
+
+def _summary(t20: float, t2: float, batch: int, kind: str) -> dict[str, float]:
+    it_s = 18.0 / max(t20 - t2, 1e-9)
+    flop = FLOP_PER_STEP.get("sdxl" if kind.startswith("sdxl") else "sd1", 0.0) * batch
+    return {
+        "e2e_s": t20,
+        "s_per_image": t20 / batch,
+        "images_per_s": batch / t20,
+        "unet_it_s": it_s,
+        "tflops": it_s * flop / 1e12,
+        "pct_of_limit": 100.0 * it_s / LIMIT_IT_S["sdxl" if kind.startswith("sdxl") else "sd1"] if batch == 1 else 0.0,
+        "peak_reserved_gb": _peak_gb(),
+    }
+
+
+def read_bandwidth(path: Path) -> float:
+    """Seconds to read the whole file once (the disk / page-cache floor of W5)."""
+    t0 = time.perf_counter()
+    with path.open("rb") as fh:
+        while fh.read(64 << 20):
+            pass
+    return time.perf_counter() - t0
+
+
+def first_image_seconds(path: Path, size: int) -> float:
+    """W6: wall time from a new process start to its first image (our engine, warm page cache)."""
+    code = (
+        "import time,sys; t0=time.perf_counter(); from pathlib import Path;"
+        "from modules.engine.loader import ModelManager, LoadOptions, select_device;"
+        "from modules.engine.pipeline import generate; from modules.engine.types import *;"
+        "d,dt,vd=select_device(use_cpu_all=False,device_id=None,no_half=False,no_half_vae=False,precision='autocast');"
+        f"p=Path({str(path)!r});"
+        "m=ModelManager().get(CheckpointInfo(p,p.name),LoadOptions(device=d,dtype=dt,vae_dtype=vd));"
+        f"generate(m,GenerationRequest(prompt='x',steps=20,width={size},height={size},seed=1,sampler_name='Euler'));"
+        "print(time.perf_counter()-t0)"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    wall = time.perf_counter() - t0
+    logger.info("W6 in-process time %s s", out.stdout.strip().splitlines()[-1])
+    return wall
+
+
+def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int) -> dict[str, Any]:
+    """Write the checkpoints, then run every workload; return the results dict."""
+    size_kind = "tiny" if tiny else "full"
+    device, dtype, vae_dtype = select_device(
+        use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast"
+    )
+    opts = LoadOptions(device=device, dtype=dtype, vae_dtype=vae_dtype, config_cache_dir=workdir / "cfg")
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "dtype": dtype,
+        "runs": runs,
+        "warmup": warmup,
+    }
+    kinds = [("sd1", 64 if tiny else 512)] + ([] if skip_sdxl else [("sdxl", 64 if tiny else 1024)])
+    paths = {}
+    for kind, _ in kinds:
+        paths[kind] = write_checkpoint(kind, workdir / f"{kind}.safetensors", size=size_kind, write_yaml=False)
+    manager = ModelManager()
+    for kind, size in kinds:
+        path = paths[kind]
+        info = CheckpointInfo(path, path.name)
+        read_s = read_bandwidth(path)
+        t0 = time.perf_counter()
+        model = manager.get(info, opts)
+        _sync()
+        load_s = time.perf_counter() - t0
+        entry: dict[str, Any] = {"file_gb": path.stat().st_size / 1e9, "read_s": read_s, "load_s": load_s}
+        entry["W_b1"] = {
+            "engine": engine_workload(model, size, 1, warmup, runs),
+            "baseline": baseline_workload(model, size, 1, warmup, runs),
+        }
+        if kind == "sd1":
+            entry["W2_b8"] = {
+                "engine": engine_workload(model, size, 8, 1, max(3, runs // 3)),
+                "baseline": baseline_workload(model, size, 8, 1, max(3, runs // 3)),
+            }
+        del model
+        results[kind] = entry
+        logger.info("%s: %s", kind, json.dumps(entry, indent=1))
+    if len(kinds) == 2:  # W5 warm switch: both files in the page cache, model swapped
+        switch = []
+        for kind in ("sd1", "sdxl", "sd1"):
+            t0 = time.perf_counter()
+            manager.get(CheckpointInfo(paths[kind], paths[kind].name), opts)
+            _sync()
+            switch.append((kind, time.perf_counter() - t0))
+        results["W5_switch_s"] = switch
+    manager.unload()
+    results["W6_first_image_s"] = first_image_seconds(paths["sd1"], kinds[0][1])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (a CPU smoke test of the benchmark)")
+    parser.add_argument("--skip-sdxl", action="store_true")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(Path(tmp), tiny=args.tiny, skip_sdxl=args.skip_sdxl, runs=args.runs, warmup=args.warmup)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
