@@ -41,10 +41,15 @@ def create_context(flags: LaunchFlags) -> AppContext:
     return AppContext(flags=flags, settings=settings, download_spec=spec)
 
 
+def root_path(flags: LaunchFlags) -> str:
+    """``--subpath sd`` → ``/sd``: the prefix a reverse proxy serves us under (A1111's root_path)."""
+    return "/" + flags.subpath.strip("/") if flags.subpath else ""
+
+
 def create_app(ctx: AppContext) -> FastAPI:
     """Build the FastAPI app: the API router (with --api / --nowebui) and the Gradio UI (unless --nowebui)."""
     flags = ctx.flags
-    app = FastAPI(title="Stable Diffusion web UI", root_path=flags.subpath or "")
+    app = FastAPI(title="Stable Diffusion web UI")
     app.state.ctx = ctx
     if flags.api or flags.nowebui:
         from modules.api import install_api
@@ -57,7 +62,7 @@ def create_app(ctx: AppContext) -> FastAPI:
 
         blocks = create_ui(ctx)
         blocks.queue(default_concurrency_limit=4)
-        app = gr.mount_gradio_app(app, blocks, path="/", **ui_launch_kwargs(ctx))
+        app = gr.mount_gradio_app(app, blocks, path="/", root_path=root_path(flags), **ui_launch_kwargs(ctx))
     return app
 
 
@@ -83,8 +88,11 @@ def main(argv: list[str]) -> int:
     ctx.start()
     import uvicorn
 
-    url = f"http://{'127.0.0.1' if flags.host == '0.0.0.0' else flags.host}:{flags.server_port}"
+    scheme = "https" if flags.tls_certfile else "http"
+    url = f"{scheme}://{'127.0.0.1' if flags.host == '0.0.0.0' else flags.host}:{flags.server_port}"
     logger.info("Running on local URL: %s", url)
+    if flags.subpath:
+        logger.info("Links are built for a reverse proxy that serves this app under %s", root_path(flags))
     if flags.autolaunch:
         webbrowser.open(url)
     try:
@@ -95,6 +103,7 @@ def main(argv: list[str]) -> int:
             timeout_keep_alive=flags.timeout_keep_alive,
             ssl_keyfile=flags.tls_keyfile,
             ssl_certfile=flags.tls_certfile,
+            root_path=root_path(flags),
             log_level="warning",
         )
     finally:

@@ -42,7 +42,9 @@ def handle_error(request: Request, exc: Exception) -> JSONResponse:
     else:
         status = 500
         error_id = uuid.uuid4().hex[:8]
-        logger.exception("Unexpected error in %s %s [error id %s]", request.method, request.url.path, error_id)
+        logger.error(
+            "Unexpected error in %s %s [error id %s]", request.method, request.url.path, error_id, exc_info=exc
+        )
         message = f"Internal error [{error_id}]: {type(exc).__name__}: {exc}"
     return JSONResponse(status_code=status, content=error_body(exc, message))
 
