@@ -134,6 +134,7 @@ class AppContext:
             vae_dtype=vae_dtype,
             allow_unsafe_pickle=self.flags.disable_safe_unpickle,
             config_cache_dir=self.flags.data_dir / "cache" / "model-configs",
+            cuda_graphs=not self.flags.disable_cuda_graphs,
         )
 
     def _load(self, ckpt: CheckpointInfo) -> LoadedModel:

@@ -66,6 +66,7 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--medvram", {"action": "store_true", "help": "offload model parts to the CPU between uses"}),
     ("--lowvram", {"action": "store_true", "help": "aggressive sequential offload (slow)"}),
     ("--medvram-sdxl", {"action": "store_true", "help": "--medvram for SDXL models only"}),
+    ("--disable-cuda-graphs", {"action": "store_true", "help": "run the UNet eagerly, without CUDA graphs"}),
 )
 
 # Launcher-only flags (webui.sh / webui.bat act on them); webui.py accepts and ignores them.
@@ -228,6 +229,7 @@ class LaunchFlags(BaseModel):
     medvram: bool = False
     lowvram: bool = False
     medvram_sdxl: bool = False
+    disable_cuda_graphs: bool = False
     raw: dict[str, Any] = {}
 
     @property

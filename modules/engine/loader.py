@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
 from modules.engine.config_folder import default_cache_dir, model_index, write_config_folder
 from modules.engine.detection import detect_model_type, read_header
 from modules.engine.ldm_yaml import build_architecture
@@ -52,6 +53,7 @@ class LoadOptions:
         vae_dtype: VAE dtype name.
         allow_unsafe_pickle: ``--disable-safe-unpickle``: unpickle ``.ckpt`` files without restriction.
         config_cache_dir: Where config folders are cached (default: a folder in the system temp dir).
+        cuda_graphs: Replay the UNet through CUDA graphs on CUDA devices (engine/accel.py).
     """
 
     device: str = "cpu"
@@ -59,6 +61,7 @@ class LoadOptions:
     vae_dtype: str = "float32"
     allow_unsafe_pickle: bool = False
     config_cache_dir: Path | None = None
+    cuda_graphs: bool = True
 
 
 def select_device(
@@ -206,6 +209,8 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     pipe.set_progress_bar_config(disable=True)
     # 4. Device (dtypes were applied while filling the models).
     pipe.to(options.device)
+    if options.cuda_graphs:
+        enable_cuda_graphs(pipe.unet)
     seconds = time.perf_counter() - started
     logger.info("Loaded %s (%s, %s) in %.1f s on %s", source, model_type.value, prediction, seconds, options.device)
     return LoadedModel(checkpoint, model_type, prediction, pipe, options.device, options.dtype, seconds)
@@ -245,6 +250,7 @@ class ModelManager:
         """Drop the current model and give its memory back (``gc.collect`` and the CUDA cache)."""
         if self._current is None:
             return
+        disable_cuda_graphs(self._current.pipe.unet)
         name, pipe_ref = self._current.checkpoint.name, weakref.ref(self._current.pipe)
         self._current, self._options = None, None
         gc.collect()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
 from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
 from modules.engine.pipeline import generate
 from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest
@@ -96,8 +97,29 @@ def engine_workload(model: LoadedModel, size: int, batch: int, warmup: int, runs
     return _summary(t20, t2, batch, model.model_type.value)
 
 
+def graphs_vs_eager(model: LoadedModel, size: int) -> dict[str, float]:
+    """Max pixel difference between the CUDA-graph path and the eager UNet for the same job (0 = identical)."""
+    req = GenerationRequest(prompt="a photo of a cat", steps=20, width=size, height=size, seed=3, sampler_name="Euler")
+    graphed = np.asarray(generate(model, req).images[0], dtype=np.int16)
+    disable_cuda_graphs(model.pipe.unet)
+    try:
+        eager = np.asarray(generate(model, req).images[0], dtype=np.int16)
+    finally:
+        enable_cuda_graphs(model.pipe.unet)
+    diff = np.abs(graphed - eager)
+    return {"max_abs_pixel_diff": float(diff.max()), "mean_abs_pixel_diff": float(diff.mean())}
+
+
 def baseline_workload(model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
     """Plain diffusers (B): the same fp16 components in a fresh standard pipeline, prompt strings, eager."""
+    disable_cuda_graphs(model.pipe.unet)
+    try:
+        return _baseline(model, size, batch, warmup, runs)
+    finally:
+        enable_cuda_graphs(model.pipe.unet)
+
+
+def _baseline(model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     comps = dict(model.pipe.components)
@@ -197,6 +219,8 @@ def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int) -
         _sync()
         load_s = time.perf_counter() - t0
         entry: dict[str, Any] = {"file_gb": path.stat().st_size / 1e9, "read_s": read_s, "load_s": load_s}
+        if torch.cuda.is_available():
+            entry["graphs_vs_eager"] = graphs_vs_eager(model, size)
         entry["W_b1"] = {
             "engine": engine_workload(model, size, 1, warmup, runs),
             "baseline": baseline_workload(model, size, 1, warmup, runs),
