@@ -14,14 +14,14 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from modules.engine import img2img
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
 from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
-from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds
+from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
 from modules.engine.validation import validate_request
-from modules.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def generate(
     controls = controls or _NoControls()
     # 1. Check the request and resolve sampler and schedule.
     validate_request(request)
-    if request.mode != "txt2img":
-        raise InvalidRequestError("img2img is not available yet in this version; use txt2img")
+    inputs = img2img.prepare(request) if request.mode == "img2img" else None
     sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
     pipe = model.pipe
     pipe.scheduler = make_scheduler(pipe.scheduler.config, sampler, schedule)
@@ -115,10 +114,17 @@ def generate(
             break
         controls.clear_skip()
         batch = slice(n * request.batch_size, (n + 1) * request.batch_size)
-        latents = _sample_batch(model, request, options, embeds, seeds[batch], subseeds[batch], n, controls, on_step)
+        if inputs is None:
+            args = (seeds[batch], subseeds[batch], n, controls, on_step)
+            latents = _sample_batch(model, request, options, embeds, *args)
+        else:
+            latents = _img2img_batch(model, request, options, embeds, inputs, seeds[batch], batch.start, n, controls)
         for i, image in enumerate(decode_latents(model, latents)):
             k = batch.start + i
             params = infotext_params(model, request, options, sampler, schedule, seeds[k], subseeds[k])
+            if inputs is not None:
+                image = img2img.finish(image, inputs, k)
+                params.update(img2img.infotext_extras(request))
             result.images.append(image)
             result.seeds.append(seeds[k])
             result.subseeds.append(subseeds[k])
@@ -144,9 +150,7 @@ def _sample_batch(
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents."""
     pipe = model.pipe
-    device = torch.device(model.device)
-    channels = pipe.unet.config.in_channels if not model.model_type.is_inpaint else 4
-    spec = NoiseSpec((channels, request.height // 8, request.width // 8), device, options.randn_source)
+    spec = _noise_spec(model, request, options)
     resize = None
     if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
         resize = (request.seed_resize_from_w, request.seed_resize_from_h)
@@ -154,18 +158,9 @@ def _sample_batch(
         seeds, spec, subseeds=subseeds, subseed_strength=request.subseed_strength, seed_resize_from=resize
     )
 
-    def step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        controls.report(i + 1, request.steps, job_no, request.n_iter)
-        if on_step is not None:
-            on_step(StepInfo(i + 1, request.steps, job_no, request.n_iter))
-        if controls.should_stop() or controls.should_skip():
-            p._interrupt = True
-        return {}
-
     bs = len(seeds)
     kwargs: dict[str, Any] = {
-        "prompt_embeds": embeds.prompt_embeds.expand(bs, -1, -1),
-        "negative_prompt_embeds": embeds.negative_prompt_embeds.expand(bs, -1, -1),
+        **img2img.embeds_kwargs(embeds, bs),
         "num_inference_steps": request.steps,
         "guidance_scale": request.cfg_scale,
         "width": request.width,
@@ -173,19 +168,57 @@ def _sample_batch(
         "latents": noise.to(pipe.unet.dtype),
         "generator": generators,
         "output_type": "latent",
-        "callback_on_step_end": step_end,
+        "callback_on_step_end": _step_callback(controls, request.steps, job_no, request.n_iter, on_step),
     }
     if model.model_type.is_inpaint:
         # txt2img on an inpainting model (A1111): the whole picture is masked over a neutral gray image.
         kwargs["image"] = Image.new("RGB", (request.width, request.height), (128, 128, 128))
         kwargs["mask_image"] = Image.new("L", (request.width, request.height), 255)
         kwargs["strength"] = 1.0
-    if embeds.pooled_prompt_embeds is not None:
-        kwargs["pooled_prompt_embeds"] = embeds.pooled_prompt_embeds.expand(bs, -1)
-        kwargs["negative_pooled_prompt_embeds"] = embeds.negative_pooled_prompt_embeds.expand(bs, -1)
     with torch.inference_mode():
         out = pipe(**kwargs)
     return out.images
+
+
+def _img2img_batch(
+    model: LoadedModel,
+    request: GenerationRequest,
+    options: GenerationOptions,
+    embeds: PromptEmbeddings,
+    inputs: img2img.Img2ImgInputs,
+    seeds: list[int],
+    first_index: int,
+    job_no: int,
+    controls: JobControls,
+) -> torch.Tensor:
+    """One img2img/inpaint batch: one generator per image seeded with its seed, progress over the executed steps."""
+    callback = _step_callback(controls, img2img.effective_steps(request), job_no, request.n_iter, None)
+    spec = _noise_spec(model, request, options)
+    generators = [make_generator(seed, spec) for seed in seeds]
+    return img2img.sample_batch(model, request, embeds, inputs, first_index, generators, callback)
+
+
+def _noise_spec(model: LoadedModel, request: GenerationRequest, options: GenerationOptions) -> NoiseSpec:
+    """Latent noise shape (4 channels, also for 9-channel inpainting UNets), device and RNG source."""
+    channels = model.pipe.unet.config.in_channels if not model.model_type.is_inpaint else 4
+    shape = (channels, request.height // 8, request.width // 8)
+    return NoiseSpec(shape, torch.device(model.device), options.randn_source)
+
+
+def _step_callback(
+    controls: JobControls, total: int, job_no: int, job_count: int, on_step: Callable[[StepInfo], None] | None
+) -> Callable[..., dict[str, Any]]:
+    """Build diffusers' ``callback_on_step_end``: report progress, stop the pipe on interrupt or skip."""
+
+    def step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        controls.report(i + 1, total, job_no, job_count)
+        if on_step is not None:
+            on_step(StepInfo(i + 1, total, job_no, job_count))
+        if controls.should_stop() or controls.should_skip():
+            p._interrupt = True
+        return {}
+
+    return step_end
 
 
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:

@@ -207,11 +207,31 @@ def test_png_info_reads_what_txt2img_wrote(server):
 
 def test_img2img_reaches_the_engine(server):
     init = server.txt2img(seed=1)["images"][0]
-    response = server.post("img2img", {"init_images": [init], "width": 64, "height": 64, "steps": 2})
-    if response.status_code == 200:  # once the engine supports img2img
-        assert decode_image(response.json()["images"][0]).size == (64, 64)
-    else:
-        assert response.status_code == 422 and "img2img" in response.json()["detail"]
+    response = server.post("img2img", {"init_images": [init], "width": 64, "height": 64, "steps": 4, "seed": 5})
+    assert response.status_code == 200, response.text
+    image = decode_image(response.json()["images"][0])
+    assert image.size == (64, 64) and "Denoising strength: 0.75" in image.info["parameters"]
+    assert json.loads(response.json()["info"])["denoising_strength"] == 0.75
+    # inpainting: a mask over the top-left quarter; pixels far from it come back unchanged
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    payload = {
+        "init_images": [init],
+        "mask": base64.b64encode(buf.getvalue()).decode(),
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "seed": 5,
+        "mask_blur": 4,
+    }
+    inpainted = server.post("img2img", payload)
+    assert inpainted.status_code == 200, inpainted.text
+    out = np.asarray(decode_image(inpainted.json()["images"][0]).convert("RGB")).astype(int)
+    original = np.asarray(decode_image(init).convert("RGB")).astype(int)
+    assert np.abs(out[48:, 48:] - original[48:, 48:]).max() == 0
+    assert np.abs(out[:16, :16] - original[:16, :16]).mean() > 0
     missing = server.post("img2img", {"prompt": "x"})
     assert missing.status_code == 404 and "Init image not found" in missing.json()["detail"]
 

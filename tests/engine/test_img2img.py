@@ -1,0 +1,144 @@
+"""img2img and inpainting through generate() on the tiny checkpoints."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modules.engine.img2img import effective_steps, resize_image
+from modules.engine.infotext import parse_infotext
+from modules.engine.loader import LoadOptions, ModelManager
+from modules.engine.pipeline import generate
+from modules.engine.types import CheckpointInfo, GenerationRequest
+from modules.errors import InvalidRequestError
+
+FAST = {"width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "prompt": "a cat"}
+
+
+@pytest.fixture(scope="module")
+def manager():
+    m = ModelManager()
+    yield m
+    m.unload()
+
+
+def load(manager, path):
+    info = CheckpointInfo(path, path.name, sha256="cd" * 32, config=path.with_suffix(".yaml"))
+    return manager.get(info, LoadOptions())
+
+
+def noise_image(w=96, h=80, seed=0):
+    return Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
+
+
+def px(image):
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_resize_modes_give_the_target_size(mode):
+    assert resize_image(noise_image(100, 40), 64, 48, mode).size == (64, 48)
+
+
+def test_crop_and_resize_keeps_the_centre_and_fill_stretches_edges():
+    img = Image.new("RGB", (200, 100), (255, 0, 0))
+    img.paste((0, 0, 255), (50, 0, 150, 100))  # blue centre, red sides
+    cropped = px(resize_image(img, 64, 64, 1))
+    assert cropped[32, 32, 2] > 200 and cropped[32, 32, 0] < 50  # centre kept, sides cropped away
+    wide = Image.new("RGB", (100, 20), (0, 255, 0))
+    filled = px(resize_image(wide, 64, 64, 2))
+    assert (filled[0, :, 1] > 200).all() and (filled[-1, :, 1] > 200).all()  # borders filled from edge pixels
+
+
+def test_bad_resize_mode():
+    with pytest.raises(InvalidRequestError, match="resize_mode"):
+        resize_image(noise_image(), 64, 64, 7)
+
+
+def test_effective_steps_as_a1111():
+    assert effective_steps(GenerationRequest(steps=20, denoising_strength=0.75)) == 16
+    assert effective_steps(GenerationRequest(steps=20, denoising_strength=1.0)) == 20
+    assert effective_steps(GenerationRequest(steps=20, denoising_strength=0.01)) == 1
+    assert effective_steps(GenerationRequest(steps=4, denoising_strength=0.1)) == 1
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_img2img_size_determinism_and_infotext(manager, tiny_models, kind):
+    model = load(manager, tiny_models[kind])
+    req = GenerationRequest(init_images=(noise_image(),), seed=7, denoising_strength=0.5, **FAST)
+    a, b = generate(model, req), generate(model, req)
+    assert a.images[0].size == (64, 64)
+    assert np.array_equal(px(a.images[0]), px(b.images[0]))
+    params = parse_infotext(a.infotexts[0])
+    assert params["Denoising strength"] == "0.5" and params["Seed"] == "7"
+
+
+def test_img2img_batch_image_equals_single_with_seed_plus_i(manager, tiny_models):
+    model = load(manager, tiny_models["sd1"])
+    init = (noise_image(),)
+    batch = generate(model, GenerationRequest(init_images=init, seed=20, batch_size=2, **FAST))
+    single = generate(model, GenerationRequest(init_images=init, seed=21, **FAST))
+    assert batch.seeds == [20, 21]
+    assert np.abs(px(batch.images[1]) - px(single.images[0])).max() <= 1
+
+
+class Recorder:
+    def __init__(self):
+        self.reports = []
+
+    def report(self, step, total, job_no=0, job_count=1):
+        self.reports.append((step, total))
+
+    def should_stop(self):
+        return False
+
+    def should_skip(self):
+        return False
+
+    def clear_skip(self):
+        pass
+
+
+@pytest.mark.parametrize(("strength", "executed"), [(0.1, 3), (0.75, 16)])
+def test_denoising_strength_runs_a1111s_number_of_steps(manager, tiny_models, strength, executed):
+    model = load(manager, tiny_models["sd1"])
+    rec = Recorder()
+    req = GenerationRequest(
+        init_images=(noise_image(64, 64),), seed=1, denoising_strength=strength, **{**FAST, "steps": 20}
+    )
+    generate(model, req, controls=rec)
+    assert rec.reports[-1] == (executed, executed) and len(rec.reports) == executed
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd1-inpaint"])
+def test_inpainting_keeps_unmasked_pixels(manager, tiny_models, kind):
+    model = load(manager, tiny_models[kind])
+    init = noise_image(64, 64, seed=2)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    req = GenerationRequest(init_images=(init,), mask=mask, seed=3, mask_blur_x=4, mask_blur_y=4, **FAST)
+    res = generate(model, req)
+    out, original = px(res.images[0]), px(init)
+    assert np.abs(out[44:, 44:] - original[44:, 44:]).max() == 0  # far from the (blurred) mask: unchanged
+    assert np.abs(out[:20, :20] - original[:20, :20]).mean() > 1  # inside: repainted
+    assert parse_infotext(res.infotexts[0])["Mask blur"] == "4"
+
+
+def test_inverted_mask_repaints_the_other_side(manager, tiny_models):
+    model = load(manager, tiny_models["sd1"])
+    init = noise_image(64, 64, seed=4)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    req = GenerationRequest(
+        init_images=(init,), mask=mask, inpainting_mask_invert=1, seed=3, mask_blur_x=0, mask_blur_y=0, **FAST
+    )
+    res = generate(model, req)
+    out, original = px(res.images[0]), px(init)
+    assert np.abs(out[:32, :32] - original[:32, :32]).max() == 0
+    assert "Mask mode: Inpaint not masked" in res.infotexts[0]
+
+
+def test_mask_of_another_size_is_refused(manager, tiny_models):
+    model = load(manager, tiny_models["sd1"])
+    req = GenerationRequest(init_images=(noise_image(64, 64),), mask=Image.new("L", (10, 10)), **FAST)
+    with pytest.raises(InvalidRequestError, match="mask"):
+        generate(model, req)
