@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from modules.ui import generation, pnginfo, quicksettings, settings_tab, txt2img
+from modules.ui import generation, img2img, pnginfo, quicksettings, settings_tab, txt2img
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -17,13 +17,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TITLE = "Stable Diffusion"
-
-
-def _img2img_placeholder() -> None:
-    gr.Markdown(
-        "### img2img\nimg2img and inpainting arrive in a later version. Use **txt2img** for now.",
-        elem_id="img2img_placeholder",
-    )
 
 
 def _wire_page_load(
@@ -63,13 +56,15 @@ def create_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build_tab(ctx, "txt2img")
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                _img2img_placeholder()
+                i2i = img2img.build_tab(ctx)
+                i2i.extra_values = img2img.request_values
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build_tab()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 st = settings_tab.build_tab(ctx)
         quicksettings.wire(ctx, qs)
         generation.wire(ctx, t2i)
+        generation.wire(ctx, i2i)
         pnginfo.wire(ctx, png, t2i, tabs)
         settings_tab.wire(ctx, st)
         _wire_page_load(ctx, blocks, qs, st)

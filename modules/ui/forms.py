@@ -35,7 +35,18 @@ NUMERIC_FIELDS: Mapping[str, tuple[str, str, float, float]] = {
     "seed_resize_from_h": ("seed_resize_from_h", "Resize seed from height", 0, 2048),
 }
 INT_FIELDS: frozenset[str] = frozenset(
-    {"steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w", "seed_resize_from_h"}
+    {
+        "steps",
+        "width",
+        "height",
+        "n_iter",
+        "batch_size",
+        "seed",
+        "subseed",
+        "seed_resize_from_w",
+        "seed_resize_from_h",
+        "resize_mode",
+    }
 )
 FLOAT_FIELDS: frozenset[str] = frozenset({"cfg_scale", "subseed_strength", "denoising_strength"})
 # Fields an infotext may fill in the txt2img form, and the setting that gates each (None = always sent).

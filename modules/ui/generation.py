@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -105,6 +106,8 @@ def paste_updates(ctx: AppContext, t: GenerationTab, text: str | None) -> dict[C
 def _run_generation(ctx: AppContext, t: GenerationTab, values: dict[str, Any]) -> Iterator[dict[Component, Any]]:
     """Generate handler body: validate, submit, stream progress, then show the images or raise gr.Error."""
     request = to_request(values, samplers=ctx.sampler_names(), schedulers=ctx.schedule_labels())
+    if t.extra_values is not None:
+        request = dataclasses.replace(request, **t.extra_values(values))
     started = time.time()
     try:
         job = ctx.submit(request)

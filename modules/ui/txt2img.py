@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -43,6 +44,7 @@ class GenerationTab:
     html_info: gr.HTML | None = None
     generation_info: gr.Textbox | None = None
     selected_index: gr.State | None = None
+    extra_values: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # tab-specific request fields
 
 
 def _slider(tab: str, name: str, default: float, step: float) -> gr.Slider:

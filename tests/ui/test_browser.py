@@ -223,3 +223,35 @@ def test_gradio_client_txt2img_and_pnginfo(server, tmp_path):
     assert "Steps: 3" in text and "Seed: 123" in text and "<b>parameters</b>" in html
     with pytest.raises(gradio_client.exceptions.AppError, match="Height must be a multiple of 8"):
         client.predict(prompt="x", negative_prompt="", height=100, api_name="/txt2img")
+
+
+EMPTY_EDITOR = {"background": None, "layers": [], "composite": None}
+
+
+def test_gradio_client_img2img_and_inpaint(server, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    gradio_client = pytest.importorskip("gradio_client")
+    src = tmp_path / "init.png"
+    Image.fromarray((np.random.RandomState(1).rand(64, 64, 3) * 255).astype("uint8")).save(src)
+    client = gradio_client.Client(server.url, verbose=False)
+    _, gallery, html, info_json = client.predict(
+        prompt="a cat",
+        negative_prompt="",
+        steps=4,
+        width=64,
+        height=64,
+        seed=5,
+        init_image=gradio_client.handle_file(str(src)),
+        denoising_strength=0.5,
+        inpaint_editor=EMPTY_EDITOR,
+        api_name="/img2img",
+    )
+    assert len(gallery) == 1 and "Denoising strength: 0.5" in html
+    assert json.loads(info_json)["denoising_strength"] == 0.5
+    assert list((server.data_dir / "outputs" / "img2img-images").rglob("*-5.png"))
+    with pytest.raises(gradio_client.exceptions.AppError, match="Upload an image"):
+        client.predict(
+            prompt="x", negative_prompt="", init_image=None, inpaint_editor=EMPTY_EDITOR, api_name="/img2img"
+        )
