@@ -29,18 +29,20 @@ CSS = """
 #no_checkpoint_notice .notice { border: 1px solid var(--color-accent); border-radius: 8px; padding: 0.6em 1em;
   background: var(--background-fill-secondary); }
 .prompt-box { position: relative; }
-#txt2img_token_counter, #txt2img_negative_token_counter { position: absolute; right: 0.8em; top: 0.4em;
+#txt2img_token_counter, #txt2img_negative_token_counter, #img2img_token_counter, #img2img_negative_token_counter {
+  position: absolute; right: 0.8em; top: 0.4em;
   z-index: 5; width: auto !important; min-width: 0 !important; opacity: 0.7; font-size: 0.85em; }
-#txt2img_actions_column { gap: 0.5em; min-width: 16em !important; }
-#txt2img_generate { min-height: 5.5em; font-size: 1.1em; }
-#txt2img_interrupt, #txt2img_skip { min-height: 2.4em; }
-#txt2img_progress .progress-track { height: 1.4em; border-radius: 6px; background: var(--background-fill-secondary);
-  overflow: hidden; position: relative; }
-#txt2img_progress .progress-bar { height: 100%; background: var(--color-accent); transition: width 0.25s; }
-#txt2img_progress .progress-text { position: absolute; inset: 0; text-align: center; font-size: 0.85em;
-  line-height: 1.4em; }
-#html_info_txt2img .performance { opacity: 0.7; font-size: 0.85em; }
-#html_info_txt2img p, #pnginfo_html p { word-break: break-word; }
+#txt2img_actions_column, #img2img_actions_column { gap: 0.5em; min-width: 16em !important; }
+#txt2img_generate, #img2img_generate { min-height: 5.5em; font-size: 1.1em; }
+#txt2img_interrupt, #txt2img_skip, #img2img_interrupt, #img2img_skip { min-height: 2.4em; }
+#txt2img_progress .progress-track, #img2img_progress .progress-track { height: 1.4em; border-radius: 6px;
+  background: var(--background-fill-secondary); overflow: hidden; position: relative; }
+#txt2img_progress .progress-bar, #img2img_progress .progress-bar { height: 100%; background: var(--color-accent);
+  transition: width 0.25s; }
+#txt2img_progress .progress-text, #img2img_progress .progress-text { position: absolute; inset: 0;
+  text-align: center; font-size: 0.85em; line-height: 1.4em; }
+#html_info_txt2img .performance, #html_info_img2img .performance { opacity: 0.7; font-size: 0.85em; }
+#html_info_txt2img p, #html_info_img2img p, #pnginfo_html p { word-break: break-word; }
 """
 
 # Hover titles of the icon buttons, by elem_id suffix (the same on every generation tab).
