@@ -42,6 +42,8 @@ fi
 source "${venv}/bin/activate" || die "could not activate ${venv}"
 python="${venv}/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# No .pyc files at install time (pip --no-compile): several times faster on small machines; Python writes them on import.
+export PIP_COMPILE="${PIP_COMPILE:-0}"
 
 # 2. Packages, installed only when missing.
 if ! "${python}" "${launch_check}" torch >/dev/null 2>&1; then
