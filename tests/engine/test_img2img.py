@@ -6,24 +6,11 @@ from PIL import Image
 
 from modules.engine.img2img import effective_steps, resize_image
 from modules.engine.infotext import parse_infotext
-from modules.engine.loader import LoadOptions, ModelManager
 from modules.engine.pipeline import generate
-from modules.engine.types import CheckpointInfo, GenerationRequest
+from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
 
 FAST = {"width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "prompt": "a cat"}
-
-
-@pytest.fixture(scope="module")
-def manager():
-    m = ModelManager()
-    yield m
-    m.unload()
-
-
-def load(manager, path):
-    info = CheckpointInfo(path, path.name, sha256="cd" * 32, config=path.with_suffix(".yaml"))
-    return manager.get(info, LoadOptions())
 
 
 def noise_image(w=96, h=80, seed=0):
@@ -62,8 +49,8 @@ def test_effective_steps_as_a1111():
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sdxl"])
-def test_img2img_size_determinism_and_infotext(manager, tiny_models, kind):
-    model = load(manager, tiny_models[kind])
+def test_img2img_size_determinism_and_infotext(load_tiny, tiny_models, kind):
+    model = load_tiny(tiny_models[kind])
     req = GenerationRequest(init_images=(noise_image(),), seed=7, denoising_strength=0.5, **FAST)
     a, b = generate(model, req), generate(model, req)
     assert a.images[0].size == (64, 64)
@@ -72,8 +59,8 @@ def test_img2img_size_determinism_and_infotext(manager, tiny_models, kind):
     assert params["Denoising strength"] == "0.5" and params["Seed"] == "7"
 
 
-def test_img2img_batch_image_equals_single_with_seed_plus_i(manager, tiny_models):
-    model = load(manager, tiny_models["sd1"])
+def test_img2img_batch_image_equals_single_with_seed_plus_i(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
     init = (noise_image(),)
     batch = generate(model, GenerationRequest(init_images=init, seed=20, batch_size=2, **FAST))
     single = generate(model, GenerationRequest(init_images=init, seed=21, **FAST))
@@ -99,8 +86,8 @@ class Recorder:
 
 
 @pytest.mark.parametrize(("strength", "executed"), [(0.1, 3), (0.75, 16)])
-def test_denoising_strength_runs_a1111s_number_of_steps(manager, tiny_models, strength, executed):
-    model = load(manager, tiny_models["sd1"])
+def test_denoising_strength_runs_a1111s_number_of_steps(load_tiny, tiny_models, strength, executed):
+    model = load_tiny(tiny_models["sd1"])
     rec = Recorder()
     req = GenerationRequest(
         init_images=(noise_image(64, 64),), seed=1, denoising_strength=strength, **{**FAST, "steps": 20}
@@ -110,8 +97,8 @@ def test_denoising_strength_runs_a1111s_number_of_steps(manager, tiny_models, st
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd1-inpaint"])
-def test_inpainting_keeps_unmasked_pixels(manager, tiny_models, kind):
-    model = load(manager, tiny_models[kind])
+def test_inpainting_keeps_unmasked_pixels(load_tiny, tiny_models, kind):
+    model = load_tiny(tiny_models[kind])
     init = noise_image(64, 64, seed=2)
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 32))
@@ -123,8 +110,8 @@ def test_inpainting_keeps_unmasked_pixels(manager, tiny_models, kind):
     assert parse_infotext(res.infotexts[0])["Mask blur"] == "4"
 
 
-def test_inverted_mask_repaints_the_other_side(manager, tiny_models):
-    model = load(manager, tiny_models["sd1"])
+def test_inverted_mask_repaints_the_other_side(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
     init = noise_image(64, 64, seed=4)
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 32))
@@ -137,8 +124,8 @@ def test_inverted_mask_repaints_the_other_side(manager, tiny_models):
     assert "Mask mode: Inpaint not masked" in res.infotexts[0]
 
 
-def test_mask_of_another_size_is_refused(manager, tiny_models):
-    model = load(manager, tiny_models["sd1"])
+def test_mask_of_another_size_is_refused(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
     req = GenerationRequest(init_images=(noise_image(64, 64),), mask=Image.new("L", (10, 10)), **FAST)
     with pytest.raises(InvalidRequestError, match="mask"):
         generate(model, req)

@@ -4,25 +4,12 @@ import numpy as np
 import pytest
 
 from modules.engine.infotext import parse_infotext
-from modules.engine.loader import LoadOptions, ModelManager
 from modules.engine.pipeline import generate
-from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest
+from modules.engine.types import GenerationOptions, GenerationRequest
 from modules.errors import InvalidRequestError
 
 KINDS = ["sd1", "sd2v", "sd1-inpaint", "sdxl"]
 FAST = {"width": 64, "height": 64, "steps": 3, "sampler_name": "Euler", "scheduler": "Automatic"}
-
-
-@pytest.fixture(scope="module")
-def manager():
-    m = ModelManager()
-    yield m
-    m.unload()
-
-
-def load(manager, path):
-    info = CheckpointInfo(path, path.name, sha256="ab" * 32, config=path.with_suffix(".yaml"))
-    return manager.get(info, LoadOptions(device="cpu", dtype="float32", vae_dtype="float32"))
 
 
 def pixels(image):
@@ -30,8 +17,8 @@ def pixels(image):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_kind_generates(manager, tiny_models, kind):
-    model = load(manager, tiny_models[kind])
+def test_each_kind_generates(load_tiny, tiny_models, kind):
+    model = load_tiny(tiny_models[kind])
     req = GenerationRequest(prompt="a (red:1.2) cat", negative_prompt="blurry", seed=42, **FAST)
     res = generate(model, req, GenerationOptions(version="test"))
     assert len(res.images) == 1 and res.images[0].size == (64, 64)
@@ -42,8 +29,8 @@ def test_each_kind_generates(manager, tiny_models, kind):
     assert info["Model hash"] == "abababab" + "ab" and info["Model"] == kind
 
 
-def test_same_seed_same_image_and_different_seed_differs(manager, tiny_models):
-    model = load(manager, tiny_models["sd1"])
+def test_same_seed_same_image_and_different_seed_differs(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
     a = generate(model, GenerationRequest(prompt="x", seed=7, **FAST)).images[0]
     b = generate(model, GenerationRequest(prompt="x", seed=7, **FAST)).images[0]
     c = generate(model, GenerationRequest(prompt="x", seed=8, **FAST)).images[0]
@@ -52,8 +39,8 @@ def test_same_seed_same_image_and_different_seed_differs(manager, tiny_models):
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "Euler a"])
-def test_batch_image_i_equals_single_with_seed_plus_i(manager, tiny_models, sampler):
-    model = load(manager, tiny_models["sd1"])
+def test_batch_image_i_equals_single_with_seed_plus_i(load_tiny, tiny_models, sampler):
+    model = load_tiny(tiny_models["sd1"])
     fast = {**FAST, "sampler_name": sampler}
     batch = generate(model, GenerationRequest(prompt="x", seed=100, batch_size=2, n_iter=2, **fast))
     assert batch.seeds == [100, 101, 102, 103]
@@ -62,8 +49,8 @@ def test_batch_image_i_equals_single_with_seed_plus_i(manager, tiny_models, samp
         assert np.abs(pixels(batch.images[i]).astype(int) - pixels(single.images[0]).astype(int)).max() <= 1
 
 
-def test_interrupt_returns_what_was_made(manager, tiny_models):
-    model = load(manager, tiny_models["sd1"])
+def test_interrupt_returns_what_was_made(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
 
     class StopAfterFirstBatch:
         steps = 0
@@ -84,8 +71,8 @@ def test_interrupt_returns_what_was_made(manager, tiny_models):
     assert res.interrupted and len(res.images) == 1
 
 
-def test_clip_skip_written_and_changes_image(manager, tiny_models):
-    model = load(manager, tiny_models["sd1"])
+def test_clip_skip_written_and_changes_image(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
     req = GenerationRequest(prompt="a cat", seed=3, **FAST)
     one = generate(model, req, GenerationOptions(clip_skip=1))
     two = generate(model, req, GenerationOptions(clip_skip=2))
@@ -93,22 +80,22 @@ def test_clip_skip_written_and_changes_image(manager, tiny_models):
     assert not np.array_equal(pixels(one.images[0]), pixels(two.images[0]))
 
 
-def test_long_prompt_is_chunked(manager, tiny_models):
-    model = load(manager, tiny_models["sd1"])
+def test_long_prompt_is_chunked(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
     long_prompt = ", ".join(f"word{i}" for i in range(120))
     res = generate(model, GenerationRequest(prompt=long_prompt, seed=5, **FAST))
     assert res.images[0].size == (64, 64)
 
 
 @pytest.mark.parametrize("sampler", ["DPM++ 2M", "DDIM", "UniPC", "Heun", "LMS", "DPM2 a"])
-def test_other_samplers_run(manager, tiny_models, sampler):
-    model = load(manager, tiny_models["sd1"])
+def test_other_samplers_run(load_tiny, tiny_models, sampler):
+    model = load_tiny(tiny_models["sd1"])
     res = generate(model, GenerationRequest(prompt="x", seed=5, **{**FAST, "sampler_name": sampler}))
     assert f"Sampler: {sampler}" in res.infotexts[0]
 
 
-def test_bad_request_rejected_before_work(manager, tiny_models):
-    model = load(manager, tiny_models["sd1"])
+def test_bad_request_rejected_before_work(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
     with pytest.raises(InvalidRequestError, match="width"):
         generate(model, GenerationRequest(**{**FAST, "width": 65}))
     with pytest.raises(InvalidRequestError, match="Unknown sampler_name"):
