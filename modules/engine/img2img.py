@@ -4,7 +4,8 @@ A1111 behaviour kept here: init images resized by ``resize_mode``; denoising str
 ``int(steps × min(strength, 0.999)) + 1`` steps; the mask is inverted (``inpainting_mask_invert``) and blurred
 (``mask_blur_x/y``) before use; regular models inpaint by latent masking, 9-channel inpainting models through their
 extra channels; the result is composited with the original through the blurred mask, so unmasked pixels come back
-unchanged. Not yet: "Only masked" (``inpaint_full_res``) is run on the whole picture, masked content "fill",
+unchanged; "Only masked" (``inpaint_full_res``) generates the padded mask region at width×height and pastes it back
+into the full-size original (so the result keeps the original's size). Not yet: masked content "fill",
 "latent noise" and "latent nothing" act as "original", and resize mode 3 (latent upscale) acts as "Just resize".
 """
 
@@ -21,6 +22,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from modules.engine.loader import LoadedModel
+from modules.engine.masking import Box, crop_region, expand_to_ratio
 from modules.engine.prompt_encoding import PromptEmbeddings
 from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
@@ -59,42 +61,63 @@ class Img2ImgInputs:
 
     Attributes:
         images: Init images resized to the job's size (image k of the job uses ``images[k % len(images)]``).
-        originals: The same images before any masking, for the final composite.
         mask: The processed mask ("L", white = repaint, inverted and blurred as requested) or None.
+        paste_box, originals, overlay_mask: For "Only masked": the crop box in the original image, the original
+            images, and the blurred mask at the original size.
     """
 
     images: tuple[Image.Image, ...]
     mask: Image.Image | None
+    paste_box: Box | None = None  # "Only masked": where the generated crop goes back into the original
+    originals: tuple[Image.Image, ...] = ()
+    overlay_mask: Image.Image | None = None  # blurred full-size mask for the final composite
 
     def image_for(self, index: int) -> Image.Image:
         """Init image of job image ``index``."""
         return self.images[index % len(self.images)]
 
 
+def _blur(mask: Image.Image, request: GenerationRequest) -> Image.Image:
+    blur = (max(request.mask_blur_x, 0), max(request.mask_blur_y, 0))
+    if not any(blur):
+        return mask
+    return mask.filter(ImageFilter.GaussianBlur(blur if blur[0] != blur[1] else blur[0]))
+
+
 def prepare(request: GenerationRequest) -> Img2ImgInputs:
     """Resize the init images and prepare the mask of ``request``.
 
     Raises:
-        InvalidRequestError: For a resize mode outside 0–3 or a mask of another size than the init image.
+        InvalidRequestError: For a resize mode outside 0–3, a mask of another size than the init image, or an empty
+            mask with "Only masked".
     """
-    first = request.init_images[0]
-    images = tuple(resize_image(im, request.width, request.height, request.resize_mode) for im in request.init_images)
-    mask = None
-    if request.mask is not None:
-        if request.mask.size != first.size:
-            raise InvalidRequestError(f"mask is {request.mask.size}, but the init image is {first.size}")
-        mask = request.mask.convert("L")
-        if request.inpainting_mask_invert:
-            mask = ImageOps.invert(mask)
-        mask = resize_image(mask.convert("RGB"), request.width, request.height, request.resize_mode).convert("L")
-        blur = (max(request.mask_blur_x, 0), max(request.mask_blur_y, 0))
-        if any(blur):
-            mask = mask.filter(ImageFilter.GaussianBlur(blur if blur[0] != blur[1] else blur[0]))
-        if request.inpaint_full_res:
-            logger.info("'Only masked' inpainting is not available yet; inpainting the whole picture")
-        if request.inpainting_fill != 1:
-            logger.info("Masked content %d is not available yet; using 'original'", request.inpainting_fill)
-    return Img2ImgInputs(images, mask)
+    first, size = request.init_images[0], (request.width, request.height)
+    if request.mask is None:
+        return Img2ImgInputs(tuple(resize_image(im, *size, request.resize_mode) for im in request.init_images), None)
+    if request.mask.size != first.size:
+        raise InvalidRequestError(f"mask is {request.mask.size}, but the init image is {first.size}")
+    if request.inpainting_fill != 1:
+        logger.info("Masked content %d is not available yet; using 'original'", request.inpainting_fill)
+    mask = request.mask.convert("L")
+    if request.inpainting_mask_invert:
+        mask = ImageOps.invert(mask)
+    if request.inpaint_full_res:
+        return _prepare_only_masked(request, mask)
+    images = tuple(resize_image(im, *size, request.resize_mode) for im in request.init_images)
+    mask = resize_image(mask.convert("RGB"), *size, request.resize_mode).convert("L")
+    return Img2ImgInputs(images, _blur(mask, request))
+
+
+def _prepare_only_masked(request: GenerationRequest, mask: Image.Image) -> Img2ImgInputs:
+    """A1111's "Only masked": generate the padded mask region at width×height, to paste back at full size."""
+    region = crop_region(mask, request.inpaint_full_res_padding)
+    if region is None:
+        raise InvalidRequestError("mask is empty: paint the area to repaint (inpaint_full_res needs a mask)")
+    box = expand_to_ratio(region, request.width, request.height, mask.width, mask.height)
+    originals = tuple(im.convert("RGB") for im in request.init_images)
+    crops = tuple(resize_image(im.crop(box), request.width, request.height, 2) for im in originals)
+    crop_mask = resize_image(mask.crop(box).convert("RGB"), request.width, request.height, 2).convert("L")
+    return Img2ImgInputs(crops, _blur(crop_mask, request), box, originals, _blur(mask, request))
 
 
 def effective_steps(request: GenerationRequest) -> int:
@@ -156,7 +179,13 @@ def finish(image: Image.Image, inputs: Img2ImgInputs, index: int) -> Image.Image
     """Composite a generated image with its original through the blurred mask (unmasked pixels unchanged)."""
     if inputs.mask is None:
         return image
-    return Image.composite(image, inputs.image_for(index), inputs.mask)
+    if inputs.paste_box is None:
+        return Image.composite(image, inputs.image_for(index), inputs.mask)
+    original = inputs.originals[index % len(inputs.originals)]
+    x1, y1, x2, y2 = inputs.paste_box
+    pasted = original.copy()
+    pasted.paste(image.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
+    return Image.composite(pasted, original, inputs.overlay_mask)
 
 
 def infotext_extras(request: GenerationRequest) -> dict[str, Any]:
@@ -166,4 +195,6 @@ def infotext_extras(request: GenerationRequest) -> dict[str, Any]:
         blur = max(request.mask_blur_x, request.mask_blur_y)
         extras["Mask blur"] = blur if blur > 0 else None
         extras["Mask mode"] = "Inpaint not masked" if request.inpainting_mask_invert else None
+        extras["Inpaint area"] = "Only masked" if request.inpaint_full_res else None
+        extras["Masked area padding"] = request.inpaint_full_res_padding if request.inpaint_full_res else None
     return {k: v for k, v in extras.items() if v is not None}

@@ -1,7 +1,7 @@
 """The img2img tab: A1111's layout and ids for the img2img and Inpaint sub-tabs, on the shared generation plumbing.
 
-Sketch, Inpaint sketch, Inpaint upload and Batch sub-tabs, "Only masked", and masked-content modes other than
-"original" are not here yet (see README).
+Sketch, Inpaint sketch, Inpaint upload and Batch sub-tabs, and masked-content modes other than "original" are not
+here yet (see README).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+INPAINT_AREAS = ("Whole picture", "Only masked")
 SUB_TABS = ("img2img", "inpaint")
 
 
@@ -107,6 +108,22 @@ def build_tab(ctx: AppContext) -> GenerationTab:
                     type="index",
                     elem_id="img2img_mask_mode",
                 )
+            with gr.Row(elem_id="img2img_inpaint_area_row"):
+                t.fields["inpaint_area"] = gr.Radio(
+                    label="Inpaint area",
+                    choices=list(INPAINT_AREAS),
+                    value=INPAINT_AREAS[0],
+                    type="index",
+                    elem_id="img2img_inpaint_full_res",
+                )
+                t.fields["inpaint_full_res_padding"] = gr.Slider(
+                    0,
+                    256,
+                    value=32,
+                    step=4,
+                    label="Only masked padding, pixels",
+                    elem_id="img2img_inpaint_full_res_padding",
+                )
         with gr.Column(scale=1, elem_id="img2img_results"):
             build_output_column(t)
     return t
@@ -115,5 +132,11 @@ def build_tab(ctx: AppContext) -> GenerationTab:
 def request_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """Form values → GenerationRequest field values for the img2img-only widgets (images, mask options)."""
     blur = int(values.get("mask_blur") or 0)
-    extra = {"mask_blur_x": blur, "mask_blur_y": blur, "inpainting_mask_invert": int(values.get("mask_mode") or 0)}
+    extra = {
+        "mask_blur_x": blur,
+        "mask_blur_y": blur,
+        "inpainting_mask_invert": int(values.get("mask_mode") or 0),
+        "inpaint_full_res": bool(values.get("inpaint_area")),
+        "inpaint_full_res_padding": int(values.get("inpaint_full_res_padding") or 0),
+    }
     return {**init_inputs(values), **extra}

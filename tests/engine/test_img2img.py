@@ -129,3 +129,34 @@ def test_mask_of_another_size_is_refused(load_tiny, tiny_models):
     req = GenerationRequest(init_images=(noise_image(64, 64),), mask=Image.new("L", (10, 10)), **FAST)
     with pytest.raises(InvalidRequestError, match="mask"):
         generate(model, req)
+
+
+def test_only_masked_keeps_the_original_size_and_pixels_outside(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    init = noise_image(160, 120, seed=6)
+    mask = Image.new("L", init.size, 0)
+    mask.paste(255, (100, 60, 120, 80))
+    req = GenerationRequest(
+        init_images=(init,),
+        mask=mask,
+        seed=2,
+        inpaint_full_res=True,
+        inpaint_full_res_padding=8,
+        mask_blur_x=2,
+        mask_blur_y=2,
+        **FAST,
+    )
+    res = generate(model, req)
+    out, original = px(res.images[0]), px(init)
+    assert res.images[0].size == (160, 120)  # A1111: only-masked output keeps the original resolution
+    assert np.abs(out[:50, :] - original[:50, :]).max() == 0 and np.abs(out[:, :90] - original[:, :90]).max() == 0
+    assert np.abs(out[62:78, 102:118] - original[62:78, 102:118]).mean() > 1
+    params = parse_infotext(res.infotexts[0])
+    assert params["Inpaint area"] == "Only masked" and params["Masked area padding"] == "8"
+
+
+def test_only_masked_needs_a_painted_mask(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    req = GenerationRequest(init_images=(noise_image(),), mask=Image.new("L", (96, 80)), inpaint_full_res=True, **FAST)
+    with pytest.raises(InvalidRequestError, match="mask is empty"):
+        generate(model, req)

@@ -35,8 +35,11 @@ def test_init_inputs_per_sub_tab():
 
 def test_request_values_mask_options():
     img = Image.new("RGB", (8, 8))
-    values = request_values({"init_image": img, "mask_blur": 6, "mask_mode": 1})
+    values = request_values(
+        {"init_image": img, "mask_blur": 6, "mask_mode": 1, "inpaint_area": 1, "inpaint_full_res_padding": 24}
+    )
     assert (values["mask_blur_x"], values["mask_blur_y"], values["inpainting_mask_invert"]) == (6, 6, 1)
+    assert (values["inpaint_full_res"], values["inpaint_full_res_padding"]) == (True, 24)
 
 
 def test_img2img_tab_ids(shared_empty_ctx):
