@@ -47,9 +47,9 @@ class QueueFullError(WebuiError):
 
 
 class OutOfMemoryError(WebuiError):
-    """The device ran out of memory during a job, even after the lighter fallbacks."""
+    """The device ran out of memory during a job (its cache is freed, so the next job can run)."""
 
-    status_code = 507
+    status_code = 503
 
 
 class DownloadError(WebuiError):

@@ -196,3 +196,26 @@ def test_failed_download_is_reported_and_the_app_keeps_working(tmp_path):
             ctx.submit(GenerationRequest(**FAST))
     finally:
         ctx.close()
+
+
+def test_out_of_memory_is_a_readable_error_and_the_next_job_works(ctx, monkeypatch):
+    import torch
+
+    import modules.engine.pipeline as pipeline
+    from modules.errors import OutOfMemoryError
+
+    real = pipeline._sample_batch
+    calls = []
+
+    def oom_once(*args, **kwargs):  # the device running out of memory during the first job (simulated)
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_sample_batch", oom_once)
+    job = ctx.submit(GenerationRequest(seed=1, **FAST), save=False)
+    with pytest.raises(OutOfMemoryError, match=r"Out of memory on cpu while generating 64x64, batch size 1"):
+        job.wait(120)
+    out = ctx.submit(GenerationRequest(seed=1, **FAST), save=False).wait(120)
+    assert len(out.result.images) == 1

@@ -5,6 +5,7 @@ Pure compute: no disk writes, no settings lookup, no globals. Saving happens in 
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds, make
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
 from modules.engine.validation import validate_request
+from modules.errors import OutOfMemoryError
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,32 @@ def generate(
     controls: JobControls | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> GenerationResult:
-    """Run a txt2img job: ``n_iter`` batches of ``batch_size`` images.
+    """Run a txt2img or img2img job (see ``_generate``); out of memory becomes a readable OutOfMemoryError.
+
+    Raises:
+        InvalidRequestError: For an out-of-range field or an unknown sampler/schedule.
+        OutOfMemoryError: The device ran out of memory; its cache was emptied so the next job can run.
+    """
+    try:
+        return _generate(model, request, options, controls, on_step)
+    except torch.OutOfMemoryError as exc:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        size = f"{request.width}x{request.height}, batch size {request.batch_size}"
+        raise OutOfMemoryError(
+            f"Out of memory on {model.device} while generating {size}. Try a smaller size or batch size."
+        ) from exc
+
+
+def _generate(
+    model: LoadedModel,
+    request: GenerationRequest,
+    options: GenerationOptions | None = None,
+    controls: JobControls | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> GenerationResult:
+    """Run ``n_iter`` batches of ``batch_size`` images (txt2img, or img2img when init images are given).
 
     Args:
         model: The loaded checkpoint.
