@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -164,6 +165,9 @@ def test_resumes_existing_part_with_range(server, tmp_path):
     path = download_file(_spec(base), tmp_path, on_progress=lambda d, t: progress.append((d, t)))
     assert path.read_bytes() == PAYLOAD
     assert state.requests == [("/models/test.safetensors", f"bytes={offset}-")]
+    deadline = time.monotonic() + 10  # the server thread counts the bytes after the client has read them
+    while state.body_bytes_sent != len(PAYLOAD) - offset and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert state.body_bytes_sent == len(PAYLOAD) - offset
     assert progress[0] == (offset, len(PAYLOAD))
     assert not (tmp_path / "test.safetensors.part").exists()
