@@ -32,3 +32,10 @@ def test_all_problems_listed():
 
 def test_defaults_valid():
     validate_request(GenerationRequest())
+
+
+def test_features_not_built_yet_are_refused_not_ignored():
+    with pytest.raises(InvalidRequestError, match=r"Hires\. fix is not available yet"):
+        validate_request(GenerationRequest(enable_hr=True))
+    with pytest.raises(InvalidRequestError, match="refiner"):
+        validate_request(GenerationRequest(refiner_checkpoint="sdxl_refiner"))
