@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.engine.img2img import effective_steps, resize_image
+from modules.engine.img2img import effective_steps
 from modules.engine.infotext import parse_infotext
 from modules.engine.pipeline import generate
 from modules.engine.types import GenerationRequest
@@ -19,26 +19,6 @@ def noise_image(w=96, h=80, seed=0):
 
 def px(image):
     return np.asarray(image.convert("RGB")).astype(int)
-
-
-@pytest.mark.parametrize("mode", [0, 1, 2, 3])
-def test_resize_modes_give_the_target_size(mode):
-    assert resize_image(noise_image(100, 40), 64, 48, mode).size == (64, 48)
-
-
-def test_crop_and_resize_keeps_the_centre_and_fill_stretches_edges():
-    img = Image.new("RGB", (200, 100), (255, 0, 0))
-    img.paste((0, 0, 255), (50, 0, 150, 100))  # blue centre, red sides
-    cropped = px(resize_image(img, 64, 64, 1))
-    assert cropped[32, 32, 2] > 200 and cropped[32, 32, 0] < 50  # centre kept, sides cropped away
-    wide = Image.new("RGB", (100, 20), (0, 255, 0))
-    filled = px(resize_image(wide, 64, 64, 2))
-    assert (filled[0, :, 1] > 200).all() and (filled[-1, :, 1] > 200).all()  # borders filled from edge pixels
-
-
-def test_bad_resize_mode():
-    with pytest.raises(InvalidRequestError, match="resize_mode"):
-        resize_image(noise_image(), 64, 64, 7)
 
 
 def test_effective_steps_as_a1111():
@@ -85,12 +65,12 @@ class Recorder:
         pass
 
 
-@pytest.mark.parametrize(("strength", "executed"), [(0.1, 3), (0.75, 16)])
+@pytest.mark.parametrize(("strength", "executed"), [(0.1, 2), (0.75, 8)])
 def test_denoising_strength_runs_a1111s_number_of_steps(load_tiny, tiny_models, strength, executed):
     model = load_tiny(tiny_models["sd1"])
     rec = Recorder()
     req = GenerationRequest(
-        init_images=(noise_image(64, 64),), seed=1, denoising_strength=strength, **{**FAST, "steps": 20}
+        init_images=(noise_image(64, 64),), seed=1, denoising_strength=strength, **{**FAST, "steps": 10}
     )
     generate(model, req, controls=rec)
     assert rec.reports[-1] == (executed, executed) and len(rec.reports) == executed
