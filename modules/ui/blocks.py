@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from modules.ui import generation, img2img, pnginfo, quicksettings, settings_tab, txt2img
+from modules.ui import extras, generation, img2img, img2img_batch, pnginfo, quicksettings, sendto, settings_tab, txt2img
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -42,7 +42,7 @@ def _wire_page_load(
 
 
 def create_ui(ctx: AppContext) -> gr.Blocks:
-    """Build the whole page: quicksettings row, then the txt2img, img2img, PNG Info and Settings tabs.
+    """Build the whole page: quicksettings row, then the txt2img, img2img, Extras, PNG Info and Settings tabs.
 
     Args:
         ctx: The application context; handlers reach it by closure.
@@ -56,8 +56,10 @@ def create_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build_tab(ctx, "txt2img")
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                i2i = img2img.build_tab(ctx)
-                i2i.extra_values = img2img.request_values
+                i2i, i2i_extras = img2img.build_tab(ctx)
+                i2i.runner = img2img_batch.runner
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                ext = extras.build_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build_tab()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
@@ -65,7 +67,13 @@ def create_ui(ctx: AppContext) -> gr.Blocks:
         quicksettings.wire(ctx, qs)
         generation.wire(ctx, t2i)
         generation.wire(ctx, i2i)
+        img2img.wire(i2i, i2i_extras)
+        extras.wire(ctx, ext)
         pnginfo.wire(ctx, png, t2i, tabs)
+        targets = sendto.Targets(tabs=tabs, img2img=i2i, img2img_extras=i2i_extras, extras=ext)
+        sendto.wire_gallery(ctx, t2i, targets)
+        sendto.wire_gallery(ctx, i2i, targets)
+        sendto.wire_pnginfo(ctx, png, targets)
         settings_tab.wire(ctx, st)
         _wire_page_load(ctx, blocks, qs, st)
     logger.debug("UI built")

@@ -33,6 +33,11 @@ NUMERIC_FIELDS: Mapping[str, tuple[str, str, float, float]] = {
     "subseed_strength": ("subseed_strength", "Variation strength", 0.0, 1.0),
     "seed_resize_from_w": ("seed_resize_from_w", "Resize seed from width", 0, 2048),
     "seed_resize_from_h": ("seed_resize_from_h", "Resize seed from height", 0, 2048),
+    "denoising_strength": ("denoising_strength", "Denoising strength", 0.0, 1.0),
+    "hr_scale": ("hr_scale", "Upscale by", 1.0, 4.0),
+    "hr_second_pass_steps": ("hires_steps", "Hires steps", 0, 150),
+    "hr_resize_x": ("hr_resize_x", "Resize width to", 0, 2048),
+    "hr_resize_y": ("hr_resize_y", "Resize height to", 0, 2048),
 }
 INT_FIELDS: frozenset[str] = frozenset(
     {
@@ -46,9 +51,15 @@ INT_FIELDS: frozenset[str] = frozenset(
         "seed_resize_from_w",
         "seed_resize_from_h",
         "resize_mode",
+        "hr_second_pass_steps",
+        "hr_resize_x",
+        "hr_resize_y",
     }
 )
-FLOAT_FIELDS: frozenset[str] = frozenset({"cfg_scale", "subseed_strength", "denoising_strength"})
+FLOAT_FIELDS: frozenset[str] = frozenset({"cfg_scale", "subseed_strength", "denoising_strength", "hr_scale"})
+BOOL_FIELDS: frozenset[str] = frozenset({"enable_hr", "inpaint_full_res"})
+# Optional request fields where an empty widget (or A1111's "Use same …" choice) means None.
+OPTIONAL_FIELDS: frozenset[str] = frozenset({"hr_sampler_name", "hr_scheduler", "hr_checkpoint_name"})
 # Fields an infotext may fill in the txt2img form, and the setting that gates each (None = always sent).
 PASTE_GATES: Mapping[str, str | None] = {
     "prompt": None,
@@ -114,6 +125,10 @@ def _field_value(name: str, value: Any) -> Any:
         number = _as_number(name, value)
         _check_range(name, number)
         return int(number) if name in INT_FIELDS else float(number)
+    if name in BOOL_FIELDS:
+        return bool(value)
+    if name in OPTIONAL_FIELDS:
+        return None if not value or str(value).startswith("Use same") else str(value)
     if name == "styles":
         return tuple(str(s) for s in (value or ()))
     return "" if value is None else str(value)

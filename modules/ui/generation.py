@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from modules.errors import WebuiError
+from modules.ui import hires
 from modules.ui.forms import paste_values, to_request
 from modules.ui.views import infotext_html, progress_html, token_counter_html
 
@@ -105,6 +106,10 @@ def paste_updates(ctx: AppContext, t: GenerationTab, text: str | None) -> dict[C
 
 def _run_generation(ctx: AppContext, t: GenerationTab, values: dict[str, Any]) -> Iterator[dict[Component, Any]]:
     """Generate handler body: validate, submit, stream progress, then show the images or raise gr.Error."""
+    custom = t.runner(ctx, t, values) if t.runner is not None else None
+    if custom is not None:
+        yield from custom
+        return
     request = to_request(values, samplers=ctx.sampler_names(), schedulers=ctx.schedule_labels())
     if t.extra_values is not None:
         request = dataclasses.replace(request, **t.extra_values(values))
@@ -235,3 +240,5 @@ def wire(ctx: AppContext, t: GenerationTab) -> None:
     wire_generate(ctx, t)
     wire_helpers(ctx, t)
     wire_seeds(t)
+    if t.hires_accordion is not None and t.hires_info is not None:
+        hires.wire(t, t.hires_info)

@@ -1,27 +1,53 @@
-"""The img2img tab: A1111's layout and ids for the img2img and Inpaint sub-tabs, on the shared generation plumbing.
+"""The img2img tab: A1111's layout and ids (img2img, Sketch, Inpaint, Inpaint sketch, Inpaint upload, Batch sub-tabs).
 
-Sketch, Inpaint sketch, Inpaint upload and Batch sub-tabs, and masked-content modes other than "original" are not
-here yet (see README).
+The pure conversions (editor value → mask, upload → mask, sub-tab → ``init_images``/``mask``, "Resize by" size) are
+here; the Batch sub-tab's folder processing is in ``ui.img2img_batch``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image
 
-from modules.ui.txt2img import GenerationTab, build_output_column, build_settings_column, build_toprow
+from modules.ui.txt2img import GenerationTab, build_dimensions, build_output_column, build_settings_column, build_toprow
 
 if TYPE_CHECKING:
     from modules.context import AppContext
 
+logger = logging.getLogger(__name__)
+
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 INPAINT_AREAS = ("Whole picture", "Only masked")
-SUB_TABS = ("img2img", "inpaint")
+# Sub-tab id → label, in A1111's order (the id is the ``img2img_mode`` value).
+SUB_TABS = {
+    "img2img": "img2img",
+    "sketch": "Sketch",
+    "inpaint": "Inpaint",
+    "inpaint_sketch": "Inpaint sketch",
+    "inpaint_upload": "Inpaint upload",
+    "batch": "Batch",
+}
+INPAINT_MODES = frozenset({"inpaint", "inpaint_sketch", "inpaint_upload"})
+# Editor-based sub-tabs: mode → form field holding the gr.ImageEditor value.
+EDITOR_FIELDS = {"sketch": "sketch_editor", "inpaint": "inpaint_editor", "inpaint_sketch": "inpaint_sketch_editor"}
+
+
+@dataclass
+class Img2ImgExtras:
+    """img2img-only components the wiring needs besides ``GenerationTab.fields``."""
+
+    mode_tabs: gr.Tabs
+    sub_tabs: dict[str, gr.Tab] = field(default_factory=dict)
+    inpaint_controls: gr.Group | None = None
+    resize_tabs: dict[str, gr.Tab] = field(default_factory=dict)
 
 
 def editor_mask(value: Mapping[str, Any] | None) -> Image.Image | None:
@@ -36,56 +62,207 @@ def editor_mask(value: Mapping[str, Any] | None) -> Image.Image | None:
     background = value["background"]
     alpha = np.zeros((background.height, background.width), dtype=bool)
     for layer in value.get("layers") or ():
-        if layer is not None and layer.mode == "RGBA" and layer.size == background.size:
-            alpha |= np.asarray(layer)[:, :, 3] > 0
+        if layer is None:
+            continue
+        if layer.size != background.size:
+            layer = layer.resize(background.size, Image.Resampling.NEAREST)
+        alpha |= np.asarray(layer.convert("RGBA"))[:, :, 3] > 0
     return Image.fromarray(alpha.astype(np.uint8) * 255, "L") if alpha.any() else None
+
+
+def upload_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Mask of the Inpaint upload sub-tab as an "L" image of ``size`` (white = repaint, grey levels kept).
+
+    RGBA uploads are laid on black first, so transparent pixels keep the original; RGB/L uploads use their brightness.
+    """
+    if mask.mode in ("RGBA", "LA", "P"):
+        rgba = mask.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        mask = Image.alpha_composite(black, rgba)
+    grey = mask.convert("L")
+    return grey if grey.size == size else grey.resize(size, Image.Resampling.BILINEAR)
+
+
+def _editor_inputs(mode: str, editor: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Init image (+ mask) from one of the ImageEditor sub-tabs."""
+    editor = editor or {}
+    background = editor.get("background")
+    if background is None:
+        raise gr.Error(f"Upload an image into the {SUB_TABS[mode]} canvas first.")
+    # Sketch and Inpaint sketch start from the painted picture, Inpaint from the uploaded one.
+    init = (background if mode == "inpaint" else editor.get("composite") or background).convert("RGB")
+    if mode == "sketch":
+        return {"init_images": (init,), "mask": None}
+    mask = editor_mask(editor)
+    if mask is None:
+        raise gr.Error(f"Paint the area to repaint on the {SUB_TABS[mode]} canvas (the mask is empty).")
+    return {"init_images": (init,), "mask": mask}
 
 
 def init_inputs(values: Mapping[str, Any]) -> dict[str, Any]:
     """Turn the tab's image widgets into ``init_images``/``mask`` request fields for the active sub-tab.
 
     Raises:
-        gr.Error: When the active sub-tab has no image, or the Inpaint sub-tab has no painted mask.
+        gr.Error: When the active sub-tab has no image, or an inpaint sub-tab has no (or an empty) mask.
     """
     mode = values.get("img2img_mode") or "img2img"
-    if mode == "inpaint":
-        editor = values.get("inpaint_editor") or {}
-        if editor.get("background") is None:
-            raise gr.Error("Upload an image into the Inpaint canvas first.")
-        mask = editor_mask(editor)
-        if mask is None:
-            raise gr.Error("Paint the area to repaint on the Inpaint canvas (the mask is empty).")
-        return {"init_images": (editor["background"].convert("RGB"),), "mask": mask}
+    if mode in EDITOR_FIELDS:
+        return _editor_inputs(mode, values.get(EDITOR_FIELDS[mode]))
+    if mode == "inpaint_upload":
+        base, mask = values.get("inpaint_upload_image"), values.get("inpaint_upload_mask")
+        if base is None or mask is None:
+            raise gr.Error("Inpaint upload needs both the image and the mask.")
+        converted = upload_mask(mask, base.size)
+        if converted.getextrema()[1] == 0:
+            raise gr.Error("The uploaded mask is all black: nothing to repaint (white = repaint).")
+        return {"init_images": (base.convert("RGB"),), "mask": converted}
     image = values.get("init_image")
     if image is None:
         raise gr.Error("Upload an image into the img2img box first.")
     return {"init_images": (image.convert("RGB"),), "mask": None}
 
 
-def build_tab(ctx: AppContext) -> GenerationTab:
-    """Lay out the img2img tab (call inside its ``gr.Tab``); events are wired by ``ui.generation``."""
+def scaled_size(image_size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """ "Resize by" target size: the image size times ``scale``, rounded down to a multiple of 8 (at least 64).
+
+    >>> scaled_size((512, 300), 1.5)
+    (768, 448)
+    """
+    return tuple(max(64, int(side * float(scale)) // 8 * 8) for side in image_size)  # type: ignore[return-value]
+
+
+def option_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Form values → request fields for the img2img-only options (no images): mask blur/mode, fill, area."""
+    blur = int(values.get("mask_blur") or 0)
+    fill = values.get("inpainting_fill")
+    return {
+        "mask_blur_x": blur,
+        "mask_blur_y": blur,
+        "inpainting_mask_invert": int(values.get("mask_mode") or 0),
+        "inpainting_fill": 1 if fill is None else int(fill),
+        "inpaint_full_res": bool(values.get("inpaint_area")),
+        "inpaint_full_res_padding": int(values.get("inpaint_full_res_padding") or 0),
+    }
+
+
+def request_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Form values → GenerationRequest field values for the img2img-only widgets (images, size, mask options)."""
+    extra = {**init_inputs(values), **option_values(values)}
+    if values.get("resize_by") == "by":
+        width, height = scaled_size(extra["init_images"][0].size, values.get("img2img_scale") or 1.0)
+        extra.update(width=width, height=height)
+    return extra
+
+
+def _editor(label: str, elem_id: str, colour: str | None) -> gr.ImageEditor:
+    """An ImageEditor; ``colour`` fixes the brush colour (inpaint masks), None lets the user pick (sketches)."""
+    brush = gr.Brush(colors=[colour], color_mode="fixed") if colour else gr.Brush(color_mode="defaults")
+    return gr.ImageEditor(label=label, type="pil", elem_id=elem_id, height=360, brush=brush, layers=False)
+
+
+def _build_batch(t: GenerationTab) -> None:
+    gr.Markdown("Process every image in a folder on the server. Output files never overwrite existing ones.")
+    t.fields["batch_input_dir"] = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+    t.fields["batch_output_dir"] = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
+    t.fields["batch_mask_dir"] = gr.Textbox(
+        label="Inpaint batch mask directory (required for inpaint batch processing only)",
+        elem_id="img2img_batch_inpaint_mask_dir",
+    )
+    t.fields["batch_png_info"] = gr.Checkbox(
+        label="Append png info to prompts (take each image's PNG info parameters)",
+        value=False,
+        elem_id="img2img_batch_use_png_info",
+    )
+
+
+def _build_sources(t: GenerationTab) -> Img2ImgExtras:
+    """The ``mode_img2img`` sub-tabs with their image widgets."""
+    f = t.fields
+    with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
+        x = Img2ImgExtras(mode_tabs=mode_tabs)
+        with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as x.sub_tabs["img2img"]:
+            f["init_image"] = gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", height=360)
+        with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as x.sub_tabs["sketch"]:
+            f["sketch_editor"] = _editor("Image for img2img", "img2img_sketch", None)
+        with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as x.sub_tabs["inpaint"]:
+            f["inpaint_editor"] = _editor("Image for inpainting with mask", "img2maskimg", "#ffffff")
+        with gr.Tab("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab") as tab:
+            x.sub_tabs["inpaint_sketch"] = tab
+            f["inpaint_sketch_editor"] = _editor("Color sketch inpainting", "inpaint_sketch", None)
+        with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab:
+            x.sub_tabs["inpaint_upload"] = tab
+            f["inpaint_upload_image"] = gr.Image(label="Image", type="pil", elem_id="img_inpaint_base", height=300)
+            f["inpaint_upload_mask"] = gr.Image(
+                label="Mask", type="pil", image_mode=None, elem_id="img_inpaint_mask", height=300
+            )
+        with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as x.sub_tabs["batch"]:
+            _build_batch(t)
+    f["img2img_mode"] = gr.State("img2img")
+    return x
+
+
+def _build_inpaint_controls(t: GenerationTab) -> gr.Group:
+    """Mask blur/mode, masked content and inpaint area (shown on the inpaint sub-tabs only)."""
+    f = t.fields
+    with gr.Group(visible=False, elem_id="img2img_inpaint_controls") as group:
+        with gr.Row():
+            f["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+            f["mask_mode"] = gr.Radio(
+                label="Mask mode",
+                choices=list(MASK_MODES),
+                value=MASK_MODES[0],
+                type="index",
+                elem_id="img2img_mask_mode",
+            )
+        f["inpainting_fill"] = gr.Radio(
+            label="Masked content",
+            choices=list(MASKED_CONTENT),
+            value="original",
+            type="index",
+            elem_id="img2img_inpainting_fill",
+        )
+        with gr.Row():
+            f["inpaint_area"] = gr.Radio(
+                label="Inpaint area",
+                choices=list(INPAINT_AREAS),
+                value=INPAINT_AREAS[0],
+                type="index",
+                elem_id="img2img_inpaint_full_res",
+            )
+            f["inpaint_full_res_padding"] = gr.Slider(
+                0,
+                256,
+                value=32,
+                step=4,
+                label="Only masked padding, pixels",
+                elem_id="img2img_inpaint_full_res_padding",
+            )
+    return group
+
+
+def _resize_dimensions(x: Img2ImgExtras) -> Any:
+    """A ``build_settings_column`` dimensions hook: "Resize to" (width/height) and "Resize by" (scale) tabs."""
+
+    def build(t: GenerationTab) -> None:
+        with gr.Tabs(elem_id="img2img_tabs_resize"):
+            with gr.Tab("Resize to", id="to", elem_id="img2img_tab_resize_to") as x.resize_tabs["to"]:
+                build_dimensions(t)
+            with gr.Tab("Resize by", id="by", elem_id="img2img_tab_resize_by") as x.resize_tabs["by"]:
+                t.fields["img2img_scale"] = gr.Slider(
+                    0.05, 4.0, value=1.0, step=0.05, label="Scale", elem_id="img2img_scale"
+                )
+        t.fields["resize_by"] = gr.State("to")
+
+    return build
+
+
+def build_tab(ctx: AppContext) -> tuple[GenerationTab, Img2ImgExtras]:
+    """Lay out the img2img tab (call inside its ``gr.Tab``); events are wired by ``ui.generation`` and ``wire``."""
     t = GenerationTab(tabname="img2img")
     build_toprow(t)
     with gr.Row(equal_height=False, elem_id="img2img_extra_row"):
         with gr.Column(scale=1, elem_id="img2img_settings"):
-            mode = gr.State("img2img")
-            with gr.Tabs(elem_id="mode_img2img"):
-                with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab_i2i:
-                    t.fields["init_image"] = gr.Image(
-                        label="Image for img2img", type="pil", elem_id="img2img_image", height=360
-                    )
-                with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as tab_inpaint:
-                    t.fields["inpaint_editor"] = gr.ImageEditor(
-                        label="Image for inpainting with mask",
-                        type="pil",
-                        elem_id="img2maskimg",
-                        height=360,
-                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
-                        layers=False,
-                    )
-            tab_i2i.select(lambda: "img2img", outputs=mode, queue=False, api_visibility="private")
-            tab_inpaint.select(lambda: "inpaint", outputs=mode, queue=False, api_visibility="private")
-            t.fields["img2img_mode"] = mode
+            x = _build_sources(t)
             t.fields["resize_mode"] = gr.Radio(
                 label="Resize mode",
                 choices=list(RESIZE_MODES),
@@ -93,50 +270,26 @@ def build_tab(ctx: AppContext) -> GenerationTab:
                 type="index",
                 elem_id="resize_mode",
             )
-            build_settings_column(ctx, t)
+            x.inpaint_controls = _build_inpaint_controls(t)
+            build_settings_column(ctx, t, dimensions=_resize_dimensions(x))
             t.fields["denoising_strength"] = gr.Slider(
                 0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
             )
-            with gr.Row(elem_id="img2img_inpaint_controls"):
-                t.fields["mask_blur"] = gr.Slider(
-                    0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur"
-                )
-                t.fields["mask_mode"] = gr.Radio(
-                    label="Mask mode",
-                    choices=list(MASK_MODES),
-                    value=MASK_MODES[0],
-                    type="index",
-                    elem_id="img2img_mask_mode",
-                )
-            with gr.Row(elem_id="img2img_inpaint_area_row"):
-                t.fields["inpaint_area"] = gr.Radio(
-                    label="Inpaint area",
-                    choices=list(INPAINT_AREAS),
-                    value=INPAINT_AREAS[0],
-                    type="index",
-                    elem_id="img2img_inpaint_full_res",
-                )
-                t.fields["inpaint_full_res_padding"] = gr.Slider(
-                    0,
-                    256,
-                    value=32,
-                    step=4,
-                    label="Only masked padding, pixels",
-                    elem_id="img2img_inpaint_full_res_padding",
-                )
         with gr.Column(scale=1, elem_id="img2img_results"):
             build_output_column(t)
-    return t
+    t.extra_values = request_values
+    return t, x
 
 
-def request_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Form values → GenerationRequest field values for the img2img-only widgets (images, mask options)."""
-    blur = int(values.get("mask_blur") or 0)
-    extra = {
-        "mask_blur_x": blur,
-        "mask_blur_y": blur,
-        "inpainting_mask_invert": int(values.get("mask_mode") or 0),
-        "inpaint_full_res": bool(values.get("inpaint_area")),
-        "inpaint_full_res_padding": int(values.get("inpaint_full_res_padding") or 0),
-    }
-    return {**init_inputs(values), **extra}
+def wire(t: GenerationTab, x: Img2ImgExtras) -> None:
+    """Sub-tab selection sets ``img2img_mode`` and shows the inpaint controls; resize tabs set ``resize_by``."""
+    mode, controls = t.fields["img2img_mode"], x.inpaint_controls
+    for mode_id, tab in x.sub_tabs.items():
+        tab.select(
+            lambda m=mode_id: (m, gr.update(visible=m in INPAINT_MODES)),
+            outputs=[mode, controls],
+            queue=False,
+            api_visibility="private",
+        )
+    for how, tab in x.resize_tabs.items():
+        tab.select(lambda h=how: h, outputs=t.fields["resize_by"], queue=False, api_visibility="private")

@@ -1,15 +1,16 @@
-"""The PNG Info tab: read the infotext and other text chunks of an image; send its parameters to txt2img."""
+"""The PNG Info tab: read the infotext and text chunks of an image; send it to txt2img, img2img, inpaint, extras."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from modules.errors import WebuiError
 from modules.ui.generation import paste_updates
+from modules.ui.txt2img import SEND_TARGETS
 from modules.ui.views import pnginfo_html
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class PngInfoTab:
     html: gr.HTML
     generation_info: gr.Textbox
     send_txt2img: gr.Button
+    send_buttons: dict[str, gr.Button] = field(default_factory=dict)  # img2img / inpaint / extras (ui.sendto)
 
 
 def build_tab() -> PngInfoTab:
@@ -48,7 +50,11 @@ def build_tab() -> PngInfoTab:
             generation_info = gr.Textbox("", visible="hidden", elem_id="pnginfo_generation_info", label="Infotext")
             with gr.Row():
                 send = gr.Button("Send to txt2img", elem_id="txt2img_tab")
-    return PngInfoTab(image=image, html=html, generation_info=generation_info, send_txt2img=send)
+                others = {
+                    target: gr.Button(label, elem_id=f"pnginfo_send_to_{target}")
+                    for target, label in SEND_TARGETS.items()
+                }
+    return PngInfoTab(image=image, html=html, generation_info=generation_info, send_txt2img=send, send_buttons=others)
 
 
 def read_info(ctx: AppContext, image: Image.Image | None) -> tuple[str, str]:

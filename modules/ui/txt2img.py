@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from modules.engine.types import GenerationRequest
+from modules.ui import hires
 from modules.ui.forms import NUMERIC_FIELDS
 from modules.ui.views import token_counter_html
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from modules.context import AppContext
 
 _DEFAULTS = GenerationRequest()
+# "Send to" targets under a gallery (and on PNG Info): A1111's id suffix → button label.
+SEND_TARGETS = {"img2img": "Send to img2img", "inpaint": "Send to inpaint", "extras": "Send to extras"}
 
 
 @dataclass
@@ -44,7 +47,12 @@ class GenerationTab:
     html_info: gr.HTML | None = None
     generation_info: gr.Textbox | None = None
     selected_index: gr.State | None = None
+    hires_accordion: gr.Accordion | None = None
+    hires_info: gr.HTML | None = None
+    send_buttons: dict[str, gr.Button] = field(default_factory=dict)  # target tab id → "Send to" button
     extra_values: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # tab-specific request fields
+    # Tab-specific generation (img2img Batch): returns the update stream, or None to generate as usual.
+    runner: Callable[[AppContext, GenerationTab, dict[str, Any]], Iterator[dict[Component, Any]] | None] | None = None
 
 
 def _slider(tab: str, name: str, default: float, step: float) -> gr.Slider:
@@ -102,8 +110,10 @@ def build_toprow(t: GenerationTab) -> None:
             )
 
 
-def build_settings_column(ctx: AppContext, t: GenerationTab) -> None:
-    """Sampler, size, batch, CFG and seed controls."""
+def build_settings_column(
+    ctx: AppContext, t: GenerationTab, dimensions: Callable[[GenerationTab], None] | None = None
+) -> None:
+    """Sampler, size, batch, CFG and seed controls; ``dimensions`` may wrap ``build_dimensions`` (img2img tabs)."""
     tab = t.tabname
     with gr.Row(elem_id=f"{tab}_sampler_row"):
         samplers = ctx.sampler_names()
@@ -121,6 +131,14 @@ def build_settings_column(ctx: AppContext, t: GenerationTab) -> None:
             value=_DEFAULTS.scheduler if _DEFAULTS.scheduler in schedules else (schedules or [None])[0],
         )
     t.fields["steps"] = _slider(tab, "steps", _DEFAULTS.steps, 1)
+    (dimensions or build_dimensions)(t)
+    t.fields["cfg_scale"] = _slider(tab, "cfg_scale", _DEFAULTS.cfg_scale, 0.5)
+    build_seed_rows(t)
+
+
+def build_dimensions(t: GenerationTab) -> None:
+    """Width/height with ⇅, beside batch count and batch size."""
+    tab = t.tabname
     with gr.Row(elem_id=f"{tab}_dimensions_row"):
         with gr.Column(scale=4):
             t.fields["width"] = _slider(tab, "width", _DEFAULTS.width, 8)
@@ -129,8 +147,6 @@ def build_settings_column(ctx: AppContext, t: GenerationTab) -> None:
         with gr.Column(scale=2, elem_id=f"{tab}_column_batch"):
             t.fields["n_iter"] = _slider(tab, "n_iter", _DEFAULTS.n_iter, 1)
             t.fields["batch_size"] = _slider(tab, "batch_size", _DEFAULTS.batch_size, 1)
-    t.fields["cfg_scale"] = _slider(tab, "cfg_scale", _DEFAULTS.cfg_scale, 0.5)
-    build_seed_rows(t)
 
 
 def build_seed_rows(t: GenerationTab) -> None:
@@ -172,6 +188,9 @@ def build_output_column(t: GenerationTab) -> None:
         interactive=False,
         format="png",
     )
+    with gr.Row(elem_id=f"image_buttons_{tab}"):
+        for target, label in SEND_TARGETS.items():
+            t.send_buttons[target] = gr.Button(label, elem_id=f"{tab}_send_to_{target}", size="sm")
     t.html_info = gr.HTML("", elem_id=f"html_info_{tab}", elem_classes=["infotext"])
     t.generation_info = gr.Textbox("", visible="hidden", elem_id=f"generation_info_{tab}", label="Generation info")
     t.selected_index = gr.State(0)
@@ -184,6 +203,7 @@ def build_tab(ctx: AppContext, tabname: str = "txt2img") -> GenerationTab:
     with gr.Row(equal_height=False, elem_id=f"{tabname}_extra_row"):
         with gr.Column(scale=1, elem_id=f"{tabname}_settings"):
             build_settings_column(ctx, t)
+            t.hires_info = hires.build(ctx, t)
         with gr.Column(scale=1, elem_id=f"{tabname}_results"):
             build_output_column(t)
     return t
