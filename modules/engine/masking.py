@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-# Coarse-to-fine blur radii of the "fill" masked content: wide blurs reach into big holes, narrow ones add detail.
-_FILL_RADII = (256, 64, 16, 4, 2)
+# Blur radii of the "fill" masked content, narrow first: near the mask's edge the local colours win, deeper inside
+# wider blurs take over, and the widest reaches the middle of big holes.
+_FILL_RADII = (2, 4, 16, 64, 256)
+_FILL_CONFIDENT_WEIGHT = 0.2  # share of unmasked pixels under the blur at which its colour is fully trusted
 
 Box = tuple[int, int, int, int]
 
@@ -130,9 +132,9 @@ def overlay_mask(blurred: Image.Image) -> Image.Image:
 def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
     """A1111's "fill" masked content: replace the masked area by the blurred colours of its surroundings.
 
-    Each pass blurs the unmasked pixels and their coverage (normalised convolution) and writes the average colour
-    into the masked pixels, from wide to narrow radii, so big holes get the overall colour and small ones local
-    colours. Unmasked pixels keep their values, weighted by how unmasked they are.
+    Each pass blurs the unmasked pixels and their coverage (normalised convolution), from narrow to wide radii; a
+    masked pixel takes each pass's average colour in proportion to how much unmasked area that blur saw around it,
+    for whatever share earlier (narrower) passes left. Unmasked pixels keep their values.
 
     >>> img = Image.new("RGB", (8, 8), (200, 10, 10)); m = Image.new("L", (8, 8)); m.paste(255, (0, 0, 4, 8))
     >>> fill_masked(img, m).getpixel((0, 0))
@@ -145,9 +147,9 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
     for radius in _FILL_RADII:
         weight = _smooth(keep, radius)
         colour = np.stack([_smooth(rgb[..., c] * keep, radius) for c in range(3)], axis=-1)
-        valid = weight > 1e-3
-        average = np.where(valid[..., None], colour / np.maximum(weight, 1e-3)[..., None], 0.0)
-        take = np.where(valid, 1.0 - coverage, 0.0)
+        average = colour / np.maximum(weight, 1e-6)[..., None]
+        trust = 1.0 if radius == _FILL_RADII[-1] else np.clip(weight / _FILL_CONFIDENT_WEIGHT, 0.0, 1.0)
+        take = np.where(weight > 1e-6, (1.0 - coverage) * trust, 0.0)
         result += average * take[..., None]
         coverage += take
     return Image.fromarray(np.clip(np.rint(result), 0, 255).astype(np.uint8), "RGB")
