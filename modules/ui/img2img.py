@@ -123,7 +123,7 @@ def init_inputs(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def scaled_size(image_size: tuple[int, int], scale: float) -> tuple[int, int]:
-    """ "Resize by" target size: the image size times ``scale``, rounded down to a multiple of 8 (at least 64).
+    """Target size of "Resize by": the image size times ``scale``, rounded down to a multiple of 8 (at least 64).
 
     >>> scaled_size((512, 300), 1.5)
     (768, 448)

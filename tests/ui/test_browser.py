@@ -255,3 +255,37 @@ def test_gradio_client_img2img_and_inpaint(server, tmp_path):
         client.predict(
             prompt="x", negative_prompt="", init_image=None, inpaint_editor=EMPTY_EDITOR, api_name="/img2img"
         )
+
+
+def test_inpaint_draw_mask_and_generate(page, server, tmp_path):
+    """Upload into the Inpaint canvas, paint a stroke with the mouse, generate: an image and its infotext appear."""
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "inpaint.png"
+    Image.fromarray((np.random.RandomState(2).rand(64, 64, 3) * 255).astype("uint8")).save(src)
+    page.locator("#tab_img2img-button, button[role=tab]:has-text('img2img')").first.click()
+    page.locator("#mode_img2img button[role=tab]:has-text('Inpaint')").first.click()
+    editor = page.locator("#img2maskimg")
+    editor.locator("input[type=file]").first.set_input_files(str(src))
+    canvas = editor.locator("canvas").first
+    canvas.wait_for()
+    page.wait_for_timeout(1000)
+    _screenshot(page, tmp_path, "img2img_inpaint.png")
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 30, cy)
+    page.mouse.down()
+    for step in range(1, 13):
+        page.mouse.move(cx - 30 + step * 5, cy + step, steps=2)
+    page.mouse.up()
+    page.locator("#img2img_prompt textarea").fill("inpaint browser")
+    _set_number(page, "img2img_steps", 4)
+    _set_number(page, "img2img_width", 64)
+    _set_number(page, "img2img_height", 64)
+    page.locator("#img2img_generate").click()
+    info = page.locator("#html_info_img2img")
+    info.filter(has_text="inpaint browser").wait_for()
+    page.locator("#img2img_gallery img").first.wait_for()
+    assert "Denoising strength" in info.inner_text()
+    _screenshot(page, tmp_path, "img2img_inpaint_done.png")
