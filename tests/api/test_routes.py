@@ -263,6 +263,8 @@ def test_img2img_inpaint_fields_reach_the_engine(server):
     for part in ("Mask blur: 2", "Inpaint area: Only masked", "Masked area padding: 8"):
         assert part in text
     assert "Masked content: latent nothing, Mask mode: Inpaint not masked" in text
+    extra = json.loads(response.json()["info"])["extra_generation_params"]
+    assert extra["Masked content"] == "latent nothing" and extra["Masked area padding"] == 8
 
 
 @pytest.mark.parametrize(
