@@ -206,7 +206,7 @@ class ImageToImageRequest(GenerationFields):
         if self.mask_blur is not None:
             values["mask_blur_x"] = values["mask_blur_y"] = self.mask_blur
         known = GenerationRequest.__dataclass_fields__
-        kwargs.update({k: v for k, v in values.items() if k in known})
+        kwargs.update({k: v for k, v in values.items() if k in known and v is not None})
         return GenerationRequest(**kwargs)
 
     def echo(self) -> dict[str, Any]:

@@ -1,12 +1,21 @@
 """img2img and inpainting batches over the loaded model's derived diffusers pipelines (same weights, no reload).
 
-A1111 behaviour kept here: init images resized by ``resize_mode``; denoising strength runs
-``int(steps × min(strength, 0.999)) + 1`` steps; the mask is inverted (``inpainting_mask_invert``) and blurred
-(``mask_blur_x/y``) before use; regular models inpaint by latent masking, 9-channel inpainting models through their
-extra channels; the result is composited with the original through the blurred mask, so unmasked pixels come back
-unchanged; "Only masked" (``inpaint_full_res``) generates the padded mask region at width×height and pastes it back
-into the full-size original (so the result keeps the original's size). Not yet: masked content "fill",
-"latent noise" and "latent nothing" act as "original", and resize mode 3 (latent upscale) acts as "Just resize".
+A1111 behaviour kept here:
+
+- Init images are resized by ``resize_mode`` (``modules.engine.resize``); mode 3 encodes the image at its own size and
+  resizes the latent. With a mask, mode 3 acts as "Just resize" (the mask and the paste-back need pixel sizes).
+- Denoising strength runs ``int(steps × min(strength, 0.999)) + 1`` steps (see ``effective_steps``).
+- The mask is binarised (``mask_round``), inverted (``inpainting_mask_invert``) and Gaussian-blurred per axis
+  (``mask_blur_x/y``) at the init image's size, then resized like the image.
+- Masked content: 0 "fill" pre-fills the masked area with the blurred surrounding colours; 1 "original" keeps it;
+  2 "latent noise" / 3 "latent nothing" also pre-fill, then replace the masked part of the initial latent by
+  unit noise (seeded with the image's seed) or zeros. Regular models inpaint by latent masking and 9-channel
+  inpainting models through their extra channels (both in diffusers' inpaint pipeline).
+- "Only masked" (``inpaint_full_res``) generates the padded, aspect-expanded mask region at width×height and pastes
+  it back into the full-size original. The result is composited with the original through the blurred mask
+  (doubled and clipped for "Whole picture"), so pixels outside the blurred mask come back byte-identical.
+
+Per-image ``torch.Generator``s seeded with each image's seed make batch image i equal a single job with seed+i.
 """
 
 from __future__ import annotations
@@ -19,40 +28,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageOps
 
 from modules.engine.loader import LoadedModel
-from modules.engine.masking import Box, crop_region, expand_to_ratio
+from modules.engine.masking import Box, binary_mask, blur_mask, crop_region, expand_to_ratio, fill_masked, overlay_mask
 from modules.engine.prompt_encoding import PromptEmbeddings
+from modules.engine.resize import LATENT_UPSCALE, prepare_for_latent, resize_image, resize_latent
 from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
-RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
-
-
-def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
-    """Resize ``image`` to width×height the A1111 way for ``mode`` (0 stretch, 1 crop, 2 fill, 3 as 0).
-
-    >>> resize_image(Image.new("RGB", (100, 50)), 64, 64, 1).size
-    (64, 64)
-    """
-    image = image.convert("RGB")
-    if mode in (0, 3):
-        return image.resize((width, height), Image.Resampling.LANCZOS)
-    scale = (max if mode == 1 else min)(width / image.width, height / image.height)
-    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    resized = image.resize((w, h), Image.Resampling.LANCZOS)
-    if mode == 1:  # crop the centre
-        left, top = (w - width) // 2, (h - height) // 2
-        return resized.crop((left, top, left + width, top + height))
-    if mode == 2:  # fit inside, then stretch the edge pixels into the borders
-        arr = np.asarray(resized)
-        pad_y, pad_x = height - h, width - w
-        pads = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0))
-        return Image.fromarray(np.pad(arr, pads, mode="edge"))
-    raise InvalidRequestError(f"resize_mode must be 0–3 ({', '.join(RESIZE_MODES)}), got {mode}")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+_ORIGINAL, _LATENT_NOISE, _LATENT_NOTHING = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -60,64 +48,82 @@ class Img2ImgInputs:
     """Prepared init images and mask of a job.
 
     Attributes:
-        images: Init images resized to the job's size (image k of the job uses ``images[k % len(images)]``).
-        mask: The processed mask ("L", white = repaint, inverted and blurred as requested) or None.
-        paste_box, originals, overlay_mask: For "Only masked": the crop box in the original image, the original
-            images, and the blurred mask at the original size.
+        images: What sampling starts from, at width×height (or the image's own size for latent upscale), already
+            pre-filled for masked content "fill"/"latent noise"/"latent nothing". Job image k uses ``images[k % n]``.
+        mask: The blurred mask at the generation size ("L", white = repaint), or None for plain img2img.
+        overlay: Paste-back mask: at the generation size ("Whole picture") or the original size ("Only masked").
+        bases: Images the result is composited onto (resized init images, or the originals for "Only masked").
+        paste_box: "Only masked": the crop box in the original image.
+        latent_upscale: Resize mode 3 without a mask: encode ``images`` as they are and resize the latent.
+        masked_content: ``inpainting_fill`` (0–3).
     """
 
     images: tuple[Image.Image, ...]
-    mask: Image.Image | None
-    paste_box: Box | None = None  # "Only masked": where the generated crop goes back into the original
-    originals: tuple[Image.Image, ...] = ()
-    overlay_mask: Image.Image | None = None  # blurred full-size mask for the final composite
+    mask: Image.Image | None = None
+    overlay: Image.Image | None = None
+    bases: tuple[Image.Image, ...] = ()
+    paste_box: Box | None = None
+    latent_upscale: bool = False
+    masked_content: int = _ORIGINAL
 
     def image_for(self, index: int) -> Image.Image:
         """Init image of job image ``index``."""
         return self.images[index % len(self.images)]
 
-
-def _blur(mask: Image.Image, request: GenerationRequest) -> Image.Image:
-    blur = (max(request.mask_blur_x, 0), max(request.mask_blur_y, 0))
-    if not any(blur):
-        return mask
-    return mask.filter(ImageFilter.GaussianBlur(blur if blur[0] != blur[1] else blur[0]))
+    @property
+    def needs_latents(self) -> bool:
+        """Whether the initial latents are built here instead of by the diffusers pipeline."""
+        latent_fill = self.mask is not None and self.masked_content in (_LATENT_NOISE, _LATENT_NOTHING)
+        return self.latent_upscale or latent_fill
 
 
 def prepare(request: GenerationRequest) -> Img2ImgInputs:
     """Resize the init images and prepare the mask of ``request``.
 
     Raises:
-        InvalidRequestError: For a resize mode outside 0–3, a mask of another size than the init image, or an empty
-            mask with "Only masked".
+        InvalidRequestError: For a resize mode outside 0–3, masked content outside 0–3, a mask of another size than
+            the init image, or an empty mask with "Only masked".
     """
-    first, size = request.init_images[0], (request.width, request.height)
+    size = (request.width, request.height)
+    originals = tuple(im.convert("RGB") for im in request.init_images)
     if request.mask is None:
-        return Img2ImgInputs(tuple(resize_image(im, *size, request.resize_mode) for im in request.init_images), None)
-    if request.mask.size != first.size:
-        raise InvalidRequestError(f"mask is {request.mask.size}, but the init image is {first.size}")
-    if request.inpainting_fill != 1:
-        logger.info("Masked content %d is not available yet; using 'original'", request.inpainting_fill)
-    mask = request.mask.convert("L")
+        if request.resize_mode == LATENT_UPSCALE:
+            return Img2ImgInputs(tuple(prepare_for_latent(im) for im in originals), latent_upscale=True)
+        return Img2ImgInputs(tuple(resize_image(im, *size, request.resize_mode) for im in originals))
+    if request.mask.size != originals[0].size:
+        raise InvalidRequestError(f"mask is {request.mask.size}, but the init image is {originals[0].size}")
+    if request.inpainting_fill not in range(len(MASKED_CONTENT)):
+        raise InvalidRequestError(f"inpainting_fill must be 0–3 ({', '.join(MASKED_CONTENT)})")
+    mask = binary_mask(request.mask, request.mask_round)
     if request.inpainting_mask_invert:
         mask = ImageOps.invert(mask)
+    blurred = blur_mask(mask, request.mask_blur_x, request.mask_blur_y)
     if request.inpaint_full_res:
-        return _prepare_only_masked(request, mask)
-    images = tuple(resize_image(im, *size, request.resize_mode) for im in request.init_images)
-    mask = resize_image(mask.convert("RGB"), *size, request.resize_mode).convert("L")
-    return Img2ImgInputs(images, _blur(mask, request))
+        inputs = _prepare_only_masked(request, originals, blurred)
+    else:
+        mode = 0 if request.resize_mode == LATENT_UPSCALE else request.resize_mode
+        bases = tuple(resize_image(im, *size, mode) for im in originals)
+        gen_mask = resize_image(blurred, *size, mode)
+        inputs = Img2ImgInputs(bases, gen_mask, overlay_mask(gen_mask), bases)
+    if request.inpainting_fill != _ORIGINAL:
+        filled = tuple(fill_masked(im, inputs.mask) for im in inputs.images)
+        inputs = Img2ImgInputs(filled, inputs.mask, inputs.overlay, inputs.bases, inputs.paste_box)
+    return Img2ImgInputs(
+        inputs.images, inputs.mask, inputs.overlay, inputs.bases, inputs.paste_box, False, request.inpainting_fill
+    )
 
 
-def _prepare_only_masked(request: GenerationRequest, mask: Image.Image) -> Img2ImgInputs:
+def _prepare_only_masked(
+    request: GenerationRequest, originals: tuple[Image.Image, ...], blurred: Image.Image
+) -> Img2ImgInputs:
     """A1111's "Only masked": generate the padded mask region at width×height, to paste back at full size."""
-    region = crop_region(mask, request.inpaint_full_res_padding)
+    region = crop_region(blurred, request.inpaint_full_res_padding)
     if region is None:
         raise InvalidRequestError("mask is empty: paint the area to repaint (inpaint_full_res needs a mask)")
-    box = expand_to_ratio(region, request.width, request.height, mask.width, mask.height)
-    originals = tuple(im.convert("RGB") for im in request.init_images)
+    box = expand_to_ratio(region, request.width, request.height, blurred.width, blurred.height)
     crops = tuple(resize_image(im.crop(box), request.width, request.height, 2) for im in originals)
-    crop_mask = resize_image(mask.crop(box).convert("RGB"), request.width, request.height, 2).convert("L")
-    return Img2ImgInputs(crops, _blur(crop_mask, request), box, originals, _blur(mask, request))
+    crop_mask = resize_image(blurred.crop(box), request.width, request.height, 2)
+    return Img2ImgInputs(crops, crop_mask, blurred, originals, box)
 
 
 def effective_steps(request: GenerationRequest) -> int:
@@ -138,16 +144,20 @@ def sample_batch(
     generators: list[torch.Generator],
     callback: Callable[..., dict[str, Any]],
 ) -> torch.Tensor:
-    """Run one img2img/inpaint batch and return its latents (image k uses its own generator)."""
+    """Run one img2img/inpaint batch and return its latents (image k uses its own generator).
+
+    Steps: diffusers runs ``int(num_inference_steps × strength)`` steps from the end of the full schedule, so
+    ``num_inference_steps = steps`` and ``strength = (effective_steps + ε) / steps`` execute exactly A1111's count.
+    """
     inpaint = inputs.mask is not None or model.model_type.is_inpaint
     with warnings.catch_warnings():  # diffusers nags about steps_offset of our A1111-style "linspace" schedules
         warnings.simplefilter("ignore", FutureWarning)
         pipe = model.inpaint() if inpaint else model.img2img()
     pipe.set_progress_bar_config(disable=True)
     bs = len(generators)
+    images = [inputs.image_for(first_index + i) for i in range(bs)]
     kwargs: dict[str, Any] = {
-        "image": [inputs.image_for(first_index + i) for i in range(bs)],
-        # diffusers runs int(steps × strength) steps: ask for exactly A1111's count (at least 1, as A1111 does)
+        "image": images,
         "strength": min((effective_steps(request) + 1e-6) / request.steps, 1.0),
         "num_inference_steps": request.steps,
         "guidance_scale": request.cfg_scale,
@@ -160,7 +170,55 @@ def sample_batch(
         full = Image.new("L", (request.width, request.height), 255)
         kwargs.update(mask_image=[inputs.mask or full] * bs, width=request.width, height=request.height)
     with torch.inference_mode():
+        if inputs.needs_latents:
+            kwargs["image"] = init_latents(pipe, request, inputs, images, generators).to(pipe.unet.dtype)
+            if inpaint:  # the 9-channel conditioning still comes from the (pre-filled) pixel image
+                kwargs["masked_image_latents"] = _masked_pixels(pipe, images, kwargs["mask_image"][0])
         return pipe(**kwargs).images
+
+
+def init_latents(
+    pipe: Any,
+    request: GenerationRequest,
+    inputs: Img2ImgInputs,
+    images: list[Image.Image],
+    generators: list[torch.Generator],
+) -> torch.Tensor:
+    """Encode ``images`` to scaled latents (the distribution's mode) and apply latent upscale / masked content.
+
+    "latent noise" draws unit noise from a copy of each image's generator (same seed, so the sampler's own
+    draws are unchanged); "latent nothing" zeroes the masked latent cells.
+    """
+    vae = pipe.vae
+    latents = []
+    for image, gen in zip(images, generators, strict=True):
+        pixels = pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
+        latent = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+        if inputs.latent_upscale:
+            latent = resize_latent(latent, request.width, request.height)
+        if inputs.mask is not None and inputs.masked_content in (_LATENT_NOISE, _LATENT_NOTHING):
+            cells = latent_mask(inputs.mask, latent.shape[-1], latent.shape[-2], request.mask_round).to(latent)
+            fill = torch.zeros_like(latent)
+            if inputs.masked_content == _LATENT_NOISE:
+                copy = torch.Generator(device=gen.device).manual_seed(gen.initial_seed())
+                fill = torch.randn(latent.shape, generator=copy, device=gen.device).to(latent)
+            latent = latent * (1 - cells) + fill * cells
+        latents.append(latent)
+    return torch.cat(latents)
+
+
+def latent_mask(mask: Image.Image, width: int, height: int, round_mask: bool) -> torch.Tensor:
+    """The mask at latent resolution as a (1, 1, h, w) tensor in 0–1, rounded to 0/1 when ``round_mask`` (A1111)."""
+    cells = np.asarray(mask.convert("L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    tensor = torch.from_numpy(cells)[None, None]
+    return torch.round(tensor) if round_mask else tensor
+
+
+def _masked_pixels(pipe: Any, images: list[Image.Image], mask: Image.Image) -> torch.Tensor:
+    """The init images in -1…1 with the masked pixels zeroed (the 9-channel UNet's masked-image input)."""
+    pixels = pipe.image_processor.preprocess(images).to(torch.float32)
+    keep = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255 < 0.5)
+    return pixels * keep[None, None].to(pixels)
 
 
 def embeds_kwargs(embeds: PromptEmbeddings, batch_size: int) -> dict[str, torch.Tensor]:
@@ -176,25 +234,31 @@ def embeds_kwargs(embeds: PromptEmbeddings, batch_size: int) -> dict[str, torch.
 
 
 def finish(image: Image.Image, inputs: Img2ImgInputs, index: int) -> Image.Image:
-    """Composite a generated image with its original through the blurred mask (unmasked pixels unchanged)."""
-    if inputs.mask is None:
+    """Composite a generated image with its original through the paste-back mask (unmasked pixels unchanged)."""
+    if inputs.mask is None or inputs.overlay is None:
         return image
+    base = inputs.bases[index % len(inputs.bases)]
     if inputs.paste_box is None:
-        return Image.composite(image, inputs.image_for(index), inputs.mask)
-    original = inputs.originals[index % len(inputs.originals)]
+        return Image.composite(image, base, inputs.overlay)
     x1, y1, x2, y2 = inputs.paste_box
-    pasted = original.copy()
+    pasted = base.copy()
     pasted.paste(image.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
-    return Image.composite(pasted, original, inputs.overlay_mask)
+    return Image.composite(pasted, base, inputs.overlay)
 
 
 def infotext_extras(request: GenerationRequest) -> dict[str, Any]:
-    """A1111's img2img parameters that follow the fixed keys."""
-    extras: dict[str, Any] = {}
-    if request.mask is not None:
-        blur = max(request.mask_blur_x, request.mask_blur_y)
-        extras["Mask blur"] = blur if blur > 0 else None
-        extras["Mask mode"] = "Inpaint not masked" if request.inpainting_mask_invert else None
-        extras["Inpaint area"] = "Only masked" if request.inpaint_full_res else None
-        extras["Masked area padding"] = request.inpaint_full_res_padding if request.inpaint_full_res else None
+    """A1111's inpainting parameters that follow the fixed keys (its ``extra_generation_params``), in §5.1 order.
+
+    ``Mask blur`` is written only when x and y blur are equal and positive (A1111's ``mask_blur`` property).
+    """
+    if request.mask is None:
+        return {}
+    same_blur = request.mask_blur_x == request.mask_blur_y
+    extras: dict[str, Any] = {
+        "Mask blur": request.mask_blur_x if same_blur and request.mask_blur_x > 0 else None,
+        "Inpaint area": "Only masked" if request.inpaint_full_res else None,
+        "Masked area padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,
+        "Masked content": MASKED_CONTENT[request.inpainting_fill] if request.inpainting_fill != _ORIGINAL else None,
+        "Mask mode": "Inpaint not masked" if request.inpainting_mask_invert else None,
+    }
     return {k: v for k, v in extras.items() if v is not None}

@@ -152,6 +152,7 @@ def _generate(
             if inputs is not None:
                 image = img2img.finish(image, inputs, k)
                 params.update(img2img.infotext_extras(request))
+                result.extra_generation_params.update(img2img.infotext_extras(request))
             result.images.append(image)
             result.seeds.append(seeds[k])
             result.subseeds.append(subseeds[k])

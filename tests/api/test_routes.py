@@ -205,35 +205,80 @@ def test_png_info_reads_what_txt2img_wrote(server):
     assert plain == {"info": "", "items": {}, "parameters": {}}
 
 
+def _png_b64(image):
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def test_img2img_reaches_the_engine(server):
     init = server.txt2img(seed=1)["images"][0]
-    response = server.post("img2img", {"init_images": [init], "width": 64, "height": 64, "steps": 4, "seed": 5})
+    payload = {"init_images": [init], "width": 64, "height": 64, "steps": 4, "seed": 5, "denoising_strength": 0.5}
+    response = server.post("img2img", payload)
     assert response.status_code == 200, response.text
     image = decode_image(response.json()["images"][0])
-    assert image.size == (64, 64) and "Denoising strength: 0.75" in image.info["parameters"]
-    assert json.loads(response.json()["info"])["denoising_strength"] == 0.75
-    # inpainting: a mask over the top-left quarter; pixels far from it come back unchanged
+    assert image.size == (64, 64) and "Denoising strength: 0.5" in image.info["parameters"]
+    assert json.loads(response.json()["info"])["denoising_strength"] == 0.5
+    # inpainting, whole picture: a mask over the top-left quarter; pixels far from it come back unchanged
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 32))
-    buf = io.BytesIO()
-    mask.save(buf, "PNG")
+    fields = {"mask": _png_b64(mask), "mask_blur": 4, "inpaint_full_res": False, "inpainting_fill": 0}
+    inpainted = server.post("img2img", {**payload, **fields})
+    assert inpainted.status_code == 200, inpainted.text
+    result = decode_image(inpainted.json()["images"][0])
+    out = np.asarray(result.convert("RGB")).astype(int)
+    original = np.asarray(decode_image(init).convert("RGB")).astype(int)
+    assert np.abs(out[48:, 48:] - original[48:, 48:]).max() == 0
+    assert np.abs(out[:16, :16] - original[:16, :16]).mean() > 0
+    assert "Mask blur: 4, Masked content: fill" in result.info["parameters"]
+    assert "Inpaint area" not in result.info["parameters"]
+    missing = server.post("img2img", {"prompt": "x"})
+    assert missing.status_code == 404 and "Init image not found" in missing.json()["detail"]
+
+
+def test_img2img_inpaint_fields_reach_the_engine(server):
+    """A1111's API defaults inpaint "Only masked" with padding 0; invert, padding and latent modes pass through."""
+    init = _png_b64(Image.new("RGB", (96, 80), (30, 160, 90)))
+    mask = Image.new("L", (96, 80), 0)
+    mask.paste(255, (60, 40, 80, 60))
     payload = {
         "init_images": [init],
-        "mask": base64.b64encode(buf.getvalue()).decode(),
+        "mask": _png_b64(mask),
         "width": 64,
         "height": 64,
         "steps": 4,
         "seed": 5,
-        "mask_blur": 4,
+        "denoising_strength": 0.5,
+        "inpaint_full_res_padding": 8,
+        "inpainting_fill": 3,
+        "inpainting_mask_invert": 1,
+        "mask_blur_x": 2,
+        "mask_blur_y": 2,
     }
-    inpainted = server.post("img2img", payload)
-    assert inpainted.status_code == 200, inpainted.text
-    out = np.asarray(decode_image(inpainted.json()["images"][0]).convert("RGB")).astype(int)
-    original = np.asarray(decode_image(init).convert("RGB")).astype(int)
-    assert np.abs(out[48:, 48:] - original[48:, 48:]).max() == 0
-    assert np.abs(out[:16, :16] - original[:16, :16]).mean() > 0
-    missing = server.post("img2img", {"prompt": "x"})
-    assert missing.status_code == 404 and "Init image not found" in missing.json()["detail"]
+    response = server.post("img2img", payload)
+    assert response.status_code == 200, response.text
+    image = decode_image(response.json()["images"][0])
+    assert image.size == (96, 80)  # only masked: pasted back into the full-size original
+    text = image.info["parameters"]
+    for part in ("Mask blur: 2", "Inpaint area: Only masked", "Masked area padding: 8"):
+        assert part in text
+    assert "Masked content: latent nothing, Mask mode: Inpaint not masked" in text
+    extra = json.loads(response.json()["info"])["extra_generation_params"]
+    assert extra["Masked content"] == "latent nothing" and extra["Masked area padding"] == 8
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ({"init_images": ["!!!not base64!!!"]}, "init_images[0]"),
+        ({"init_images": [base64.b64encode(b"hello").decode()]}, "init_images[0]"),
+        ({"init_images": [_png_b64(Image.new("RGB", (8, 8)))], "resize_mode": 9}, "resize_mode"),
+    ],
+)
+def test_img2img_bad_init_image_is_a_client_error(server, payload, needle):
+    response = server.post("img2img", {**payload, "width": 64, "height": 64, "steps": 2})
+    assert 400 <= response.status_code < 500, response.text
+    assert needle in response.json()["detail"]
 
 
 def test_progress_and_interrupt_from_another_thread(server):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.engine.img2img import effective_steps, resize_image
+from modules.engine.img2img import effective_steps
 from modules.engine.infotext import parse_infotext
 from modules.engine.pipeline import generate
 from modules.engine.types import GenerationRequest
@@ -19,26 +19,6 @@ def noise_image(w=96, h=80, seed=0):
 
 def px(image):
     return np.asarray(image.convert("RGB")).astype(int)
-
-
-@pytest.mark.parametrize("mode", [0, 1, 2, 3])
-def test_resize_modes_give_the_target_size(mode):
-    assert resize_image(noise_image(100, 40), 64, 48, mode).size == (64, 48)
-
-
-def test_crop_and_resize_keeps_the_centre_and_fill_stretches_edges():
-    img = Image.new("RGB", (200, 100), (255, 0, 0))
-    img.paste((0, 0, 255), (50, 0, 150, 100))  # blue centre, red sides
-    cropped = px(resize_image(img, 64, 64, 1))
-    assert cropped[32, 32, 2] > 200 and cropped[32, 32, 0] < 50  # centre kept, sides cropped away
-    wide = Image.new("RGB", (100, 20), (0, 255, 0))
-    filled = px(resize_image(wide, 64, 64, 2))
-    assert (filled[0, :, 1] > 200).all() and (filled[-1, :, 1] > 200).all()  # borders filled from edge pixels
-
-
-def test_bad_resize_mode():
-    with pytest.raises(InvalidRequestError, match="resize_mode"):
-        resize_image(noise_image(), 64, 64, 7)
 
 
 def test_effective_steps_as_a1111():
@@ -85,12 +65,12 @@ class Recorder:
         pass
 
 
-@pytest.mark.parametrize(("strength", "executed"), [(0.1, 3), (0.75, 16)])
+@pytest.mark.parametrize(("strength", "executed"), [(0.1, 2), (0.75, 8)])
 def test_denoising_strength_runs_a1111s_number_of_steps(load_tiny, tiny_models, strength, executed):
     model = load_tiny(tiny_models["sd1"])
     rec = Recorder()
     req = GenerationRequest(
-        init_images=(noise_image(64, 64),), seed=1, denoising_strength=strength, **{**FAST, "steps": 20}
+        init_images=(noise_image(64, 64),), seed=1, denoising_strength=strength, **{**FAST, "steps": 10}
     )
     generate(model, req, controls=rec)
     assert rec.reports[-1] == (executed, executed) and len(rec.reports) == executed
@@ -160,3 +140,57 @@ def test_only_masked_needs_a_painted_mask(load_tiny, tiny_models):
     req = GenerationRequest(init_images=(noise_image(),), mask=Image.new("L", (96, 80)), inpaint_full_res=True, **FAST)
     with pytest.raises(InvalidRequestError, match="mask is empty"):
         generate(model, req)
+
+
+@pytest.mark.parametrize(("fill", "label"), [(0, "fill"), (2, "latent noise"), (3, "latent nothing")])
+def test_masked_content_modes_keep_unmasked_pixels(load_tiny, tiny_models, fill, label):
+    model = load_tiny(tiny_models["sd1"])
+    init = noise_image(64, 64, seed=8)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    common = {"init_images": (init,), "mask": mask, "seed": 3, "denoising_strength": 0.5, **FAST}
+    req = GenerationRequest(inpainting_fill=fill, **common)
+    plain = generate(model, GenerationRequest(inpainting_fill=1, **common))
+    res = generate(model, req)
+    out, original = px(res.images[0]), px(init)
+    assert np.abs(out[44:, 44:] - original[44:, 44:]).max() == 0
+    assert np.abs(out[:16, :16] - px(plain.images[0])[:16, :16]).mean() > 1  # differs from "original"
+    assert parse_infotext(res.infotexts[0])["Masked content"] == label
+    assert "Masked content" not in plain.infotexts[0]
+
+
+def test_latent_noise_batch_image_equals_single_with_seed_plus_i(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1-inpaint"])
+    init, mask = (noise_image(64, 64, seed=9),), Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    common = {"init_images": init, "mask": mask, "inpainting_fill": 2, "denoising_strength": 0.5, **FAST}
+    batch = generate(model, GenerationRequest(seed=30, batch_size=2, **common))
+    single = generate(model, GenerationRequest(seed=31, **common))
+    assert np.abs(px(batch.images[1]) - px(single.images[0])).max() <= 1
+    assert np.abs(px(batch.images[0]) - px(batch.images[1])).mean() > 1
+
+
+def test_latent_upscale_resizes_the_latent(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    common = {"init_images": (noise_image(40, 36),), "seed": 4, "denoising_strength": 0.5, **FAST}
+    res = generate(model, GenerationRequest(resize_mode=3, **common))
+    assert res.images[0].size == (64, 64)
+    just = generate(model, GenerationRequest(resize_mode=0, **common))
+    assert np.abs(px(res.images[0]) - px(just.images[0])).mean() > 1  # not the pixel-space resize
+
+
+def test_denoising_zero_runs_one_step_and_keeps_the_input(load_tiny, tiny_models):
+    """A1111 at denoising 0 still runs int(steps × 0) + 1 = 1 step at the smallest noise level: the result is the
+    init image re-encoded, so it follows the init image, while at denoising 1 the init image hardly matters."""
+    model = load_tiny(tiny_models["sd1"])
+    inits = (noise_image(64, 64, seed=10), Image.new("RGB", (64, 64), (200, 40, 40)))
+    rec = Recorder()
+
+    def run(init, strength, controls=None):
+        req = GenerationRequest(init_images=(init,), seed=1, denoising_strength=strength, **FAST)
+        return px(generate(model, req, controls=controls).images[0])
+
+    keep = [run(init, 0.0, rec) for init in inits]
+    assert len(rec.reports) == 2  # one step per image
+    redraw = [run(init, 1.0) for init in inits]
+    assert np.abs(keep[0] - keep[1]).mean() > 2 * np.abs(redraw[0] - redraw[1]).mean()
