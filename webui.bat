@@ -9,7 +9,7 @@ if exist webui.settings.bat call webui.settings.bat
 if not defined PYTHON (set PYTHON=python)
 if not defined VENV_DIR (set "VENV_DIR=%~dp0venv")
 if not defined REQS_FILE (set REQS_FILE=requirements.txt)
-if not defined TORCH_COMMAND (set "TORCH_COMMAND=pip install torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu128")
+if not defined TORCH_COMMAND (set "TORCH_COMMAND=pip install torch==2.14.1 torchvision==0.29.1 --extra-index-url https://download.pytorch.org/whl/cu128")
 if not defined GRADIO_ANALYTICS_ENABLED (set GRADIO_ANALYTICS_ENABLED=False)
 set ERROR_REPORTING=FALSE
 set PIP_IGNORE_INSTALLED=0

@@ -16,7 +16,8 @@
 # Bash 3.2 compatible (macOS ships it).
 #################################################
 
-TORCH_VERSION="2.13.0"
+TORCH_VERSION="2.14.1"
+TORCHVISION_VERSION="0.29.1"
 
 script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 cd -- "${script_dir}" || exit 1
@@ -124,15 +125,15 @@ fi
 # 5. Prepare the environment: torch, the CUDA check, the requirements. Nothing is installed when all is satisfied.
 if [[ -z "${TORCH_COMMAND:-}" ]]; then
     if [[ "$(uname -s)" == "Darwin" ]]; then
-        TORCH_COMMAND="pip install torch==${TORCH_VERSION}"
+        TORCH_COMMAND="pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}"
     elif command -v nvidia-smi >/dev/null 2>&1; then
-        TORCH_COMMAND="pip install torch==${TORCH_VERSION} --extra-index-url \
+        TORCH_COMMAND="pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION} --extra-index-url \
 ${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}"
     elif command -v rocminfo >/dev/null 2>&1; then
-        TORCH_COMMAND="pip install torch==${TORCH_VERSION} --extra-index-url \
+        TORCH_COMMAND="pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION} --extra-index-url \
 ${TORCH_INDEX_URL:-https://download.pytorch.org/whl/rocm7.1}"
     else
-        TORCH_COMMAND="pip install torch==${TORCH_VERSION}"
+        TORCH_COMMAND="pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}"
     fi
 fi
 REQS_FILE="${REQS_FILE:-requirements.txt}"

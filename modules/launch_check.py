@@ -228,8 +228,9 @@ def _check_torch() -> int:
     """Import torch; print its version, CUDA availability and whether an NVIDIA driver is visible."""
     try:
         import torch
-    except Exception as exc:  # any failure to import means "install torch"
-        sys.stderr.write(f"import torch failed: {type(exc).__name__}: {exc}\n")
+        import torchvision  # noqa: F401  (the upscalers' spandrel needs it; it must match torch's build)
+    except Exception as exc:  # any failure to import means "install torch and torchvision"
+        sys.stderr.write(f"import torch/torchvision failed: {type(exc).__name__}: {exc}\n")
         return 1
     sys.stdout.write(f"torch {torch.__version__} cuda_available={int(torch.cuda.is_available())}\n")
     return 0

@@ -4,7 +4,8 @@
 #     bash tests/run.sh [pytest arguments...]
 #
 # 1. Creates the test venv .venv-test at the repository root (TEST_VENV overrides it) with the first supported Python
-#    (PYTHON overrides it), 2. installs torch (TORCH_COMMAND, default "pip install torch==2.13.0"), requirements.txt
+#    (PYTHON overrides it), 2. installs torch + torchvision (TORCH_COMMAND, default "pip install torch==2.14.1
+#    torchvision==0.29.1"), requirements.txt, tests/requirements-nodeps.txt (with --no-deps)
 #    and tests/requirements-test.txt, each only when not yet satisfied, 3. installs Debian's chromium for the browser
 #    tests when it is missing and apt-get can (best effort; SKIP_CHROMIUM_INSTALL=1 skips this; the browser tests skip
 #    themselves without it), 4. runs pytest offline. Exits non-zero when pytest fails or collects no tests.
@@ -14,7 +15,13 @@ root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
 cd -- "${root}" || exit 1
 launch_check="${root}/modules/launch_check.py"
 venv="${TEST_VENV:-${root}/.venv-test}"
-torch_command="${TORCH_COMMAND:-pip install torch==2.13.0}"
+# torch with a torchvision that imports beside it (spandrel needs torchvision). On x86_64 Linux the pair below is
+# the newest that PyPI's torchvision matches; PyPI's torchvision fails to import beside a "+cpu" torch build.
+case "$(uname -m)" in
+    aarch64 | arm64) default_torch="pip install torch==2.9.1 torchvision==0.24.1" ;;
+    *) default_torch="pip install torch==2.14.1 torchvision==0.29.1" ;;
+esac
+torch_command="${TORCH_COMMAND:-${default_torch}}"
 
 step() { printf '[tests/run.sh] %s\n' "$*"; }
 die() {
@@ -56,6 +63,11 @@ if ! "${python}" "${launch_check}" requirements "${reqs[@]}"; then
     step "installing ${reqs[*]}"
     "${python}" -m pip install --prefer-binary -r requirements.txt -r tests/requirements-test.txt \
         || die "installing the requirements failed"
+fi
+# Reference implementations the tests compare against, without their heavy training dependencies.
+if ! "${python}" "${launch_check}" requirements tests/requirements-nodeps.txt >/dev/null 2>&1; then
+    step "installing tests/requirements-nodeps.txt (--no-deps)"
+    "${python}" -m pip install --no-deps -r tests/requirements-nodeps.txt || die "installing the no-deps test packages failed"
 fi
 step "$("${python}" "${launch_check}" torch 2>&1)"
 

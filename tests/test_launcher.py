@@ -110,7 +110,7 @@ def test_first_start_creates_venv_and_installs_torch_and_requirements(fresh_inst
     assert fresh_install["rc"] == 0, output
     venv = fresh_install["venv"]
     assert f"Creating venv in {venv}" in output
-    assert "Installing torch: pip install torch==2.13.0" in output
+    assert "Installing torch: pip install torch==2.14.1 torchvision==0.29.1" in output
     assert "Installing requirements from requirements.txt" in output
     assert output.rstrip().endswith("Exiting because of --exit")
     assert "Launching Web UI" not in output
@@ -118,7 +118,7 @@ def test_first_start_creates_venv_and_installs_torch_and_requirements(fresh_inst
     check = REPO / "modules" / "launch_check.py"
     torch_check = subprocess.run([python, check, "torch"], capture_output=True, text=True, check=False)
     assert torch_check.returncode == 0, torch_check.stderr
-    assert torch_check.stdout.startswith("torch 2.13.0"), torch_check.stdout
+    assert torch_check.stdout.startswith("torch 2.14.1"), torch_check.stdout
     reqs_check = subprocess.run(
         [python, check, "requirements", REPO / "requirements.txt"], capture_output=True, text=True, check=False
     )
@@ -140,7 +140,7 @@ def test_second_start_installs_nothing_and_is_fast(fresh_install: dict) -> None:
     assert "Installing" not in output
     assert "Creating venv" not in output
     assert f"Using venv {venv}" in output
-    assert re.search(r"^torch 2\.13\.0\S* cuda_available=[01]$", output, re.MULTILINE), output
+    assert re.search(r"^torch 2\.14\.1\S* cuda_available=[01]$", output, re.MULTILINE), output
     assert "Requirements satisfied (requirements.txt)" in output
     assert site_packages_state(venv) == before
     assert seconds < 60, f"second start took {seconds:.1f} s:\n{output}"  # nothing installed; generous for busy CI
@@ -149,11 +149,11 @@ def test_second_start_installs_nothing_and_is_fast(fresh_install: dict) -> None:
 @pytest.mark.slow
 def test_torch_command_override_and_reinstall_torch(fresh_install: dict) -> None:
     assert fresh_install["rc"] == 0, fresh_install["output"]
-    env = clean_env(venv_dir=str(fresh_install["venv"]), TORCH_COMMAND="pip install torch==2.13.0 --no-deps")
+    env = clean_env(venv_dir=str(fresh_install["venv"]), TORCH_COMMAND="pip install torch==2.14.1 --no-deps")
     rc, output = run_webui(fresh_install["copy"], "-f", "--exit", "--reinstall-torch", env=env)
     assert rc == 0, output
-    assert "Installing torch: pip install torch==2.13.0 --no-deps" in output
-    assert "Requirement already satisfied: torch==2.13.0" in output
+    assert "Installing torch: pip install torch==2.14.1 --no-deps" in output
+    assert "Requirement already satisfied: torch==2.14.1" in output
 
 
 @pytest.mark.slow
@@ -206,7 +206,7 @@ def test_venv_dash_uses_the_given_python_without_a_venv(tmp_path: Path) -> None:
     assert rc == 0, output
     assert "venv_dir is '-'" in output
     assert "Creating venv" not in output and "Installing" not in output
-    assert re.search(r"^torch 2\.13\.0", output, re.MULTILINE), output
+    assert re.search(r"^torch 2\.14\.1", output, re.MULTILINE), output
     report = webui_py_report(output)
     assert report["executable"] == sys.executable
     assert report["prefix"] == sys.prefix
@@ -335,7 +335,7 @@ def test_webui_bat_steps_in_order() -> None:
     assert "if not defined PYTHON (set PYTHON=python)" in code
     assert 'if not defined VENV_DIR (set "VENV_DIR=%~dp0venv")' in code
     assert re.search(
-        r"TORCH_COMMAND=pip install torch==2\.13\.0 --extra-index-url https://download\.pytorch\.org/whl/cu128", text
+        r"TORCH_COMMAND=pip install torch==2\.14\.1 torchvision==0\.29\.1 --extra-index-url https://download\.pytorch\.org/whl/cu128", text
     )
     steps = [
         first(r"^%PYTHON% -c \"\""),  # python runs
