@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modules.engine import hires
 from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
 from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
 from modules.engine.images import encode_image, read_infotext
@@ -178,7 +179,8 @@ class AppContext:
             comma_padding_backtrack=snapshot.comma_padding_backtrack,
             version=INFOTEXT_VERSION,
         )
-        result: GenerationResult = generate(model, request, options, job)
+        names = self.upscaler_names()
+        result: GenerationResult = generate(model, request, options, job, upscaler_names=names)
         paths, grid = save_outputs(result, request, snapshot, self.flags.data_dir, save=save)
         info = build_info(result, request, model.checkpoint, options)
         logger.info("Job %s: %d image(s) in %.1f s", job.id, len(result.images), _elapsed(job))
@@ -276,15 +278,20 @@ class AppContext:
         """Encode an image in ``fmt`` with ``infotext`` embedded (PNG text chunk, JPEG/WebP EXIF UserComment)."""
         return encode_image(image, fmt, infotext, jpeg_quality)
 
-    @staticmethod
-    def check_request(request: GenerationRequest) -> None:
+    def upscaler_names(self) -> list[str] | None:
+        """Image upscalers hires fix can use besides the latent modes (None: only the latent modes)."""
+        return None
+
+    def check_request(self, request: GenerationRequest) -> None:
         """Check ranges and sampler/scheduler names before queueing (the engine checks again when it runs).
 
         Raises:
             InvalidRequestError: Naming each bad field and what is allowed.
         """
         problems = []
-        checks = (lambda: validate_request(request), lambda: resolve_sampler(request.sampler_name, request.scheduler))
+        checks = [lambda: validate_request(request), lambda: resolve_sampler(request.sampler_name, request.scheduler)]
+        if request.enable_hr and request.mode == "txt2img":
+            checks.append(lambda: hires.validate(request, self.upscaler_names()))
         for check in checks:
             try:
                 check()

@@ -35,7 +35,7 @@ class InitImageMissingError(WebuiError):
 def apply_infotext(ctx: AppContext, req: GenerationFields) -> GenerationFields:
     """Fill every field the client did not set from ``req.infotext`` (A1111's ``infotext`` request field).
 
-    Hires-fix fields are skipped (not available here); clip skip, ENSD, RNG and emphasis become override settings
+    Clip skip, ENSD, RNG and emphasis become override settings
     unless ``override_settings`` already names them.
     """
     if not req.infotext:
@@ -44,7 +44,7 @@ def apply_infotext(ctx: AppContext, req: GenerationFields) -> GenerationFields:
     explicit = req.model_fields_set
     update: dict[str, Any] = {}
     for name, value in fields.items():
-        if name in explicit or name == "enable_hr" or name.startswith("hr_"):
+        if name in explicit:
             continue
         if name in type(req).model_fields:
             update[name] = value

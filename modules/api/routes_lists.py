@@ -34,6 +34,7 @@ from modules.api.schemas_info import (
     UpscalerItem,
 )
 from modules.context import AppContext
+from modules.engine.types import LATENT_UPSCALE_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 _EMPTY_LISTS: tuple[tuple[str, type], ...] = (
     ("/sd-vae", SDVaeItem),
     ("/upscalers", UpscalerItem),
-    ("/latent-upscale-modes", NameItem),
     ("/prompt-styles", PromptStyleItem),
     ("/loras", LoraItem),
     ("/hypernetworks", NamePathItem),
@@ -64,6 +64,7 @@ def create_lists_router(server_stop: bool) -> APIRouter:
     router.add_api_route("/embeddings", embeddings, methods=["GET"], response_model=EmbeddingsResponse)
     router.add_api_route("/scripts", scripts, methods=["GET"], response_model=ScriptsList)
     router.add_api_route("/memory", memory, methods=["GET"], response_model=MemoryResponse)
+    router.add_api_route("/latent-upscale-modes", latent_upscale_modes, methods=["GET"], response_model=list[NameItem])
     for path, item in _EMPTY_LISTS:
         router.add_api_route(path, empty_list, methods=["GET"], response_model=list[item], name=path.strip("/"))
     router.add_api_route("/refresh-checkpoints", refresh_checkpoints, methods=["POST"])
@@ -101,6 +102,11 @@ def samplers(ctx: Ctx) -> list[dict[str, object]]:
 def schedulers(ctx: Ctx) -> list[dict[str, object]]:
     """Schedule types (``Automatic``, ``Karras``…)."""
     return ctx.schedule_list()
+
+
+def latent_upscale_modes() -> list[NameItem]:
+    """Hires. fix latent upscalers, in A1111's order."""
+    return [NameItem(name=name) for name in LATENT_UPSCALE_MODES]
 
 
 def embeddings() -> EmbeddingsResponse:

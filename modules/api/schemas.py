@@ -149,19 +149,22 @@ class TextToImageRequest(GenerationFields):
     hr_negative_prompt: str = ""
     firstpass_image: str | None = None
 
-    def check_supported(self) -> None:
-        """As the base class, and reject hires fix, which this version does not have.
-
-        Raises:
-            InvalidRequestError: For ``enable_hr`` true, or an unsupported script or refiner.
-        """
-        super().check_supported()
-        if self.enable_hr:
-            raise InvalidRequestError("enable_hr: hires fix is not available yet in this version; send enable_hr false")
-
     def to_request(self) -> GenerationRequest:
-        """Convert to the engine's GenerationRequest (a field copy)."""
-        return GenerationRequest(**self._request_kwargs())
+        """Convert to the engine's GenerationRequest (a field copy; ``hr_upscaler`` null = ``Latent``)."""
+        return GenerationRequest(
+            **self._request_kwargs(),
+            enable_hr=self.enable_hr,
+            hr_scale=self.hr_scale,
+            hr_upscaler=self.hr_upscaler or "Latent",
+            hr_second_pass_steps=self.hr_second_pass_steps,
+            hr_resize_x=self.hr_resize_x,
+            hr_resize_y=self.hr_resize_y,
+            hr_checkpoint_name=self.hr_checkpoint_name,
+            hr_sampler_name=self.hr_sampler_name,
+            hr_scheduler=self.hr_scheduler,
+            hr_prompt=self.hr_prompt,
+            hr_negative_prompt=self.hr_negative_prompt,
+        )
 
 
 class ImageToImageRequest(GenerationFields):

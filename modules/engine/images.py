@@ -31,11 +31,31 @@ _EXIF_IFD_POINTER = 0x8769
 _USER_COMMENT = 0x9286
 
 # Keys of ``Image.info`` that are not text metadata (A1111's PNG Info hides the same).
-_IGNORED_INFO_KEYS = frozenset({
-    "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background", "timestamp",
-    "duration", "progressive", "progression", "icc_profile", "chromaticity", "photoshop", "aspect", "gamma",
-    "transparency", "xmp", "parameters", "comment",
-})
+_IGNORED_INFO_KEYS = frozenset(
+    {
+        "jfif",
+        "jfif_version",
+        "jfif_unit",
+        "jfif_density",
+        "dpi",
+        "exif",
+        "loop",
+        "background",
+        "timestamp",
+        "duration",
+        "progressive",
+        "progression",
+        "icc_profile",
+        "chromaticity",
+        "photoshop",
+        "aspect",
+        "gamma",
+        "transparency",
+        "xmp",
+        "parameters",
+        "comment",
+    }
+)
 _RE_LEADING_INT = re.compile(r"^(\d+)")
 _RE_TAG = re.compile(r"\[(\w+)\]")
 _INVALID_FILENAME_CHARS = re.compile(r'[\x00-\x1f<>:"/\\|?*]')

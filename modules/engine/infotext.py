@@ -27,10 +27,32 @@ logger = logging.getLogger(__name__)
 
 # Fixed key order of A1111's create_infotext; other keys follow in insertion order, then the trailing keys.
 FIXED_KEYS = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
-    "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE", "Variation seed",
-    "Variation seed strength", "Seed resize from", "Denoising strength", "Conditional mask weight", "Clip skip", "ENSD",
-    "Token merging ratio", "Token merging ratio hr", "Init image hash", "RNG", "Tiling",
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Image CFG scale",
+    "Seed",
+    "Face restoration",
+    "Size",
+    "Model hash",
+    "Model",
+    "FP8 weight",
+    "Cache FP16 weight for LoRA",
+    "VAE hash",
+    "VAE",
+    "Variation seed",
+    "Variation seed strength",
+    "Seed resize from",
+    "Denoising strength",
+    "Conditional mask weight",
+    "Clip skip",
+    "ENSD",
+    "Token merging ratio",
+    "Token merging ratio hr",
+    "Init image hash",
+    "RNG",
+    "Tiling",
 )
 TRAILING_KEYS = ("Version", "User")
 

@@ -9,58 +9,24 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from PIL import Image
 
-from modules.engine import img2img
+from modules.engine import hires, img2img
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
+from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
 from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
-from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds, make_generator
+from modules.engine.rng import batch_noise, fix_seed, job_seeds, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
+from modules.engine.vae import decode_latents as _decode
 from modules.engine.validation import validate_request
 from modules.errors import OutOfMemoryError
 
 logger = logging.getLogger(__name__)
-
-
-class JobControls(Protocol):
-    """What the engine needs from the job running it: progress out, stop/skip requests in."""
-
-    def report(self, step: int, total_steps: int, job_no: int = 0, job_count: int = 1) -> None:
-        """Record progress after a sampling step."""
-
-    def should_stop(self) -> bool:
-        """Whether the whole job should stop."""
-
-    def should_skip(self) -> bool:
-        """Whether the current batch should be abandoned."""
-
-    def clear_skip(self) -> None:
-        """Reset the skip request at the start of a batch."""
-
-
-@dataclass
-class _NoControls:
-    """Controls for callers that need no progress or cancellation (tests, scripts)."""
-
-    def report(self, step: int, total_steps: int, job_no: int = 0, job_count: int = 1) -> None:
-        """Ignore progress."""
-
-    def should_stop(self) -> bool:
-        """Never stop."""
-        return False
-
-    def should_skip(self) -> bool:
-        """Never skip."""
-        return False
-
-    def clear_skip(self) -> None:
-        """Nothing to clear."""
 
 
 def generate(
@@ -69,6 +35,8 @@ def generate(
     options: GenerationOptions | None = None,
     controls: JobControls | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    upscaler: hires.ImageUpscaler | None = None,
+    upscaler_names: list[str] | None = None,
 ) -> GenerationResult:
     """Run a txt2img or img2img job (see ``_generate``); out of memory becomes a readable OutOfMemoryError.
 
@@ -77,7 +45,7 @@ def generate(
         OutOfMemoryError: The device ran out of memory; its cache was emptied so the next job can run.
     """
     try:
-        return _generate(model, request, options, controls, on_step)
+        return _generate(model, request, options, controls, on_step, upscaler, upscaler_names)
     except torch.OutOfMemoryError as exc:
         gc.collect()
         if torch.cuda.is_available():
@@ -94,6 +62,8 @@ def _generate(
     options: GenerationOptions | None = None,
     controls: JobControls | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    upscaler: hires.ImageUpscaler | None = None,
+    upscaler_names: list[str] | None = None,
 ) -> GenerationResult:
     """Run ``n_iter`` batches of ``batch_size`` images (txt2img, or img2img when init images are given).
 
@@ -103,6 +73,8 @@ def _generate(
         options: Per-job settings (clip skip, ENSD, RNG source, emphasis, version string).
         controls: Progress reporting and stop/skip polling; defaults to none.
         on_step: Optional extra callback after each step.
+        upscaler: Image upscalers for hires fix (the app's registry); latent modes need none.
+        upscaler_names: The names ``upscaler`` knows, to check ``hr_upscaler`` before any work.
 
     Returns:
         The images with their seeds and infotexts; ``interrupted`` is set if the job was stopped.
@@ -111,9 +83,12 @@ def _generate(
         InvalidRequestError: For an out-of-range field or an unknown sampler/schedule.
     """
     options = options or GenerationOptions()
-    controls = controls or _NoControls()
+    controls = controls or NoControls()
     # 1. Check the request and resolve sampler and schedule.
     validate_request(request)
+    use_hr = request.enable_hr and request.mode == "txt2img"
+    if use_hr:
+        hires.validate(request, upscaler_names)
     inputs = img2img.prepare(request) if request.mode == "img2img" else None
     sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
     pipe = model.pipe
@@ -133,7 +108,9 @@ def _generate(
         emphasis=options.emphasis,
         comma_padding_backtrack=options.comma_padding_backtrack,
     )
-    result = GenerationResult(width=request.width, height=request.height, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
+    hr = hires.HiresPass.create(model, request, options, sampler, schedule, embeds) if use_hr else None
+    width, height = hires.target(request).size if hr is not None else (request.width, request.height)
+    result = GenerationResult(width=width, height=height, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
     # 4. Sample and decode each batch.
     for n in range(request.n_iter):
         if controls.should_stop():
@@ -146,9 +123,14 @@ def _generate(
             latents = _sample_batch(model, request, options, embeds, *args)
         else:
             latents = _img2img_batch(model, request, options, embeds, inputs, seeds[batch], batch.start, n, controls)
+        if hr is not None and not (controls.should_stop() or controls.should_skip()):
+            latents = hr.run(model, request, options, latents, seeds[batch], n, controls, upscaler)
         for i, image in enumerate(decode_latents(model, latents)):
             k = batch.start + i
             params = infotext_params(model, request, options, sampler, schedule, seeds[k], subseeds[k])
+            if hr is not None:
+                params.update(hr.extras)
+                result.extra_generation_params.update(hr.extras)
             if inputs is not None:
                 image = img2img.finish(image, inputs, k)
                 params.update(img2img.infotext_extras(request))
@@ -178,7 +160,7 @@ def _sample_batch(
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents."""
     pipe = model.pipe
-    spec = _noise_spec(model, request, options)
+    spec = noise_spec(model, request, options)
     resize = None
     if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
         resize = (request.seed_resize_from_w, request.seed_resize_from_h)
@@ -196,7 +178,7 @@ def _sample_batch(
         "latents": noise.to(pipe.unet.dtype),
         "generator": generators,
         "output_type": "latent",
-        "callback_on_step_end": _step_callback(controls, request.steps, job_no, request.n_iter, on_step),
+        "callback_on_step_end": step_callback(controls, _total_steps(request), job_no, request.n_iter, on_step),
     }
     if model.model_type.is_inpaint:
         # txt2img on an inpainting model (A1111): the whole picture is masked over a neutral gray image.
@@ -220,54 +202,21 @@ def _img2img_batch(
     controls: JobControls,
 ) -> torch.Tensor:
     """One img2img/inpaint batch: one generator per image seeded with its seed, progress over the executed steps."""
-    callback = _step_callback(controls, img2img.effective_steps(request), job_no, request.n_iter, None)
-    spec = _noise_spec(model, request, options)
+    callback = step_callback(controls, img2img.effective_steps(request), job_no, request.n_iter, None)
+    spec = noise_spec(model, request, options)
     generators = [make_generator(seed, spec) for seed in seeds]
     return img2img.sample_batch(model, request, embeds, inputs, first_index, generators, callback)
 
 
-def _noise_spec(model: LoadedModel, request: GenerationRequest, options: GenerationOptions) -> NoiseSpec:
-    """Latent noise shape (4 channels, also for 9-channel inpainting UNets), device and RNG source."""
-    channels = model.pipe.unet.config.in_channels if not model.model_type.is_inpaint else 4
-    shape = (channels, request.height // 8, request.width // 8)
-    return NoiseSpec(shape, torch.device(model.device), options.randn_source)
-
-
-def _step_callback(
-    controls: JobControls, total: int, job_no: int, job_count: int, on_step: Callable[[StepInfo], None] | None
-) -> Callable[..., dict[str, Any]]:
-    """Build diffusers' ``callback_on_step_end``: report progress, stop the pipe on interrupt or skip."""
-
-    def step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        controls.report(i + 1, total, job_no, job_count)
-        if on_step is not None:
-            on_step(StepInfo(i + 1, total, job_no, job_count))
-        if controls.should_stop() or controls.should_skip():
-            p._interrupt = True
-        return {}
-
-    return step_end
+def _total_steps(request: GenerationRequest) -> int:
+    """Steps of one batch as progress counts them: the first pass plus the hires pass when there is one."""
+    use_hr = request.enable_hr and request.mode == "txt2img"
+    return request.steps + (hires.hires_steps(request) if use_hr else 0)
 
 
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-    """Decode each latent alone with the VAE to an RGB image (A1111: clamp, then truncate to uint8).
-
-    An fp16 VAE that produces NaNs is switched to fp32 once and the decode retried (A1111's auto VAE precision).
-    """
-    vae = model.pipe.vae
-    scale = vae.config.scaling_factor
-    images = []
-    with torch.inference_mode():
-        for latent in latents:
-            x = vae.decode(latent[None].to(vae.dtype) / scale).sample
-            if not torch.isfinite(x).all() and vae.dtype != torch.float32:
-                logger.warning("The VAE produced NaNs in %s; switching it to float32 for this model", vae.dtype)
-                vae.to(torch.float32)
-                x = vae.decode(latent[None].to(torch.float32) / scale).sample
-            x = torch.clamp((x.float() + 1.0) / 2.0, 0.0, 1.0)
-            arr = (255.0 * x[0]).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
-            images.append(Image.fromarray(arr, "RGB"))
-    return images
+    """Decode each latent alone with the model's VAE (see ``modules.engine.vae.decode_latents``)."""
+    return _decode(model.pipe.vae, latents)
 
 
 def _num(x: float) -> float | int:
@@ -300,7 +249,9 @@ def infotext_params(
         "Variation seed": subseed if variation else None,
         "Variation seed strength": _num(request.subseed_strength) if variation else None,
         "Seed resize from": f"{request.seed_resize_from_w}x{request.seed_resize_from_h}" if resize else None,
-        "Denoising strength": _num(request.denoising_strength) if request.mode == "img2img" else None,
+        "Denoising strength": _num(request.denoising_strength)
+        if request.mode == "img2img" or request.enable_hr
+        else None,
         "Clip skip": options.clip_skip if options.clip_skip > 1 and not model.model_type.is_sdxl else None,
         "ENSD": options.eta_noise_seed_delta or None,
         "RNG": options.randn_source if options.randn_source != "GPU" else None,

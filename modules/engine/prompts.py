@@ -262,10 +262,14 @@ def encode_prompt_pair(
         raise InvalidRequestError(f"Unknown emphasis {emphasis!r}; use one of: {', '.join(EMPHASIS_MODES)}")
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
     # 2. Cut every prompt into chunks, with one tokenizer (SDXL's two share the CLIP vocabulary).
-    cond = [tokenize_prompt(tokenizer, p, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
-            for p in prompts]
-    uncond = [tokenize_prompt(tokenizer, p, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
-              for p in negative_prompts]
+    cond = [
+        tokenize_prompt(tokenizer, p, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
+        for p in prompts
+    ]
+    uncond = [
+        tokenize_prompt(tokenizer, p, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
+        for p in negative_prompts
+    ]
     # 3. Encode both sides with the same chunk count; SDXL zeroes an all-empty negative side (as A1111 and sgm).
     n_chunks = max(len(t.chunks) for t in (*cond, *uncond))
     zero_uncond = (
@@ -273,5 +277,6 @@ def encode_prompt_pair(
         and all(p == "" for p in negative_prompts)
         and bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", True))
     )
-    return encode_chunks(pipe, model_type, cond, uncond, n_chunks, clip_skip=clip_skip, emphasis=emphasis,
-                         zero_uncond=zero_uncond)
+    return encode_chunks(
+        pipe, model_type, cond, uncond, n_chunks, clip_skip=clip_skip, emphasis=emphasis, zero_uncond=zero_uncond
+    )

@@ -14,6 +14,17 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+# Hires. fix latent upscalers, in A1111's order (``/sdapi/v1/latent-upscale-modes``).
+LATENT_UPSCALE_MODES: tuple[str, ...] = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+
+
 class ModelType(str, enum.Enum):
     """Architecture family of a checkpoint, as told from its tensor names and shapes."""
 

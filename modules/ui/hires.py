@@ -7,20 +7,15 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from modules.engine.types import LATENT_UPSCALE_MODES
+
 if TYPE_CHECKING:
     from modules.context import AppContext
     from modules.ui.txt2img import GenerationTab
 
 logger = logging.getLogger(__name__)
 
-LATENT_UPSCALERS = (
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-)
+LATENT_UPSCALERS = LATENT_UPSCALE_MODES
 
 
 def upscaler_choices(ctx: AppContext) -> list[str]:

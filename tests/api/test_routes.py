@@ -392,3 +392,29 @@ def test_concurrent_overrides_never_leak(server):
     for override, body in zip(overrides, bodies, strict=True):
         assert ("Clip skip: 2" in info_of(body)["infotexts"][0]) is (override is not None)
     assert server.get("options").json()["CLIP_stop_at_last_layers"] == 1
+
+
+def test_txt2img_hires_fix_over_http(server):
+    payload = {
+        **A1111_BASE,
+        "seed": 77,
+        "enable_hr": True,
+        "hr_scale": 2,
+        "hr_second_pass_steps": 2,
+        "denoising_strength": 0.5,
+        "save_images": True,
+    }
+    body = server.txt2img(**payload)
+    image = decode_image(body["images"][0])
+    assert image.size == (128, 128) and pixels(body["images"][0]).std() > 0
+    text = info_of(body)["infotexts"][0]
+    assert "Size: 64x64" in text and "Denoising strength: 0.5" in text
+    assert "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent" in text
+    assert image.info["parameters"] == text
+    saved = list((server.data_dir / "outputs" / "txt2img-images").rglob("*-77.png"))
+    assert saved and Image.open(saved[0]).size == (128, 128)
+    modes = server.get("latent-upscale-modes").json()
+    assert [m["name"] for m in modes][:3] == ["Latent", "Latent (antialiased)", "Latent (bicubic)"]
+    # the infotext alone regenerates the same picture, hires pass included
+    again = server.post("txt2img", {"infotext": text}).json()
+    assert np.array_equal(pixels(again["images"][0]), pixels(body["images"][0]))

@@ -176,7 +176,9 @@ BAD_TXT2IMG = [
     ({"override_settings": {"sd_model_checkpoint": "missing-model"}}, 404, ["missing-model"]),
     ({"override_settings": "x"}, 422, ["override_settings"]),
     ({"script_name": "x/y/z plot"}, 422, ["script_name"]),
-    ({"enable_hr": True}, 422, ["enable_hr"]),
+    ({"enable_hr": True, "hr_upscaler": "ESRGAN_9x"}, 422, ["could not find upscaler", "ESRGAN_9x", "Latent"]),
+    ({"enable_hr": True, "hr_scale": -1}, 422, ["hr_scale"]),
+    ({"enable_hr": True, "hr_checkpoint_name": "other.safetensors"}, 422, ["hr_checkpoint_name"]),
 ]
 
 

@@ -1,0 +1,53 @@
+"""VAE decode/encode between latents and PIL images, with A1111's rounding and fp16-NaN fallback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+def decode_latents(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """Decode each latent alone with the VAE to an RGB image (A1111: clamp, then truncate to uint8).
+
+    An fp16 VAE that produces NaNs is switched to fp32 once and the decode retried (A1111's auto VAE precision).
+    """
+    scale = vae.config.scaling_factor
+    images = []
+    with torch.inference_mode():
+        for latent in latents:
+            x = vae.decode(latent[None].to(vae.device, vae.dtype) / scale).sample
+            if not torch.isfinite(x).all() and vae.dtype != torch.float32:
+                logger.warning("The VAE produced NaNs in %s; switching it to float32 for this model", vae.dtype)
+                vae.to(torch.float32)
+                x = vae.decode(latent[None].to(vae.device, torch.float32) / scale).sample
+            x = torch.clamp((x.float() + 1.0) / 2.0, 0.0, 1.0)
+            arr = (255.0 * x[0]).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+            images.append(Image.fromarray(arr, "RGB"))
+    return images
+
+
+def encode_images(vae: Any, images: Sequence[Image.Image]) -> torch.Tensor:
+    """Encode RGB images (all of one size) to scaled latents: the distribution's mode, one image at a time.
+
+    A1111 samples the posterior with the global RNG; the mode is the deterministic equivalent (see README).
+    """
+    scale = vae.config.scaling_factor
+    latents = []
+    with torch.inference_mode():
+        for image in images:
+            arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+            pixels = torch.from_numpy(arr).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
+            dist = vae.encode(pixels).latent_dist
+            if not torch.isfinite(dist.mean).all() and vae.dtype != torch.float32:
+                logger.warning("The VAE encoder produced NaNs in %s; switching it to float32", vae.dtype)
+                vae.to(torch.float32)
+                dist = vae.encode(pixels.float()).latent_dist
+            latents.append(dist.mode() * scale)
+    return torch.cat(latents)
