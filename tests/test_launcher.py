@@ -335,7 +335,9 @@ def test_webui_bat_steps_in_order() -> None:
     assert "if not defined PYTHON (set PYTHON=python)" in code
     assert 'if not defined VENV_DIR (set "VENV_DIR=%~dp0venv")' in code
     assert re.search(
-        r"TORCH_COMMAND=pip install torch==2\.14\.1 torchvision==0\.29\.1 --extra-index-url https://download\.pytorch\.org/whl/cu128", text
+        r"TORCH_COMMAND=pip install torch==2\.14\.1 torchvision==0\.29\.1 "
+        r"--extra-index-url https://download\.pytorch\.org/whl/cu128",
+        text,
     )
     steps = [
         first(r"^%PYTHON% -c \"\""),  # python runs

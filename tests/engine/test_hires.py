@@ -1,5 +1,7 @@
 """Hires. fix through generate() on the tiny checkpoints: sizes, steps, latent/image upscalers, infotext."""
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -40,7 +42,7 @@ class Recorder:
 class PilUpscaler:
     """A real image upscaler (PIL's filters by name) standing in for the app's registry."""
 
-    filters = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+    filters: ClassVar[dict] = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 
     def __init__(self):
         self.calls = []
@@ -155,7 +157,7 @@ def test_image_upscaler_decodes_upscales_and_encodes(load_tiny, tiny_models):
 
 def test_unknown_upscaler_and_bad_fields_are_refused_before_any_work(load_tiny, tiny_models):
     model = load_tiny(tiny_models["sd1"])
-    with pytest.raises(InvalidRequestError, match="could not find upscaler named 'ESRGAN_4x'.*Latent"):
+    with pytest.raises(InvalidRequestError, match=r"could not find upscaler named 'ESRGAN_4x'.*Latent"):
         generate(model, GenerationRequest(**FAST, **HR, hr_upscaler="ESRGAN_4x"), upscaler_names=["Lanczos"])
     with pytest.raises(InvalidRequestError, match="hr_scale"):
         generate(model, GenerationRequest(**FAST, **{**HR, "hr_scale": 0.0}))

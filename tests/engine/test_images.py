@@ -48,8 +48,9 @@ def test_counter_continues_from_largest_leading_integer(tmp_path):
 def test_suffix_pattern_digits_and_empty_basename(tmp_path):
     p = save_image(_img(), tmp_path, seed=3, infotext=None, suffix="-before-highres-fix")
     assert p.name == "00000-3-before-highres-fix.png"
-    p = save_image(_img(), tmp_path, seed=3, infotext=None, basename_pattern="[seed]-[steps]", tags={"steps": 20},
-                   counter_digits=3)
+    p = save_image(
+        _img(), tmp_path, seed=3, infotext=None, basename_pattern="[seed]-[steps]", tags={"steps": 20}, counter_digits=3
+    )
     assert p.name == "001-3-20.png"
     p = save_image(_img(), tmp_path, seed=None, infotext=None, basename_pattern="[none]")
     assert p.name == "00002.png"
@@ -168,10 +169,19 @@ def test_save_grid_names_and_own_counter(tmp_path):
     assert save_image(_img(), tmp_path, seed=1, infotext=None).name == "00051-1.png"
 
 
-@pytest.mark.parametrize("n,rows,size", [
-    (1, None, (16, 16)), (2, None, (32, 16)), (3, None, (32, 32)), (4, None, (32, 32)),
-    (5, None, (48, 32)), (9, None, (48, 48)), (4, 1, (64, 16)), (3, 5, (16, 48)),
-])
+@pytest.mark.parametrize(
+    "n,rows,size",
+    [
+        (1, None, (16, 16)),
+        (2, None, (32, 16)),
+        (3, None, (32, 32)),
+        (4, None, (32, 32)),
+        (5, None, (48, 32)),
+        (9, None, (48, 48)),
+        (4, 1, (64, 16)),
+        (3, 5, (16, 48)),
+    ],
+)
 def test_image_grid_layout(n, rows, size):
     grid = image_grid([_img() for _ in range(n)], rows=rows)
     assert grid.size == size

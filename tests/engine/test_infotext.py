@@ -22,8 +22,8 @@ MULTILINE_LORA = (
     "low quality, easynegative\n"
     "Steps: 30, Sampler: Euler a, Schedule type: Automatic, CFG scale: 5.5, Seed: 42, Size: 768x512, "
     "Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Variation seed: 99, Variation seed strength: 0.3, "
-    "Seed resize from: 640x448, ENSD: 31337, RNG: CPU, Lora hashes: \"add_detail: 7c6bad76eb54\", "
-    "TI hashes: \"easynegative: c74b4e810b03\", Emphasis: No norm, Version: v1.10.1-5-gabcdef0"
+    'Seed resize from: 640x448, ENSD: 31337, RNG: CPU, Lora hashes: "add_detail: 7c6bad76eb54", '
+    'TI hashes: "easynegative: c74b4e810b03", Emphasis: No norm, Version: v1.10.1-5-gabcdef0'
 )
 
 INPAINT = (
@@ -37,7 +37,7 @@ QUOTED_EXTRAS = (
     "castle\n"
     "Negative prompt: fog\n"
     "Steps: 12, Sampler: Euler, Schedule type: Automatic, CFG scale: 4.5, Seed: 7, Size: 1024x1024, "
-    "Hires prompt: \"castle, at night\\nwith \\\"stars\\\"\", Hires steps: 10, Version: v1.10.1"
+    'Hires prompt: "castle, at night\\nwith \\"stars\\"", Hires steps: 10, Version: v1.10.1'
 )
 
 GOLDEN = [TXT2IMG_HIRES, MULTILINE_LORA, INPAINT, QUOTED_EXTRAS]

@@ -151,7 +151,10 @@ def test_sdxl_shapes_layers_and_pooled(sdxl):
     assert torch.allclose(e.prompt_embeds[..., 32:], g_out.hidden_states[-2], atol=1e-6)
     assert torch.allclose(e.pooled_prompt_embeds, g_out.text_embeds, atol=1e-6)
     assert set(e.as_pipeline_kwargs()) == {
-        "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
     }
 
 
@@ -175,8 +178,13 @@ def test_sdxl_empty_negative_is_zero(sdxl):
 def test_sdxl_refiner_uses_second_encoder_only(sdxl):
     from types import SimpleNamespace
 
-    refiner = SimpleNamespace(tokenizer=None, text_encoder=None, tokenizer_2=sdxl.tokenizer_2,
-                              text_encoder_2=sdxl.text_encoder_2, config=SimpleNamespace())
+    refiner = SimpleNamespace(
+        tokenizer=None,
+        text_encoder=None,
+        tokenizer_2=sdxl.tokenizer_2,
+        text_encoder_2=sdxl.text_encoder_2,
+        config=SimpleNamespace(),
+    )
     e = encode_prompt_pair(refiner, ModelType.SDXL_REFINER, ["a cat"], ["ugly"])
     assert e.prompt_embeds.shape == (1, 77, 48)
     assert e.pooled_prompt_embeds.shape == (1, 16)
@@ -204,9 +212,13 @@ def test_argument_errors(sd1):
         encode_prompt_pair(sd1, ModelType.SD1, ["a"], [""], emphasis="Loud")
 
 
-@pytest.mark.parametrize("kind,model_type", [
-    ("sd1", ModelType.SD1), ("sdxl", ModelType.SDXL),
-])
+@pytest.mark.parametrize(
+    "kind,model_type",
+    [
+        ("sd1", ModelType.SD1),
+        ("sdxl", ModelType.SDXL),
+    ],
+)
 def test_embeddings_drive_real_tiny_pipelines(tiny_models, kind, model_type):
     from modules.engine.loader import LoadOptions, ModelManager
     from modules.engine.samplers import make_scheduler, resolve_sampler
@@ -223,8 +235,14 @@ def test_embeddings_drive_real_tiny_pipelines(tiny_models, kind, model_type):
         assert e.prompt_embeds.shape[:2] == (1, 154)
         pipe.scheduler = make_scheduler(pipe.scheduler.config, *resolve_sampler("DPM++ 2M", "Automatic"))
         assert pipe.scheduler.config.prediction_type == model.prediction_type
-        out = pipe(**e.as_pipeline_kwargs(), num_inference_steps=2, height=64, width=64, output_type="latent",
-                   generator=torch.Generator().manual_seed(0))
+        out = pipe(
+            **e.as_pipeline_kwargs(),
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
         assert torch.isfinite(out.images).all()
     finally:
         manager.unload()

@@ -30,8 +30,25 @@ SD1_CONFIG = {
 }
 
 UI_ORDER = [
-    "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "Euler",
-    "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "UniPC",
+    "DPM++ 2M",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Heun",
+    "DPM++ 2S a",
+    "DPM++ 3M SDE",
+    "Euler a",
+    "Euler",
+    "LMS",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM fast",
+    "DPM adaptive",
+    "Restart",
+    "DDIM",
+    "DDIM CFG++",
+    "PLMS",
+    "UniPC",
     "LCM",
 ]
 
@@ -121,22 +138,34 @@ def test_timestep_sampler_uses_a1111_leading_spacing():
     assert ddim.timesteps.tolist()[0] == 951
 
 
-@pytest.mark.parametrize("alias,name", [
-    ("k_dpmpp_2m", "DPM++ 2M"), ("k_euler_ancestral", "Euler a"), ("k_euler_a", "Euler a"), ("ddim", "DDIM"),
-    ("unipc", "UniPC"), ("euler A", "Euler a"), ("dpm++ 2m sde", "DPM++ 2M SDE"), ("K_LMS", "LMS"),
-])
+@pytest.mark.parametrize(
+    "alias,name",
+    [
+        ("k_dpmpp_2m", "DPM++ 2M"),
+        ("k_euler_ancestral", "Euler a"),
+        ("k_euler_a", "Euler a"),
+        ("ddim", "DDIM"),
+        ("unipc", "UniPC"),
+        ("euler A", "Euler a"),
+        ("dpm++ 2m sde", "DPM++ 2M SDE"),
+        ("K_LMS", "LMS"),
+    ],
+)
 def test_aliases_and_case(alias, name):
     assert resolve_sampler(alias, None)[0].name == name
 
 
-@pytest.mark.parametrize("legacy,name,label", [
-    ("DPM++ 2M Karras", "DPM++ 2M", "Karras"),
-    ("DPM++ 2M SDE Karras", "DPM++ 2M SDE", "Karras"),
-    ("DPM++ SDE Karras", "DPM++ SDE", "Karras"),
-    ("DPM2 a Karras", "DPM2 a", "Karras"),
-    ("Euler SGMUniform", "Euler", "SGM Uniform"),
-    ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE", "Exponential"),
-])
+@pytest.mark.parametrize(
+    "legacy,name,label",
+    [
+        ("DPM++ 2M Karras", "DPM++ 2M", "Karras"),
+        ("DPM++ 2M SDE Karras", "DPM++ 2M SDE", "Karras"),
+        ("DPM++ SDE Karras", "DPM++ SDE", "Karras"),
+        ("DPM2 a Karras", "DPM2 a", "Karras"),
+        ("Euler SGMUniform", "Euler", "SGM Uniform"),
+        ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE", "Exponential"),
+    ],
+)
 def test_legacy_combined_names(legacy, name, label):
     sampler, schedule = resolve_sampler(legacy, "Automatic")
     assert (sampler.name, schedule.label) == (name, label)

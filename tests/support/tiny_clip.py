@@ -18,8 +18,16 @@ def make_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
 
 def _config(hidden: int) -> CLIPTextConfig:
     return CLIPTextConfig(
-        hidden_size=hidden, intermediate_size=37, num_hidden_layers=12, num_attention_heads=2, vocab_size=49408,
-        max_position_embeddings=77, projection_dim=16, bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=12,
+        num_attention_heads=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=16,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
     )
 
 
