@@ -139,6 +139,7 @@ class AppContext:
         )
 
     def _load(self, ckpt: CheckpointInfo) -> LoadedModel:
+        self.models.limit = self.settings.sd_checkpoints_limit
         return self.models.get(self.hashed(ckpt), self.load_options())
 
     def submit_load(self, query: str | None = None) -> Job:

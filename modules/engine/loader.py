@@ -21,7 +21,8 @@ import logging
 import os
 import time
 import weakref
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,36 +225,83 @@ def _check_dtypes(options: LoadOptions) -> None:
 
 
 class ModelManager:
-    """Owns the loaded model: at most one at a time; switching frees the previous one before loading the next."""
+    """Owns the loaded models: one active on the device, up to ``limit − 1`` recently used ones kept in RAM.
 
-    def __init__(self) -> None:
+    ``limit`` is A1111's ``sd_checkpoints_limit`` (default 1: switching frees the previous model before loading the
+    next). With a higher limit, a model switched away from moves to the CPU (its CUDA graphs dropped) and moving
+    it back is a host-to-device copy instead of a load from disk (A1111 with ``sd_checkpoints_keep_in_cpu``).
+    """
+
+    def __init__(self, limit: int = 1) -> None:
+        self.limit = limit
         self._current: LoadedModel | None = None
         self._options: LoadOptions | None = None
+        self._cache: OrderedDict[tuple[Path, LoadOptions], LoadedModel] = OrderedDict()
 
     @property
     def current(self) -> LoadedModel | None:
-        """The loaded model, or None."""
+        """The active model, or None."""
         return self._current
 
+    @property
+    def cached(self) -> list[CheckpointInfo]:
+        """Checkpoints kept in RAM, least recently used first."""
+        return [m.checkpoint for m in self._cache.values()]
+
     def get(self, checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedModel:
-        """Return the model for ``checkpoint``, loading it (and unloading the previous one first) if needed."""
+        """Return the model for ``checkpoint`` on the device: the active one, one from the RAM cache, or a load."""
         current = self._current
-        if current is not None and current.checkpoint.filename == checkpoint.filename and self._options == options:
+        path = Path(checkpoint.filename)
+        if current is not None and Path(current.checkpoint.filename) == path and self._options == options:
             return current
         del current  # hold no reference while unloading, or the old weights stay in memory
-        self.unload()
-        loaded = load_checkpoint(checkpoint, options)
+        cached = self._cache.pop((path, options), None)
+        self._retire_current()
+        if cached is not None:
+            started = time.perf_counter()
+            cached.pipe.to(options.device)
+            if options.cuda_graphs:
+                enable_cuda_graphs(cached.pipe.unet)
+            logger.info("Moved %s from RAM to %s in %.2f s", path.name, options.device, time.perf_counter() - started)
+            loaded = replace(cached, checkpoint=checkpoint)
+        else:
+            loaded = load_checkpoint(checkpoint, options)
         self._current, self._options = loaded, options
         return loaded
 
-    def unload(self) -> None:
-        """Drop the current model and give its memory back (``gc.collect`` and the CUDA cache)."""
-        if self._current is None:
+    def _retire_current(self) -> None:
+        """Move the active model to the RAM cache (within ``limit``), or free it."""
+        current, options = self._current, self._options
+        self._current = self._options = None
+        if current is None or options is None:
             return
-        disable_cuda_graphs(self._current.pipe.unet)
-        name, pipe_ref = self._current.checkpoint.name, weakref.ref(self._current.pipe)
+        disable_cuda_graphs(current.pipe.unet)
+        if self.limit > 1:
+            if options.device != "cpu":
+                current.pipe.to("cpu")
+            self._cache[(Path(current.checkpoint.filename), options)] = current
+        del current
+        while len(self._cache) > max(self.limit - 1, 0):
+            self._cache.popitem(last=False)
+        _free_memory()
+
+    def unload(self) -> None:
+        """Drop the active model and the RAM cache, and give their memory back (``gc`` and the CUDA cache)."""
+        if self._current is None and not self._cache:
+            return
+        if self._current is not None:
+            disable_cuda_graphs(self._current.pipe.unet)
+        name = self._current.checkpoint.name if self._current is not None else "the cached models"
+        pipe_ref = weakref.ref(self._current.pipe) if self._current is not None else None
         self._current, self._options = None, None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        logger.info("Unloaded %s%s", name, "" if pipe_ref() is None else " (still referenced elsewhere)")
+        self._cache.clear()
+        _free_memory()
+        still = pipe_ref is not None and pipe_ref() is not None
+        logger.info("Unloaded %s%s", name, " (still referenced elsewhere)" if still else "")
+
+
+def _free_memory() -> None:
+    """Collect garbage and return the CUDA cache to the driver."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,155 @@
+"""The UNet as a k-diffusion denoiser with A1111's classifier-free guidance, composable prompts and masking.
+
+``CFGDenoiser(x, sigma) -> denoised`` is what every sampler in ``modules.engine.ksampling`` calls. Per call it:
+
+1. asks its ``StepConds`` provider for the conditioning of the current model call (A1111 counts model calls, not
+   sampler steps, when it reconstructs scheduled prompts: its ``CFGDenoiser.step``);
+2. runs the UNet once over ``[x for every cond part…, x for every uncond]`` (A1111's batched cond/uncond), with
+   ``c_in = 1/√(σ²+1)`` on the latent only, the 9-channel inpainting conditioning concatenated after it, and SDXL's
+   pooled text embedding + size/crop ids as added conditioning;
+3. turns the output into the denoised latent (eps: ``x − σ·ε``; v: ``x/(σ²+1) − v·σ/√(σ²+1)``);
+4. combines: ``uncond + Σ weightᵢ·cfg·(condᵢ − uncond)`` per image (A1111's ``combine_denoised``);
+5. with a mask (img2img inpainting), keeps the init latent outside it: ``init·keep + denoised·repaint``.
+
+Conds of different token lengths are padded with the empty prompt's chunk, as A1111 does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TextCond:
+    """One prompt's conditioning: cross-attention context ``(L, C)`` and SDXL's pooled embedding ``(P,)``."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StepConds:
+    """Conditioning of one model call for a batch of B images.
+
+    Attributes:
+        conds: Per image, its ``AND`` parts as (TextCond, weight).
+        unconds: Per image, the negative prompt's TextCond.
+    """
+
+    conds: list[list[tuple[TextCond, float]]]
+    unconds: list[TextCond]
+
+
+@dataclass(frozen=True)
+class MaskBlend:
+    """Latent inpainting: ``init`` is kept where ``keep`` is 1 (``repaint = 1 − keep``)."""
+
+    init: torch.Tensor
+    keep: torch.Tensor
+
+    def apply(self, latent: torch.Tensor) -> torch.Tensor:
+        """``init·keep + latent·(1−keep)``."""
+        return self.init * self.keep + latent * (1.0 - self.keep)
+
+
+class CFGDenoiser:
+    """k-diffusion-style model wrapper over a diffusers UNet (see the module docstring)."""
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        sigma_to_t: Callable[[torch.Tensor], torch.Tensor],
+        prediction_type: str,
+        conds: Callable[[int], StepConds],
+        cfg_scale: float,
+        *,
+        empty_chunk: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
+        image_cond: torch.Tensor | None = None,
+        mask: MaskBlend | None = None,
+    ) -> None:
+        """Args:
+        unet: The model's UNet (possibly with a CUDA-graph forward).
+        sigma_to_t: The discrete schedule's σ → timestep conversion.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        conds: Model call index → conditioning (prompt editing/alternation decide it per call).
+        cfg_scale: Classifier-free guidance scale.
+        empty_chunk: ``(77, C)`` context of the empty prompt, to pad shorter conds.
+        time_ids: SDXL's added time ids for one image ``(n,)`` (size, crop, target size or aesthetic score).
+        image_cond: 9-channel inpainting models: ``(B, 5, h, w)`` mask + masked-image latents.
+        mask: Latent masking for inpainting.
+        """
+        self.unet = unet
+        self.sigma_to_t = sigma_to_t
+        self.v_prediction = prediction_type == "v_prediction"
+        self.conds = conds
+        self.cfg_scale = cfg_scale
+        self.empty_chunk = empty_chunk
+        self.time_ids = time_ids
+        self.image_cond = image_cond
+        self.mask = mask
+        self.step = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
+        """Denoise the batch ``x`` at noise levels ``sigma`` (one per image)."""
+        step = self.conds(self.step)
+        self.step += 1
+        if x.shape[0] != len(step.conds):
+            raise ValueError(f"conditioning for {len(step.conds)} images, latents for {x.shape[0]}")
+        parts = [(i, c, w) for i, image_conds in enumerate(step.conds) for c, w in image_conds]
+        # CFG 1 with one unit-weight part per image is exactly the cond prediction: the uncond pass can be skipped
+        plain = self.cfg_scale == 1.0 and all(len(p) == 1 and p[0][1] == 1.0 for p in step.conds)
+        uncond_rows = [] if plain else step.unconds
+        rows = [c for _, c, _ in parts] + list(uncond_rows)
+        owners = [i for i, _, _ in parts] + list(range(len(uncond_rows)))
+        out = self._model(x[owners], sigma[owners], rows, owners)
+        cond_out = out[: len(parts)]
+        if not uncond_rows:
+            denoised = torch.zeros_like(x)
+            for k, (i, _, weight) in enumerate(parts):
+                denoised[i] += cond_out[k] * weight
+        else:
+            uncond = out[len(parts) :]
+            denoised = uncond.clone()
+            for k, (i, _, weight) in enumerate(parts):
+                denoised[i] += (cond_out[k] - uncond[i]) * (weight * self.cfg_scale)
+        return self.mask.apply(denoised) if self.mask is not None else denoised
+
+    def _model(self, x: torch.Tensor, sigma: torch.Tensor, rows: list[TextCond], owners: list[int]) -> torch.Tensor:
+        """One UNet call over every row; returns the denoised prediction per row (float32)."""
+        dtype = next(self.unet.parameters()).dtype
+        c_in = (1.0 / (sigma**2 + 1.0) ** 0.5)[:, None, None, None]
+        model_in = x * c_in
+        if self.image_cond is not None:
+            model_in = torch.cat([model_in, self.image_cond[owners].to(model_in)], dim=1)
+        context = self._stack_contexts(rows)
+        added = None
+        if rows and rows[0].pooled is not None:
+            pooled = torch.stack([r.pooled for r in rows])
+            ids = self.time_ids.to(pooled)[None].expand(len(rows), -1)
+            added = {"text_embeds": pooled.to(dtype), "time_ids": ids.to(dtype)}
+        t = self.sigma_to_t(sigma).to(x.device)
+        out = self.unet(model_in.to(dtype), t, encoder_hidden_states=context.to(dtype), added_cond_kwargs=added)
+        pred = out.sample.float() if hasattr(out, "sample") else out[0].float()
+        sig = sigma[:, None, None, None].float()
+        if self.v_prediction:
+            return x.float() / (sig**2 + 1.0) - pred * sig / (sig**2 + 1.0) ** 0.5
+        return x.float() - pred * sig
+
+    def _stack_contexts(self, rows: list[TextCond]) -> torch.Tensor:
+        """Stack the rows' contexts, padding shorter ones with the empty prompt's chunk (A1111's pad_cond)."""
+        longest = max(r.context.shape[0] for r in rows)
+        padded = []
+        for r in rows:
+            missing = longest - r.context.shape[0]
+            if missing and self.empty_chunk is not None and missing % self.empty_chunk.shape[0] == 0:
+                reps = missing // self.empty_chunk.shape[0]
+                padded.append(torch.cat([r.context, self.empty_chunk.to(r.context).repeat(reps, 1)]))
+            elif missing:
+                raise ValueError(f"cannot pad a context of {r.context.shape[0]} tokens to {longest}")
+            else:
+                padded.append(r.context)
+        return torch.stack(padded)

@@ -1,0 +1,44 @@
+"""ModelManager's RAM cache (A1111's sd_checkpoints_limit): switching back to a cached model reuses it."""
+
+import numpy as np
+
+from modules.engine.loader import LoadOptions, ModelManager
+from modules.engine.pipeline import generate
+from modules.engine.types import CheckpointInfo, GenerationRequest
+
+CPU = LoadOptions(device="cpu", dtype="float32", vae_dtype="float32")
+REQ = GenerationRequest(prompt="a cat", width=64, height=64, steps=2, sampler_name="Euler", seed=3)
+
+
+def info(path):
+    return CheckpointInfo(path, path.name, sha256="cd" * 32, config=path.with_suffix(".yaml"))
+
+
+def test_limit_two_keeps_the_previous_model_in_ram(tiny_models):
+    manager = ModelManager(limit=2)
+    first = manager.get(info(tiny_models["sd1"]), CPU)
+    before = np.asarray(generate(first, REQ).images[0])
+    second = manager.get(info(tiny_models["sdxl"]), CPU)
+    assert manager.current is second and manager.cached == [first.checkpoint]
+    again = manager.get(info(tiny_models["sd1"]), CPU)
+    assert again.pipe is first.pipe  # not rebuilt from the file
+    assert manager.cached == [second.checkpoint]
+    assert np.array_equal(np.asarray(generate(again, REQ).images[0]), before)
+    manager.unload()
+    assert manager.current is None and manager.cached == []
+
+
+def test_limit_one_frees_the_previous_model(tiny_models):
+    manager = ModelManager()
+    first = manager.get(info(tiny_models["sd1"]), CPU)
+    manager.get(info(tiny_models["sdxl"]), CPU)
+    assert manager.cached == []
+    again = manager.get(info(tiny_models["sd1"]), CPU)
+    assert again.pipe is not first.pipe
+
+
+def test_cache_is_bounded_by_the_limit(tiny_models):
+    manager = ModelManager(limit=2)
+    for kind in ("sd1", "sdxl", "sd2v"):
+        manager.get(info(tiny_models[kind]), CPU)
+    assert [c.name for c in manager.cached] == [tiny_models["sdxl"].name]
