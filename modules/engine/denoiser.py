@@ -35,7 +35,7 @@ class StepConds:
     """Conditioning of one model call for a batch of B images.
 
     Attributes:
-        conds: Per image, its ``AND`` parts as (TextCond, weight).
+            conds: Per image, its ``AND`` parts as (TextCond, weight).
         unconds: Per image, the negative prompt's TextCond.
     """
 
@@ -61,26 +61,28 @@ class CFGDenoiser:
     def __init__(
         self,
         unet: torch.nn.Module,
-        sigma_to_t: Callable[[torch.Tensor], torch.Tensor],
-        prediction_type: str,
-        conds: Callable[[int], StepConds],
-        cfg_scale: float,
+            sigma_to_t: Callable[[torch.Tensor], torch.Tensor],
+            prediction_type: str,
+            conds: Callable[[int], StepConds],
+            cfg_scale: float,
         *,
-        empty_chunk: torch.Tensor | None = None,
-        time_ids: torch.Tensor | None = None,
-        image_cond: torch.Tensor | None = None,
+            empty_chunk: torch.Tensor | None = None,
+            time_ids: torch.Tensor | None = None,
+            image_cond: torch.Tensor | None = None,
         mask: MaskBlend | None = None,
     ) -> None:
-        """Args:
-        unet: The model's UNet (possibly with a CUDA-graph forward).
-        sigma_to_t: The discrete schedule's σ → timestep conversion.
-        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
-        conds: Model call index → conditioning (prompt editing/alternation decide it per call).
-        cfg_scale: Classifier-free guidance scale.
-        empty_chunk: ``(77, C)`` context of the empty prompt, to pad shorter conds.
-        time_ids: SDXL's added time ids for one image ``(n,)`` (size, crop, target size or aesthetic score).
-        image_cond: 9-channel inpainting models: ``(B, 5, h, w)`` mask + masked-image latents.
-        mask: Latent masking for inpainting.
+        """Wrap ``unet``; ``step`` counts model calls from 0.
+
+        Args:
+            unet: The model's UNet (possibly with a CUDA-graph forward).
+            sigma_to_t: The discrete schedule's σ → timestep conversion.
+            prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+            conds: Model call index → conditioning (prompt editing/alternation decide it per call).
+            cfg_scale: Classifier-free guidance scale.
+            empty_chunk: ``(77, C)`` context of the empty prompt, to pad shorter conds.
+            time_ids: SDXL's added time ids for one image ``(n,)`` (size, crop, target size or aesthetic score).
+            image_cond: 9-channel inpainting models: ``(B, 5, h, w)`` mask + masked-image latents.
+            mask: Latent masking for inpainting.
         """
         self.unet = unet
         self.sigma_to_t = sigma_to_t
