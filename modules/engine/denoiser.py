@@ -24,10 +24,11 @@ import torch
 
 @dataclass(frozen=True)
 class TextCond:
-    """One prompt's conditioning: cross-attention context ``(L, C)`` and SDXL's pooled embedding ``(P,)``."""
+    """One prompt's conditioning: cross-attention context ``(L, C)``; SDXL: pooled embedding ``(P,)`` and time ids."""
 
     context: torch.Tensor
     pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,13 @@ class CFGDenoiser:
     def __init__(
         self,
         unet: torch.nn.Module,
-            sigma_to_t: Callable[[torch.Tensor], torch.Tensor],
-            prediction_type: str,
-            conds: Callable[[int], StepConds],
-            cfg_scale: float,
+        sigma_to_t: Callable[[torch.Tensor], torch.Tensor],
+        prediction_type: str,
+        conds: Callable[[int], StepConds],
+        cfg_scale: float,
         *,
-            empty_chunk: torch.Tensor | None = None,
-            time_ids: torch.Tensor | None = None,
-            image_cond: torch.Tensor | None = None,
+        empty_chunk: torch.Tensor | None = None,
+        image_cond: torch.Tensor | None = None,
         mask: MaskBlend | None = None,
     ) -> None:
         """Wrap ``unet``; ``step`` counts model calls from 0.
@@ -80,7 +80,6 @@ class CFGDenoiser:
             conds: Model call index → conditioning (prompt editing/alternation decide it per call).
             cfg_scale: Classifier-free guidance scale.
             empty_chunk: ``(77, C)`` context of the empty prompt, to pad shorter conds.
-            time_ids: SDXL's added time ids for one image ``(n,)`` (size, crop, target size or aesthetic score).
             image_cond: 9-channel inpainting models: ``(B, 5, h, w)`` mask + masked-image latents.
             mask: Latent masking for inpainting.
         """
@@ -90,7 +89,6 @@ class CFGDenoiser:
         self.conds = conds
         self.cfg_scale = cfg_scale
         self.empty_chunk = empty_chunk
-        self.time_ids = time_ids
         self.image_cond = image_cond
         self.mask = mask
         self.step = 0
@@ -131,7 +129,7 @@ class CFGDenoiser:
         added = None
         if rows and rows[0].pooled is not None:
             pooled = torch.stack([r.pooled for r in rows])
-            ids = self.time_ids.to(pooled)[None].expand(len(rows), -1)
+            ids = torch.stack([r.time_ids.to(pooled) for r in rows])
             added = {"text_embeds": pooled.to(dtype), "time_ids": ids.to(dtype)}
         t = self.sigma_to_t(sigma).to(x.device)
         out = self.unet(model_in.to(dtype), t, encoder_hidden_states=context.to(dtype), added_cond_kwargs=added)

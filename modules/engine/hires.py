@@ -27,13 +27,14 @@ import torch
 from PIL import Image
 from torch.nn import functional
 
+from modules.engine import kloop
 from modules.engine.img2img import embeds_kwargs
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, noise_spec, step_callback
 from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
-from modules.engine.rng import make_generator
+from modules.engine.rng import NoiseSpec, batch_noise, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
-from modules.engine.types import LATENT_UPSCALE_MODES, GenerationOptions, GenerationRequest
+from modules.engine.types import LATENT_UPSCALE_MODES, GenerationOptions, GenerationRequest, StepInfo
 from modules.engine.vae import decode_latents, encode_images
 from modules.errors import InvalidRequestError
 
@@ -305,12 +306,17 @@ class HiresPass:
         options: GenerationOptions,
         latents: torch.Tensor,
         seeds: list[int],
+        subseeds: list[int],
         job_no: int,
         controls: JobControls,
         upscaler: ImageUpscaler | None,
     ) -> torch.Tensor:
         """Upscale one batch's first-pass latents and run the second pass over them."""
         upscaled = upscale_latents(model, request, latents, upscaler)
+        if request.denoising_strength <= 0:
+            return upscaled  # nothing to denoise: the upscaled first pass is the result
+        if kloop.supported(self.sampler, self.schedule):
+            return self._run_kloop(model, request, options, upscaled, seeds, subseeds, job_no, controls)
         scheduler = make_scheduler(model.pipe.scheduler.config, self.sampler, self.schedule)
         spec = noise_spec(model, request, options)
         generators = [make_generator(seed, spec) for seed in seeds]
@@ -318,3 +324,36 @@ class HiresPass:
         callback = step_callback(controls, total, job_no, request.n_iter, None, offset=request.steps)
         kwargs = embeds_kwargs(self.embeds, latents.shape[0])
         return second_pass(model, request, upscaled, kwargs, scheduler, generators, callback)
+
+    def _run_kloop(
+        self,
+        model: LoadedModel,
+        request: GenerationRequest,
+        options: GenerationOptions,
+        upscaled: torch.Tensor,
+        seeds: list[int],
+        subseeds: list[int],
+        job_no: int,
+        controls: JobControls,
+    ) -> torch.Tensor:
+        """The second pass through the own loop: new seed noise at the hires shape, exactly ``hires_steps`` steps."""
+        bs, (h, w) = len(seeds), (upscaled.shape[-2] * 8, upscaled.shape[-1] * 8)
+        spec = NoiseSpec((4, h // 8, w // 8), torch.device(model.device), options.randn_source)
+        noise, generators = batch_noise(seeds, spec, subseeds=subseeds, subseed_strength=request.subseed_strength)
+        image_cond = kloop.txt2img_image_cond(model, bs, h, w) if model.model_type.is_inpaint else None
+        setup = kloop.BatchSetup(
+            noise, generators, seeds, spec, init=upscaled, image_cond=image_cond, steps_to_run=hires_steps(request)
+        )
+        total = request.steps + hires_steps(request)
+        return kloop.run_batch(
+            model,
+            setup,
+            kloop.static_conds(self.embeds, bs, kloop.sdxl_time_ids(model, h, w)),
+            sampler=self.sampler,
+            schedule=self.schedule,
+            steps=schedule_steps(request),
+            cfg_scale=request.cfg_scale,
+            eta_noise_seed_delta=options.eta_noise_seed_delta,
+            controls=controls,
+            progress=lambda i: StepInfo(request.steps + i + 1, total, job_no, request.n_iter),
+        )

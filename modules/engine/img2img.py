@@ -30,11 +30,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from modules.engine.denoiser import MaskBlend
+from modules.engine.kloop import BatchSetup
 from modules.engine.loader import LoadedModel
 from modules.engine.masking import Box, binary_mask, blur_mask, crop_region, expand_to_ratio, fill_masked, overlay_mask
 from modules.engine.prompt_encoding import PromptEmbeddings
 from modules.engine.resize import LATENT_UPSCALE, prepare_for_latent, resize_image, resize_latent
+from modules.engine.rng import NoiseSpec
 from modules.engine.types import GenerationRequest
+from modules.engine.vae import encode_pixels
 from modules.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -175,6 +179,49 @@ def sample_batch(
             if inpaint:  # the 9-channel conditioning still comes from the (pre-filled) pixel image
                 kwargs["masked_image_latents"] = _masked_pixels(pipe, images, kwargs["mask_image"][0])
         return pipe(**kwargs).images
+
+
+def kloop_setup(
+    model: LoadedModel,
+    request: GenerationRequest,
+    inputs: Img2ImgInputs,
+    first_index: int,
+    noise: torch.Tensor,
+    generators: list[torch.Generator],
+    seeds: list[int],
+    spec: NoiseSpec,
+) -> BatchSetup:
+    """The own loop's batch: init latents, latent mask and 9-channel image conditioning.
+
+    A1111: the latent mask keeps ``init`` outside the (rounded) mask after every step and at the end; 9-channel
+    models get the rounded mask + the masked image's latents (everything masked when there is no mask).
+    """
+    pipe = model.pipe
+    bs = len(seeds)
+    images = [inputs.image_for(first_index + i) for i in range(bs)]
+    with torch.inference_mode():
+        init = init_latents(pipe, request, inputs, images, generators).float()
+        h, w = init.shape[-2:]
+        mask = None
+        if inputs.mask is not None:
+            cells = latent_mask(inputs.mask, w, h, request.mask_round).to(init)
+            mask = MaskBlend(init, 1.0 - cells)
+        image_cond = None
+        if model.model_type.is_inpaint:
+            full = inputs.mask or Image.new("L", (request.width, request.height), 255)
+            masked = encode_pixels(pipe.vae, _masked_pixels(pipe, images, full)).float()
+            cond_mask = latent_mask(full, w, h, True).to(masked).expand(bs, -1, -1, -1)
+            image_cond = torch.cat([cond_mask, masked], dim=1)
+    return BatchSetup(
+        noise,
+        generators,
+        seeds,
+        spec,
+        init=init,
+        denoising_strength=request.denoising_strength,
+        image_cond=image_cond,
+        mask=mask,
+    )
 
 
 def init_latents(

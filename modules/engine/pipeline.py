@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import hires, img2img
+from modules.engine import hires, img2img, kloop
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
 from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
-from modules.engine.rng import batch_noise, fix_seed, job_seeds, make_generator
+from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
 from modules.engine.vae import decode_latents as _decode
@@ -120,11 +120,12 @@ def _generate(
         batch = slice(n * request.batch_size, (n + 1) * request.batch_size)
         if inputs is None:
             args = (seeds[batch], subseeds[batch], n, controls, on_step)
-            latents = _sample_batch(model, request, options, embeds, *args)
+            latents = _sample_batch(model, request, options, sampler, schedule, embeds, *args)
         else:
-            latents = _img2img_batch(model, request, options, embeds, inputs, seeds[batch], batch.start, n, controls)
+            args = (seeds[batch], subseeds[batch], batch.start, n, controls)
+            latents = _img2img_batch(model, request, options, sampler, schedule, embeds, inputs, *args)
         if hr is not None and not (controls.should_stop() or controls.should_skip()):
-            latents = hr.run(model, request, options, latents, seeds[batch], n, controls, upscaler)
+            latents = hr.run(model, request, options, latents, seeds[batch], subseeds[batch], n, controls, upscaler)
         for i, image in enumerate(decode_latents(model, latents)):
             k = batch.start + i
             params = infotext_params(model, request, options, sampler, schedule, seeds[k], subseeds[k])
@@ -151,6 +152,8 @@ def _sample_batch(
     model: LoadedModel,
     request: GenerationRequest,
     options: GenerationOptions,
+    sampler: SamplerSpec,
+    schedule: ScheduleSpec,
     embeds: PromptEmbeddings,
     seeds: list[int],
     subseeds: list[int],
@@ -161,12 +164,27 @@ def _sample_batch(
     """Run the sampler for one batch and return its final latents."""
     pipe = model.pipe
     spec = noise_spec(model, request, options)
-    resize = None
-    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
-        resize = (request.seed_resize_from_w, request.seed_resize_from_h)
-    noise, generators = batch_noise(
-        seeds, spec, subseeds=subseeds, subseed_strength=request.subseed_strength, seed_resize_from=resize
-    )
+    noise, generators = seed_noise(request, spec, seeds, subseeds)
+    if kloop.supported(sampler, schedule):
+        bs, total = len(seeds), _total_steps(request)
+        image_cond = None
+        if model.model_type.is_inpaint:
+            image_cond = kloop.txt2img_image_cond(model, bs, request.height, request.width)
+        setup = kloop.BatchSetup(noise, generators, seeds, spec, image_cond=image_cond)
+        conds = kloop.static_conds(embeds, bs, kloop.sdxl_time_ids(model, request.height, request.width))
+        return kloop.run_batch(
+            model,
+            setup,
+            conds,
+            sampler=sampler,
+            schedule=schedule,
+            steps=request.steps,
+            cfg_scale=request.cfg_scale,
+            eta_noise_seed_delta=options.eta_noise_seed_delta,
+            controls=controls,
+            progress=lambda i: StepInfo(i + 1, total, job_no, request.n_iter),
+            on_step=on_step,
+        )
 
     bs = len(seeds)
     kwargs: dict[str, Any] = {
@@ -194,18 +212,50 @@ def _img2img_batch(
     model: LoadedModel,
     request: GenerationRequest,
     options: GenerationOptions,
+    sampler: SamplerSpec,
+    schedule: ScheduleSpec,
     embeds: PromptEmbeddings,
     inputs: img2img.Img2ImgInputs,
     seeds: list[int],
+    subseeds: list[int],
     first_index: int,
     job_no: int,
     controls: JobControls,
 ) -> torch.Tensor:
     """One img2img/inpaint batch: one generator per image seeded with its seed, progress over the executed steps."""
-    callback = step_callback(controls, img2img.effective_steps(request), job_no, request.n_iter, None)
+    total = img2img.effective_steps(request)
     spec = noise_spec(model, request, options)
+    if kloop.supported(sampler, schedule):
+        noise, generators = seed_noise(request, spec, seeds, subseeds)
+        setup = img2img.kloop_setup(model, request, inputs, first_index, noise, generators, seeds, spec)
+        conds = kloop.static_conds(embeds, len(seeds), kloop.sdxl_time_ids(model, request.height, request.width))
+        return kloop.run_batch(
+            model,
+            setup,
+            conds,
+            sampler=sampler,
+            schedule=schedule,
+            steps=request.steps,
+            cfg_scale=request.cfg_scale,
+            eta_noise_seed_delta=options.eta_noise_seed_delta,
+            controls=controls,
+            progress=lambda i: StepInfo(i + 1, total, job_no, request.n_iter),
+        )
+    callback = step_callback(controls, total, job_no, request.n_iter, None)
     generators = [make_generator(seed, spec) for seed in seeds]
     return img2img.sample_batch(model, request, embeds, inputs, first_index, generators, callback)
+
+
+def seed_noise(
+    request: GenerationRequest, spec: NoiseSpec, seeds: list[int], subseeds: list[int]
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """A1111's first draw for a batch: seed noise with variation seeds and "resize seed from" applied."""
+    resize = None
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        resize = (request.seed_resize_from_w, request.seed_resize_from_h)
+    return batch_noise(
+        seeds, spec, subseeds=subseeds, subseed_strength=request.subseed_strength, seed_resize_from=resize
+    )
 
 
 def _total_steps(request: GenerationRequest) -> int:

@@ -33,6 +33,13 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
     return images
 
 
+def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """Encode a (B, 3, H, W) batch in −1…1 to scaled latents (the mode), one image at a time."""
+    with torch.inference_mode():
+        latents = [vae.encode(p[None].to(vae.device, vae.dtype)).latent_dist.mode() for p in pixels]
+    return torch.cat(latents) * vae.config.scaling_factor
+
+
 def encode_images(vae: Any, images: Sequence[Image.Image]) -> torch.Tensor:
     """Encode RGB images (all of one size) to scaled latents: the distribution's mode, one image at a time.
 

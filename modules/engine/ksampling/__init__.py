@@ -1,0 +1,4 @@
+"""k-diffusion-faithful sampling math over a denoiser callable ``model(x, sigma_batch) -> denoised``.
+
+``schedules`` builds sigma schedules (A1111's schedule types), ``samplers`` holds the sampler steps by A1111 name.
+"""

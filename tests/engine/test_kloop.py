@@ -1,0 +1,132 @@
+"""generate() through the own sampling loop equals k-diffusion's reference run with A1111's noise (tiny checkpoints).
+
+The reference is built only from k-diffusion (its Discrete*DDPMDenoiser over the same UNet, its sample_* function
+and get_sigmas_*), A1111's CFG formula written out here, and the seed noise of ``rng.batch_noise``.
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from modules.engine.pipeline import decode_latents, generate
+from modules.engine.prompts import encode_prompt_pair
+from modules.engine.rng import NoiseSpec, batch_noise, make_generator
+from modules.engine.types import GenerationOptions, GenerationRequest
+from tests.support.kdiffusion_ref import load_sampling
+
+K = load_sampling()
+pytestmark = pytest.mark.skipif(K is None, reason="k-diffusion is not installed (tests/requirements-nodeps.txt)")
+
+BASE = {"prompt": "a red cat", "negative_prompt": "blurry", "width": 64, "height": 64, "steps": 6, "cfg_scale": 5.0}
+
+
+def alphas_cumprod(model):
+    cfg = model.pipe.scheduler.config
+    betas = torch.linspace(cfg["beta_start"] ** 0.5, cfg["beta_end"] ** 0.5, cfg["num_train_timesteps"]) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def reference_latents(model, req, seeds, sampler_fn, schedule, ensd=0):
+    """k-diffusion's run of A1111's txt2img for ``req`` (epsilon or v models, SD1/SD2)."""
+    ext = importlib.import_module("k_diffusion.external")
+    pipe = model.pipe
+    embeds = encode_prompt_pair(pipe, model.model_type, [req.prompt], [req.negative_prompt])
+    cls = ext.DiscreteVDDPMDenoiser if model.prediction_type == "v_prediction" else ext.DiscreteEpsDDPMDenoiser
+
+    class Inner(torch.nn.Module):
+        def forward(self, x, t, context):
+            return pipe.unet(x, t, encoder_hidden_states=context).sample
+
+    wrapped = cls(Inner(), alphas_cumprod(model), quantize=False)
+
+    def cfg_model(x, sigma):
+        x_in, s_in = torch.cat([x, x]), torch.cat([sigma, sigma])
+        bs = x.shape[0]
+        ctx = torch.cat([embeds.prompt_embeds.expand(bs, -1, -1), embeds.negative_prompt_embeds.expand(bs, -1, -1)])
+        out = wrapped(x_in, s_in, context=ctx)
+        cond, uncond = out[:bs], out[bs:]
+        return uncond + (cond - uncond) * req.cfg_scale
+
+    if schedule == "karras":
+        sigmas = K.get_sigmas_karras(req.steps, float(wrapped.sigma_min), float(wrapped.sigma_max))
+    else:
+        sigmas = wrapped.get_sigmas(req.steps)
+    spec = NoiseSpec((4, req.height // 8, req.width // 8), torch.device("cpu"), "GPU")
+    noise, generators = batch_noise(seeds, spec)
+    if ensd:
+        generators = [make_generator(s + ensd, spec) for s in seeds]
+
+    def next_noise(*_):
+        return torch.stack([torch.randn(spec.shape, generator=g) for g in generators])
+
+    kwargs = {"noise_sampler": next_noise} if sampler_fn == "sample_euler_ancestral" else {}
+    with torch.inference_mode():
+        return getattr(K, sampler_fn)(cfg_model, noise * sigmas[0], sigmas, disable=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kind", "sampler", "fn", "schedule"),
+    [
+        ("sd1", "Euler", "sample_euler", "automatic"),
+        ("sd1", "DPM++ 2M", "sample_dpmpp_2m", "karras"),
+        ("sd1", "Heun", "sample_heun", "automatic"),
+        ("sd2v", "Euler", "sample_euler", "automatic"),
+        ("sd1", "Euler a", "sample_euler_ancestral", "automatic"),
+    ],
+)
+def test_generate_equals_k_diffusion_reference(load_tiny, tiny_models, kind, sampler, fn, schedule):
+    model = load_tiny(tiny_models[kind])
+    req = GenerationRequest(**BASE, sampler_name=sampler, seed=42, batch_size=2)
+    ref = decode_latents(model, reference_latents(model, req, [42, 43], fn, schedule))
+    ours = generate(model, req).images
+    for a, b in zip(ours, ref, strict=True):
+        diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max()
+        assert diff <= 1, f"{kind} {sampler}: pixel difference {diff}"
+
+
+def test_ensd_reseeds_ancestral_noise_only(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    ancestral = GenerationRequest(**BASE, sampler_name="Euler a", seed=7)
+    plain = generate(model, ancestral).images[0]
+    with_ensd = generate(model, ancestral, GenerationOptions(eta_noise_seed_delta=31337)).images[0]
+    ref = decode_latents(model, reference_latents(model, ancestral, [7], "sample_euler_ancestral", "auto", 31337))[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(with_ensd))
+    assert np.abs(np.asarray(with_ensd, dtype=int) - np.asarray(ref, dtype=int)).max() <= 1
+    euler = GenerationRequest(**BASE, sampler_name="Euler", seed=7)
+    a = generate(model, euler).images[0]
+    b = generate(model, euler, GenerationOptions(eta_noise_seed_delta=31337)).images[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_ancestral_batch_equals_single_jobs(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    batch = generate(model, GenerationRequest(**BASE, sampler_name="Euler a", seed=100, batch_size=3)).images
+    for i, image in enumerate(batch):
+        single = generate(model, GenerationRequest(**BASE, sampler_name="Euler a", seed=100 + i)).images[0]
+        assert np.abs(np.asarray(image, dtype=int) - np.asarray(single, dtype=int)).max() <= 1
+
+
+def test_interrupt_returns_the_last_denoised_prediction(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+
+    class StopAfterTwo:
+        def __init__(self):
+            self.steps = []
+
+        def report(self, step, total, job_no=0, job_count=1):
+            self.steps.append(step)
+
+        def should_stop(self):
+            return len(self.steps) >= 2
+
+        def should_skip(self):
+            return False
+
+        def clear_skip(self):
+            pass
+
+    controls = StopAfterTwo()
+    result = generate(model, GenerationRequest(**BASE, sampler_name="Euler", seed=1), controls=controls)
+    assert result.interrupted and controls.steps == [1, 2] and len(result.images) == 1

@@ -1,0 +1,84 @@
+"""Our sampler steps and schedules against k-diffusion's own functions (what A1111 runs), same sigmas and noise."""
+
+import pytest
+import torch
+
+from modules.engine.ksampling.samplers import SAMPLERS, SamplerOptions
+from modules.engine.ksampling.schedules import sigmas_for
+from modules.engine.sampling import DiscreteModel
+from tests.support.kdiffusion_ref import load_sampling
+
+K = load_sampling()
+pytestmark = pytest.mark.skipif(K is None, reason="k-diffusion is not installed (tests/requirements-nodeps.txt)")
+
+SD_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+K_NAMES = {
+    "Euler": "sample_euler",
+    "Euler a": "sample_euler_ancestral",
+    "Heun": "sample_heun",
+    "DPM++ 2M": "sample_dpmpp_2m",
+}
+
+
+class ToyDenoiser(torch.nn.Module):
+    """A fixed random conv net in sigma space: deterministic, non-linear, sigma-dependent."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.nn.Parameter(torch.randn(4, 4, 3, 3, generator=gen) * 0.2)
+        self.b = torch.nn.Parameter(torch.randn(4, 4, 1, 1, generator=gen) * 0.2)
+
+    def forward(self, x, sigma):
+        c_in = (1 / (sigma**2 + 1) ** 0.5)[:, None, None, None]
+        h = torch.tanh(torch.nn.functional.conv2d(x * c_in, self.a, padding=1))
+        eps = torch.nn.functional.conv2d(h, self.b) + x * c_in * 0.5
+        return x - eps * sigma[:, None, None, None]
+
+
+def test_discrete_model_matches_k_diffusion_schedule():
+    model = DiscreteModel.from_config(SD_CONFIG)
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas = torch.cumprod(1 - betas, 0)
+    ref = K.append_zero(((1 - alphas) / alphas).sqrt().float().flip(0))
+    assert model.sigma_min == pytest.approx(0.0292, abs=1e-4) and model.sigma_max == pytest.approx(14.6146, abs=1e-3)
+    uniform = model.uniform(20)
+    # k-diffusion's DiscreteSchedule.get_sigmas: t = linspace(999, 0, n) → t_to_sigma (log-linear), + 0
+    assert uniform[0] == pytest.approx(float(ref[0]), rel=1e-5) and uniform[-1] == 0
+    t = model.sigma_to_t(uniform[:-1])
+    assert torch.allclose(t, torch.linspace(999, 0, 20), atol=1e-3)
+
+
+@pytest.mark.parametrize("schedule", ["karras", "exponential", "polyexponential"])
+def test_schedules_equal_k_diffusion(schedule):
+    model = DiscreteModel.from_config(SD_CONFIG)
+    ours = sigmas_for(schedule, 20, model)
+    ref = getattr(K, f"get_sigmas_{schedule}")(
+        20, model.sigma_min, model.sigma_max, **({"rho": 1.0} if schedule == "polyexponential" else {})
+    )
+    assert torch.allclose(ours, ref.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_sampler_matches_k_diffusion(name):
+    model = DiscreteModel.from_config(SD_CONFIG)
+    sigmas = sigmas_for("karras", 12, model)
+    net = ToyDenoiser()
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * sigmas[0]
+    noise_draws = [torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(100 + i)) for i in range(40)]
+
+    def noise_from(draws):
+        it = iter(draws)
+        return lambda *args: next(it)
+
+    with torch.no_grad():
+        ours = SAMPLERS[name](
+            net, x0.clone(), sigmas, callback=lambda *a: None, noise=noise_from(noise_draws), options=SamplerOptions()
+        )
+        kwargs = {"disable": True}
+        if name == "Euler a":
+            kwargs["noise_sampler"] = noise_from(noise_draws)
+        ref = getattr(K, K_NAMES[name])(net, x0.clone(), sigmas, **kwargs)
+    diff = (ours - ref).abs().max().item()
+    print(f"{name}: max |ours - k-diffusion| = {diff:.3g}")
+    assert diff < 1e-5
