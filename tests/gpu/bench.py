@@ -241,6 +241,15 @@ def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int) -
             _sync()
             switch.append((kind, time.perf_counter() - t0))
         results["W5_switch_s"] = switch
+        manager.limit = 2  # sd_checkpoints_limit 2: the model switched away from stays in RAM
+        cached = []
+        for kind in ("sdxl", "sd1", "sdxl", "sd1"):
+            t0 = time.perf_counter()
+            manager.get(CheckpointInfo(paths[kind], paths[kind].name), opts)
+            _sync()
+            cached.append((kind, time.perf_counter() - t0))
+        results["W5_switch_ram_cache_s"] = cached[1:]  # the first get loads sdxl from the file
+        manager.limit = 1
     manager.unload()
     results["W6_first_image_s"] = first_image_seconds(paths["sd1"], kinds[0][1])
     return results
