@@ -228,8 +228,9 @@ class ModelManager:
     """Owns the loaded models: one active on the device, up to ``limit − 1`` recently used ones kept in RAM.
 
     ``limit`` is A1111's ``sd_checkpoints_limit`` (default 1: switching frees the previous model before loading the
-    next). With a higher limit, a model switched away from moves to the CPU (its CUDA graphs dropped) and moving
-    it back is a host-to-device copy instead of a load from disk (A1111 with ``sd_checkpoints_keep_in_cpu``).
+    next). With a higher limit, a model switched away from stays in VRAM when there is room for another as large
+    (switching back costs nothing), else moves to RAM (switching back is a host-to-device copy, not a load from
+    disk). Its CUDA graphs are dropped either way.
     """
 
     def __init__(self, limit: int = 1) -> None:
@@ -259,7 +260,7 @@ class ModelManager:
         self._retire_current()
         if cached is not None:
             started = time.perf_counter()
-            cached.pipe.to(options.device)
+            cached.pipe.to(options.device)  # a no-op when it stayed on the device
             if options.cuda_graphs:
                 enable_cuda_graphs(cached.pipe.unet)
             logger.info("Moved %s from RAM to %s in %.2f s", path.name, options.device, time.perf_counter() - started)
@@ -277,7 +278,7 @@ class ModelManager:
             return
         disable_cuda_graphs(current.pipe.unet)
         if self.limit > 1:
-            if options.device != "cpu":
+            if options.device != "cpu" and not _room_to_stay(current.pipe, options.device):
                 current.pipe.to("cpu")
             self._cache[(Path(current.checkpoint.filename), options)] = current
         del current
@@ -298,6 +299,26 @@ class ModelManager:
         _free_memory()
         still = pipe_ref is not None and pipe_ref() is not None
         logger.info("Unloaded %s%s", name, " (still referenced elsewhere)" if still else "")
+
+
+def _pipe_bytes(pipe: Any) -> int:
+    """Bytes of every parameter and buffer of the pipeline's models."""
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in (*component.parameters(), *component.buffers()))
+    return total
+
+
+def _room_to_stay(pipe: Any, device: str) -> bool:
+    """Whether a retired model may stay in VRAM: room is left for another as large plus 4 GiB of work memory.
+
+    Switching back is then free; otherwise the model moves to RAM (A1111's ``sd_checkpoints_keep_in_cpu``).
+    """
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return free >= _pipe_bytes(pipe) + 4 * 2**30
 
 
 def _free_memory() -> None:
