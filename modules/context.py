@@ -17,6 +17,7 @@ from typing import Any
 from modules.engine import hires
 from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
 from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
+from modules.engine.extras import ExtrasOptions, run_extras
 from modules.engine.images import encode_image, read_infotext
 from modules.engine.infotext import infotext_to_request_fields, parse_infotext
 from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
@@ -24,12 +25,13 @@ from modules.engine.pipeline import generate
 from modules.engine.prompts import count_tokens
 from modules.engine.samplers import resolve_sampler, sampler_list, schedule_list
 from modules.engine.tokenizers import clip_tokenizer
-from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest, GenerationResult
+from modules.engine.types import LATENT_UPSCALE_MODES, CheckpointInfo, GenerationOptions, GenerationRequest
+from modules.engine.upscalers import UpscalerRegistry
 from modules.engine.validation import validate_request
 from modules.errors import CheckpointNotFoundError, InvalidRequestError
 from modules.flags import LaunchFlags
 from modules.jobs import Job, JobQueue
-from modules.outputs import JobOutput, build_info, save_outputs
+from modules.outputs import ExtrasOutput, JobOutput, build_info, save_extras, save_outputs
 from modules.settings import Settings
 from modules.version import INFOTEXT_VERSION
 
@@ -61,6 +63,7 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.hash_cache = HashCache(self.flags.data_dir / "cache" / "hashes.json")
+        self.upscalers = UpscalerRegistry(list(self.flags.upscaler_dirs))
         self.refresh_checkpoints()
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
@@ -70,6 +73,7 @@ class AppContext:
         found = scan_checkpoints(self.flags.checkpoint_dirs, extra_files=extra, hash_cache=self.hash_cache)
         with self._lock:
             self.checkpoints = found
+        self.upscalers.refresh()
         return found
 
     def find_checkpoint(self, query: str) -> CheckpointInfo:
@@ -180,8 +184,9 @@ class AppContext:
             comma_padding_backtrack=snapshot.comma_padding_backtrack,
             version=INFOTEXT_VERSION,
         )
+        self.upscalers.device = model.device
         names = self.upscaler_names()
-        result: GenerationResult = generate(model, request, options, job, upscaler_names=names)
+        result = generate(model, request, options, job, upscaler=self.upscalers, upscaler_names=names)
         paths, grid = save_outputs(result, request, snapshot, self.flags.data_dir, save=save)
         info = build_info(result, request, model.checkpoint, options)
         logger.info("Job %s: %d image(s) in %.1f s", job.id, len(result.images), _elapsed(job))
@@ -279,9 +284,35 @@ class AppContext:
         """Encode an image in ``fmt`` with ``infotext`` embedded (PNG text chunk, JPEG/WebP EXIF UserComment)."""
         return encode_image(image, fmt, infotext, jpeg_quality)
 
-    def upscaler_names(self) -> list[str] | None:
-        """Image upscalers hires fix can use besides the latent modes (None: only the latent modes)."""
-        return None
+    def upscaler_names(self) -> list[str]:
+        """Image upscalers (built-in and model files) for hires fix and Extras."""
+        return self.upscalers.names()
+
+    def upscaler_list(self) -> list[str]:
+        """Hires fix choices: the latent modes, then the image upscalers (A1111's order)."""
+        return [*LATENT_UPSCALE_MODES, *self.upscalers.names()]
+
+    def submit_extras(self, image: Any, options: Mapping[str, Any], *, save: bool = True) -> Job:
+        """Queue an Extras upscale of one image; the job's result is an ExtrasOutput.
+
+        Raises:
+            InvalidRequestError: For a bad option or an unknown upscaler (checked before queueing).
+        """
+        opts = ExtrasOptions(**options)
+        opts.validate(self.upscalers.names())
+        snapshot = self.settings
+
+        def run(job: Job) -> ExtrasOutput:
+            self.upscalers.device = self.load_options().device
+            job.textinfo = "Upscaling"
+            result, info = run_extras(self.upscalers, image, opts)
+            return save_extras(image, result, info, snapshot, self.flags.data_dir, save=save)
+
+        return self.jobs.submit(run, kind="extras")
+
+    def run_extras(self, image: Any, *, save: bool = True, **options: Any) -> Any:
+        """The UI's Extras facade: upscale ``image`` on the job queue and return the result image."""
+        return self.submit_extras(image, options, save=save).wait().image
 
     def check_request(self, request: GenerationRequest) -> None:
         """Check ranges and sampler/scheduler names before queueing (the engine checks again when it runs).

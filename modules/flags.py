@@ -31,6 +31,10 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--data-dir", {"type": str, "default": str(INSTALL_DIR), "help": "base dir for config, outputs, models"}),
     ("--models-dir", {**_STR, "help": "base dir for models (default <data-dir>/models)"}),
     ("--ckpt-dir", {**_STR, "help": "additional checkpoint directory"}),
+    *(
+        (f"--{kind}-models-path", {**_STR, "help": f"folder of {kind.upper()} upscaler models"})
+        for kind in ("esrgan", "realesrgan", "dat", "bsrgan", "scunet", "swinir")
+    ),
     ("--ckpt", {**_STR, "help": "checkpoint to add to the list and load"}),
     ("--no-download-sd-model", {"action": "store_true", "help": "do not download SD1.5 when no checkpoint exists"}),
     ("--use-cpu", {"nargs": "+", "default": [], "help": "modules to run on the CPU ('all' or 'sd')"}),
@@ -146,12 +150,6 @@ _IGNORED_VALUE: tuple[str, ...] = (
     "--lora-dir",
     "--codeformer-models-path",
     "--gfpgan-models-path",
-    "--esrgan-models-path",
-    "--realesrgan-models-path",
-    "--dat-models-path",
-    "--bsrgan-models-path",
-    "--scunet-models-path",
-    "--swinir-models-path",
     "--ldsr-models-path",
     "--clip-models-path",
     "--localizations-dir",
@@ -230,6 +228,12 @@ class LaunchFlags(BaseModel):
     lowvram: bool = False
     medvram_sdxl: bool = False
     disable_cuda_graphs: bool = False
+    esrgan_models_path: Path | None = None
+    realesrgan_models_path: Path | None = None
+    dat_models_path: Path | None = None
+    bsrgan_models_path: Path | None = None
+    scunet_models_path: Path | None = None
+    swinir_models_path: Path | None = None
     raw: dict[str, Any] = {}
 
     @property
@@ -242,6 +246,21 @@ class LaunchFlags(BaseModel):
         """Directories scanned for checkpoints: ``--ckpt-dir`` (if given) then ``models/Stable-diffusion``."""
         default = self.models_path / "Stable-diffusion"
         return (self.ckpt_dir, default) if self.ckpt_dir is not None else (default,)
+
+    @property
+    def upscaler_dirs(self) -> tuple[Path, ...]:
+        """Folders scanned for upscaler models: ``models/<ESRGAN|RealESRGAN|…>`` or the ``--*-models-path`` flags."""
+        given = {
+            "ESRGAN": self.esrgan_models_path,
+            "RealESRGAN": self.realesrgan_models_path,
+            "DAT": self.dat_models_path,
+            "BSRGAN": self.bsrgan_models_path,
+            "ScuNET": self.scunet_models_path,
+            "SwinIR": self.swinir_models_path,
+        }
+        defaults = {name: self.models_path / name for name in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")}
+        defaults |= {"BSRGAN": self.models_path / "BSRGAN", "ScuNET": self.models_path / "ScuNET"}
+        return tuple(dict.fromkeys(given.get(k) or v for k, v in defaults.items()))
 
     @property
     def settings_file(self) -> Path:

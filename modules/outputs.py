@@ -34,6 +34,49 @@ class JobOutput:
         return lead + list(self.result.images)
 
 
+@dataclass
+class ExtrasOutput:
+    """A finished Extras job: the result image, A1111's ``Postprocess …`` info text and the saved file, if any."""
+
+    image: Image.Image
+    info: str
+    path: Path | None = None
+
+
+def save_extras(
+    source: Image.Image,
+    result: Image.Image,
+    info: dict[str, Any],
+    settings: Settings,
+    data_dir: Path,
+    *,
+    save: bool = True,
+) -> ExtrasOutput:
+    """Save an Extras result to ``outdir_extras_samples`` (``NNNNN.png``), keeping the source's ``parameters``.
+
+    The postprocessing info goes into the PNG's ``extras`` text chunk, as A1111 writes it.
+    """
+    text = ", ".join(f"{k}: {v}" for k, v in info.items())
+    path = None
+    if save and settings.samples_save:
+        folder = _resolve(data_dir, settings.outdir_samples or settings.outdir_extras_samples)
+        if settings.save_to_dirs:
+            folder = date_dir(folder)
+        original = source.info.get("parameters") if settings.enable_pnginfo else None
+        chunks = {"extras": text} if text and settings.enable_pnginfo else None
+        path = save_image(
+            result,
+            folder,
+            seed=None,
+            extension=settings.samples_format,
+            infotext=original if isinstance(original, str) else None,
+            jpeg_quality=settings.jpeg_quality,
+            basename_pattern="",
+            text_chunks=chunks,
+        )
+    return ExtrasOutput(result, text, path)
+
+
 def _resolve(data_dir: Path, configured: str) -> Path:
     path = Path(configured)
     return path if path.is_absolute() else data_dir / path

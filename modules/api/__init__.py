@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from modules.api.deps import parse_credentials, require_auth
 from modules.api.middleware import install_middleware
 from modules.api.routes import create_router
+from modules.api.routes_extras import create_extras_router
 from modules.api.routes_lists import create_lists_router
 from modules.context import AppContext
 
@@ -28,6 +29,7 @@ def install_api(app: FastAPI, ctx: AppContext) -> None:
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_auth)])
     api.include_router(create_router())
     api.include_router(create_lists_router(server_stop=ctx.flags.api_server_stop))
+    api.include_router(create_extras_router())
     app.include_router(api)
     install_middleware(app, ctx.flags)
     if ctx.flags.api_auth and not parse_credentials(ctx.flags.api_auth):

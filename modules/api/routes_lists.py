@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 # (path, response model) of listings that are empty until the feature exists.
 _EMPTY_LISTS: tuple[tuple[str, type], ...] = (
     ("/sd-vae", SDVaeItem),
-    ("/upscalers", UpscalerItem),
     ("/prompt-styles", PromptStyleItem),
     ("/loras", LoraItem),
     ("/hypernetworks", NamePathItem),
@@ -64,6 +63,7 @@ def create_lists_router(server_stop: bool) -> APIRouter:
     router.add_api_route("/embeddings", embeddings, methods=["GET"], response_model=EmbeddingsResponse)
     router.add_api_route("/scripts", scripts, methods=["GET"], response_model=ScriptsList)
     router.add_api_route("/memory", memory, methods=["GET"], response_model=MemoryResponse)
+    router.add_api_route("/upscalers", upscalers, methods=["GET"], response_model=list[UpscalerItem])
     router.add_api_route("/latent-upscale-modes", latent_upscale_modes, methods=["GET"], response_model=list[NameItem])
     for path, item in _EMPTY_LISTS:
         router.add_api_route(path, empty_list, methods=["GET"], response_model=list[item], name=path.strip("/"))
@@ -102,6 +102,11 @@ def samplers(ctx: Ctx) -> list[dict[str, object]]:
 def schedulers(ctx: Ctx) -> list[dict[str, object]]:
     """Schedule types (``Automatic``, ``Karras``…)."""
     return ctx.schedule_list()
+
+
+def upscalers(ctx: Ctx) -> list[dict[str, object]]:
+    """Image upscalers: None, Lanczos, Nearest, then the model files found (name, path, scale)."""
+    return [info.to_api() for info in ctx.upscalers.infos()]
 
 
 def latent_upscale_modes() -> list[NameItem]:

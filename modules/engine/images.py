@@ -111,13 +111,25 @@ def _pil_format(fmt: str) -> str:
     return FORMATS[key]
 
 
-def _write(image: Image.Image, fp: BinaryIO, fmt: str, infotext: str | None, jpeg_quality: int) -> None:
-    """Encode ``image`` into ``fp`` in ``fmt`` with ``infotext`` embedded where the format allows."""
+def _write(
+    image: Image.Image,
+    fp: BinaryIO,
+    fmt: str,
+    infotext: str | None,
+    jpeg_quality: int,
+    text_chunks: Mapping[str, str] | None = None,
+) -> None:
+    """Encode ``image`` into ``fp`` in ``fmt`` with ``infotext`` embedded where the format allows.
+
+    ``text_chunks`` are further PNG text chunks (e.g. Extras' ``extras``); other formats carry only ``infotext``.
+    """
     pil_format = _pil_format(fmt)
     if pil_format == "PNG":
         info = PngImagePlugin.PngInfo()
         if infotext:
             info.add_text("parameters", infotext)
+        for key, value in (text_chunks or {}).items():
+            info.add_text(key, value)
         image.save(fp, "PNG", pnginfo=info)
         return
     if pil_format in ("JPEG", "GIF") and image.mode not in ("RGB", "L"):
@@ -257,6 +269,7 @@ def save_image(
     counter_digits: int = 5,
     suffix: str = "",
     tags: Mapping[str, object] | None = None,
+    text_chunks: Mapping[str, str] | None = None,
 ) -> Path:
     """Save a sample as ``NNNNN-<pattern><suffix>.<ext>`` (e.g. ``00012-1234567890.png``), never overwriting.
 
@@ -274,6 +287,7 @@ def save_image(
         counter_digits: Zero-padded width of the counter.
         suffix: Appended to the name, e.g. ``-before-highres-fix``.
         tags: Values of further pattern tags (lower-case names without brackets).
+        text_chunks: Further PNG text chunks.
 
     Returns:
         The path written.
@@ -290,7 +304,7 @@ def save_image(
         return f"{number:0{counter_digits}d}{decoration}{suffix}.{ext}"
 
     def write(img: Image.Image, fp: BinaryIO) -> None:
-        _write(img, fp, ext, infotext, jpeg_quality)
+        _write(img, fp, ext, infotext, jpeg_quality, text_chunks)
 
     return _save_numbered(image, directory, name_of, write)
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_UPSCALERS = ("None", "Lanczos", "Nearest")
 MODES = {"single": "Single Image", "batch": "Batch Process", "directory": "Batch from Directory"}
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 
@@ -45,11 +44,9 @@ class ExtrasTab:
 
 
 def upscaler_choices(ctx: AppContext) -> list[str]:
-    """Image upscalers for Extras ("None" first, no latent modes): the context's list, else the built-in ones."""
-    names = getattr(ctx, "upscaler_list", None)
-    listed = [str(n) for n in names()] if callable(names) else []
-    image_upscalers = [n for n in listed if not n.startswith("Latent") and n != "None"]
-    return ["None", *image_upscalers] if image_upscalers else list(BUILTIN_UPSCALERS)
+    """Image upscalers for Extras: "None" first, then the built-ins and model files (no latent modes)."""
+    image_upscalers = [n for n in ctx.upscaler_list() if not n.startswith("Latent") and n != "None"]
+    return ["None", *image_upscalers]
 
 
 def extras_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -94,11 +91,8 @@ def _free_path(folder: Path, stem: str) -> Path:
 
 
 def _process(ctx: AppContext, image: Image.Image, options: dict[str, Any], save: bool) -> Image.Image:
-    facade = getattr(ctx, "run_extras", None)
-    if not callable(facade):
-        raise gr.Error("Extras are not available yet: this build has no upscaling back end (ctx.run_extras).")
     try:
-        return facade(image, save=save, **options)
+        return ctx.run_extras(image, save=save, **options)
     except WebuiError as exc:
         raise gr.Error(str(exc), title="Extras failed") from exc
 

@@ -7,29 +7,16 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from modules.engine.types import LATENT_UPSCALE_MODES
-
 if TYPE_CHECKING:
     from modules.context import AppContext
     from modules.ui.txt2img import GenerationTab
 
 logger = logging.getLogger(__name__)
 
-LATENT_UPSCALERS = LATENT_UPSCALE_MODES
-
 
 def upscaler_choices(ctx: AppContext) -> list[str]:
-    """Hires upscaler names: the context's list (latent modes + image upscalers) if any, else the latent modes."""
-    names = getattr(ctx, "upscaler_list", None)
-    if callable(names):
-        try:
-            listed = [str(n) for n in names()]
-        except Exception:
-            logger.exception("Could not list upscalers; offering the latent modes only")
-            listed = []
-        if listed:
-            return [n for n in listed if n != "None"]
-    return list(LATENT_UPSCALERS)
+    """Hires upscaler names: the latent modes, then the image upscalers (without "None")."""
+    return [n for n in ctx.upscaler_list() if n != "None"]
 
 
 def target_size(width: float, height: float, scale: float, resize_x: float, resize_y: float) -> tuple[int, int]:

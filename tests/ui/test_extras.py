@@ -69,16 +69,12 @@ def test_batch_files_and_errors(tmp_path):
         extras.run(fake_ctx([]), {"extras_mode": "batch", "image_batch": []})
     with pytest.raises(gr.Error, match="does not exist"):
         extras.run(fake_ctx([]), {"extras_mode": "directory", "input_dir": str(tmp_path / "nope")})
-    with pytest.raises(gr.Error, match="not available yet"):
-        extras.run(SimpleNamespace(), {"extras_mode": "single", "image": Image.new("RGB", (4, 4))})
 
 
 def test_upscaler_choices():
     ctx = fake_ctx([])
     assert extras.upscaler_choices(ctx) == ["None", "Lanczos", "R-ESRGAN 4x+"]
-    assert extras.upscaler_choices(SimpleNamespace()) == ["None", "Lanczos", "Nearest"]
     assert hires.upscaler_choices(ctx) == ["Latent", "Lanczos", "R-ESRGAN 4x+"]
-    assert hires.upscaler_choices(SimpleNamespace())[0] == "Latent"
 
 
 def test_hires_fields_to_request():
@@ -114,3 +110,34 @@ def test_gallery_image_from_paths_and_pil(tmp_path):
     second = Image.new("RGB", (2, 2))
     assert gallery_image([(Image.new("RGB", (1, 1)), None), (second, "c")], 1) is second
     assert gallery_image([], 0) is None
+
+
+def test_single_image_through_the_real_context_saves_with_the_original_infotext(tmp_path):
+    from modules.context import AppContext
+    from modules.flags import parse_flags
+    from modules.settings import Settings
+    from tests.support.tiny_upscalers import write_upscaler
+
+    write_upscaler("compact", tmp_path / "models" / "RealESRGAN" / "2x_compact.pth")
+    flags = parse_flags(["--data-dir", str(tmp_path), "--no-download-sd-model"], environ={})
+    ctx = AppContext(flags=flags, settings=Settings())
+    ctx.start()
+    try:
+        assert "2x_compact" in extras.upscaler_choices(ctx) and "Latent" in hires.upscaler_choices(ctx)
+        source = Image.new("RGB", (16, 12), (200, 30, 30))
+        source.info["parameters"] = "a cat\nSteps: 20, Seed: 5"
+        values = {"extras_mode": "single", "image": source, "upscaling_resize": 2, "upscaler_1": "2x_compact"}
+        out, html = extras.run(ctx, {**extras_defaults(), **values})
+        assert out[0].size == (32, 24) and "16x12 → 32x24" in html
+        (saved,) = (tmp_path / "outputs" / "extras-images").rglob("*.png")
+        with Image.open(saved) as png:
+            assert png.size == (32, 24) and png.info["parameters"] == "a cat\nSteps: 20, Seed: 5"
+            assert png.info["extras"] == "Postprocess upscale by: 2, Postprocess upscaler: 2x_compact"
+        with pytest.raises(gr.Error, match="could not find upscaler"):
+            extras.run(ctx, {**extras_defaults(), **values, "upscaler_1": "missing"})
+    finally:
+        ctx.close()
+
+
+def extras_defaults():
+    return {"resize_mode": 0, "upscaling_crop": True, "upscaler_2": "None", "extras_upscaler_2_visibility": 0}
