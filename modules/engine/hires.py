@@ -345,10 +345,16 @@ class HiresPass:
             noise, generators, seeds, spec, init=upscaled, image_cond=image_cond, steps_to_run=hires_steps(request)
         )
         total = request.steps + hires_steps(request)
+        prompts = (request.hr_prompt or request.prompt, request.hr_negative_prompt or request.negative_prompt)
+        calls = kloop.model_calls(self.sampler, request.steps)
+        hr_calls = kloop.model_calls(self.sampler, hires_steps(request))
+        time_ids = kloop.sdxl_time_ids(model, h, w)
+        conds, pad = kloop.batch_conds(model, options, self.embeds, prompts, bs, calls, time_ids, hr_calls)
         return kloop.run_batch(
             model,
             setup,
-            kloop.static_conds(self.embeds, bs, kloop.sdxl_time_ids(model, h, w)),
+            conds,
+            pad_chunk=pad,
             sampler=self.sampler,
             schedule=self.schedule,
             steps=schedule_steps(request),

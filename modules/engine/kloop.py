@@ -18,10 +18,12 @@ from modules.engine.ksampling.schedules import SCHEDULES, sigmas_for
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls
 from modules.engine.prompt_encoding import PromptEmbeddings
+from modules.engine.prompt_schedule import ScheduledPrompt, cached
+from modules.engine.prompts import encode_single
 from modules.engine.rng import NoiseSpec, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec
 from modules.engine.sampling import DiscreteModel, ImageNoise, img2img_sigmas
-from modules.engine.types import StepInfo
+from modules.engine.types import GenerationOptions, StepInfo
 from modules.engine.vae import encode_images
 
 _SCHEDULE_OF = {"automatic": "uniform"}
@@ -59,6 +61,11 @@ class BatchSetup:
     steps_to_run: int | None = None
 
 
+def model_calls(sampler: SamplerSpec, steps: int) -> int:
+    """Steps as A1111's prompt schedule counts them: model calls (twice the steps for second-order samplers)."""
+    return steps * 2 if sampler.options.get("second_order") == "True" else steps
+
+
 def static_conds(embeds: PromptEmbeddings, batch: int, time_ids: torch.Tensor | None) -> Callable[[int], StepConds]:
     """Conditioning that is the same at every step: one prompt for every image of the batch."""
     pooled = embeds.pooled_prompt_embeds
@@ -67,6 +74,73 @@ def static_conds(embeds: PromptEmbeddings, batch: int, time_ids: torch.Tensor | 
     uncond = TextCond(embeds.negative_prompt_embeds[0], neg_pooled[0] if neg_pooled is not None else None, time_ids)
     step = StepConds([[(cond, 1.0)] for _ in range(batch)], [uncond] * batch)
     return lambda i: step
+
+
+def prompt_conds(
+    model: LoadedModel,
+    options: GenerationOptions,
+    prompt: str,
+    negative: str,
+    batch: int,
+    steps: int,
+    time_ids: torch.Tensor | None,
+    hires_steps: int | None = None,
+) -> Callable[[int], StepConds] | None:
+    """Per-model-call conditioning for prompt editing, alternation and ``AND``; None when nothing is scheduled.
+
+    ``steps`` counts model calls (A1111 doubles it for second-order samplers). Each distinct text is encoded once.
+    """
+    pos = ScheduledPrompt.parse(prompt, steps, hires_steps)
+    neg = ScheduledPrompt.parse(negative, steps, hires_steps, allow_and=False)
+    if pos.texts() == {prompt} and neg.texts() == {negative} and pos.is_static and neg.is_static:
+        return None  # nothing scheduled: the pipeline's one encoding of the prompts serves every step
+    kwargs = {
+        "clip_skip": options.clip_skip,
+        "emphasis": options.emphasis,
+        "comma_padding_backtrack": options.comma_padding_backtrack,
+    }
+
+    def encoder(negative_side: bool) -> Callable[[str], object]:
+        def encode(text: str) -> TextCond:
+            context, pooled = encode_single(model.pipe, model.model_type, text, negative=negative_side, **kwargs)
+            return TextCond(context, pooled, time_ids)
+
+        return cached(encode)
+
+    encode_pos, encode_neg = encoder(False), encoder(True)
+
+    def at(step: int) -> StepConds:
+        parts = [(encode_pos(text), weight) for text, weight in pos.at(step)]
+        uncond = encode_neg(neg.at(step)[0][0])
+        return StepConds([parts] * batch, [uncond] * batch)  # type: ignore[list-item]
+
+    return at
+
+
+def batch_conds(
+    model: LoadedModel,
+    options: GenerationOptions,
+    embeds: PromptEmbeddings,
+    prompts: tuple[str, str],
+    batch: int,
+    steps: int,
+    time_ids: torch.Tensor | None,
+    hires_steps: int | None = None,
+) -> tuple[Callable[[int], StepConds], torch.Tensor | None]:
+    """Conditioning per model call and the empty chunk for padding.
+
+    Scheduled when the prompts use editing/alternation/``AND``, else the already encoded ``embeds`` at every step.
+    """
+    scheduled = prompt_conds(model, options, *prompts, batch, steps, time_ids, hires_steps)
+    if scheduled is None:
+        return static_conds(embeds, batch, time_ids), None
+    return scheduled, empty_chunk(model, options)
+
+
+def empty_chunk(model: LoadedModel, options: GenerationOptions) -> torch.Tensor:
+    """The empty prompt's context (one 77-token chunk), to pad conds of different lengths (A1111)."""
+    context, _ = encode_single(model.pipe, model.model_type, "", clip_skip=options.clip_skip, emphasis=options.emphasis)
+    return context
 
 
 def sdxl_time_ids(model: LoadedModel, height: int, width: int) -> torch.Tensor | None:
@@ -97,6 +171,7 @@ def run_batch(
     controls: JobControls,
     progress: Callable[[int], StepInfo],
     on_step: Callable[[StepInfo], None] | None = None,
+    pad_chunk: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction."""
     discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
@@ -120,6 +195,7 @@ def run_batch(
         model.prediction_type,
         conds,
         cfg_scale,
+        empty_chunk=pad_chunk,
         image_cond=setup.image_cond.to(device) if setup.image_cond is not None else None,
         mask=setup.mask,
     )

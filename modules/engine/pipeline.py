@@ -5,6 +5,7 @@ Pure compute: no disk writes, no settings lookup, no globals. Saving happens in 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -18,6 +19,7 @@ from modules.engine import hires, img2img, kloop
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
+from modules.engine.prompt_schedule import strip_comments
 from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
 from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
@@ -84,6 +86,7 @@ def _generate(
     """
     options = options or GenerationOptions()
     controls = controls or NoControls()
+    request = _strip_comments(request)
     # 1. Check the request and resolve sampler and schedule.
     validate_request(request)
     use_hr = request.enable_hr and request.mode == "txt2img"
@@ -171,11 +174,20 @@ def _sample_batch(
         if model.model_type.is_inpaint:
             image_cond = kloop.txt2img_image_cond(model, bs, request.height, request.width)
         setup = kloop.BatchSetup(noise, generators, seeds, spec, image_cond=image_cond)
-        conds = kloop.static_conds(embeds, bs, kloop.sdxl_time_ids(model, request.height, request.width))
+        conds, pad = kloop.batch_conds(
+            model,
+            options,
+            embeds,
+            (request.prompt, request.negative_prompt),
+            bs,
+            kloop.model_calls(sampler, request.steps),
+            kloop.sdxl_time_ids(model, request.height, request.width),
+        )
         return kloop.run_batch(
             model,
             setup,
             conds,
+            pad_chunk=pad,
             sampler=sampler,
             schedule=schedule,
             steps=request.steps,
@@ -228,11 +240,20 @@ def _img2img_batch(
     if kloop.supported(sampler, schedule):
         noise, generators = seed_noise(request, spec, seeds, subseeds)
         setup = img2img.kloop_setup(model, request, inputs, first_index, noise, generators, seeds, spec)
-        conds = kloop.static_conds(embeds, len(seeds), kloop.sdxl_time_ids(model, request.height, request.width))
+        conds, pad = kloop.batch_conds(
+            model,
+            options,
+            embeds,
+            (request.prompt, request.negative_prompt),
+            len(seeds),
+            kloop.model_calls(sampler, request.steps),
+            kloop.sdxl_time_ids(model, request.height, request.width),
+        )
         return kloop.run_batch(
             model,
             setup,
             conds,
+            pad_chunk=pad,
             sampler=sampler,
             schedule=schedule,
             steps=request.steps,
@@ -256,6 +277,14 @@ def seed_noise(
     return batch_noise(
         seeds, spec, subseeds=subseeds, subseed_strength=request.subseed_strength, seed_resize_from=resize
     )
+
+
+def _strip_comments(request: GenerationRequest) -> GenerationRequest:
+    """A1111's "Enable comments": ``#`` comments are removed from every prompt before anything else."""
+    names = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+    if not any("#" in getattr(request, n) for n in names):
+        return request
+    return dataclasses.replace(request, **{n: strip_comments(getattr(request, n)) for n in names})
 
 
 def _total_steps(request: GenerationRequest) -> int:

@@ -208,3 +208,19 @@ def encode_chunks(
             neg_embeds, neg_pooled = _encode_side(encoders, uncond, n_chunks, emphasis, bos)
     logger.debug("Encoded %d prompt(s) into %d chunk(s): %s", len(cond), n_chunks, tuple(embeds.shape))
     return PromptEmbeddings(embeds, neg_embeds, pooled, neg_pooled)
+
+
+def encode_one_side(
+    pipe: Any,
+    model_type: ModelType,
+    prompts: Sequence[TokenizedPrompt],
+    n_chunks: int,
+    *,
+    clip_skip: int,
+    emphasis: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode tokenized prompts (one side only), padded to ``n_chunks``: (embeddings, SDXL pooled or None)."""
+    encoders = _encoders(pipe, model_type, clip_skip)
+    bos = (pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2).bos_token_id
+    with torch.no_grad():
+        return _encode_side(encoders, prompts, n_chunks, emphasis, bos)

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modules.engine.prompt_encoding import EMPHASIS_MODES, PromptEmbeddings, encode_chunks
+import torch
+
+from modules.engine.prompt_encoding import EMPHASIS_MODES, PromptEmbeddings, encode_chunks, encode_one_side
 from modules.engine.types import ModelType
 from modules.errors import InvalidRequestError
 
@@ -280,3 +282,30 @@ def encode_prompt_pair(
     return encode_chunks(
         pipe, model_type, cond, uncond, n_chunks, clip_skip=clip_skip, emphasis=emphasis, zero_uncond=zero_uncond
     )
+
+
+def encode_single(
+    pipe: Any,
+    model_type: ModelType,
+    text: str,
+    *,
+    negative: bool = False,
+    clip_skip: int = 1,
+    emphasis: str = "Original",
+    comma_padding_backtrack: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode one prompt at its own chunk count: (context ``(77·k, C)``, SDXL pooled ``(P,)`` or None).
+
+    An empty negative prompt of an SDXL model gives zeros, as in ``encode_prompt_pair``.
+    """
+    tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
+    tokens = tokenize_prompt(tokenizer, text, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
+    zero = negative and model_type.is_sdxl and text == ""
+    zero = zero and bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", True))
+    context, pooled = encode_one_side(
+        pipe, model_type, [tokens], len(tokens.chunks), clip_skip=clip_skip, emphasis=emphasis
+    )
+    context = context[0]
+    if zero:
+        return torch.zeros_like(context), torch.zeros_like(pooled[0]) if pooled is not None else None
+    return context, pooled[0] if pooled is not None else None

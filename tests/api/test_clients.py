@@ -44,8 +44,9 @@ def test_webuiapi_options_models_and_lists(server):
         api.set_options({"sd_model_checkpoint": "sd1.safetensors"})
     assert "Euler a" in api.util_get_sampler_names() and "karras" in api.util_get_scheduler_names()
     assert api.get_cmd_flags()["api"] is True and api.get_memory()["ram"]["total"] > 0
+    assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    assert api.get_latent_upscale_modes()[0]["name"] == "Latent"
     for call in (
-        api.get_upscalers,
         api.get_sd_vae,
         api.get_loras,
         api.get_hypernetworks,
