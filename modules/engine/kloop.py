@@ -22,7 +22,7 @@ from modules.engine.prompt_schedule import ScheduledPrompt, cached
 from modules.engine.prompts import encode_single
 from modules.engine.rng import NoiseSpec, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec
-from modules.engine.sampling import DiscreteModel, ImageNoise, img2img_sigmas
+from modules.engine.sampling import BrownianNoise, DiscreteModel, ImageNoise, img2img_sigmas
 from modules.engine.types import GenerationOptions, StepInfo
 from modules.engine.vae import encode_images
 
@@ -175,7 +175,8 @@ def run_batch(
 ) -> torch.Tensor:
     """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction."""
     discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
-    sigmas = sigmas_for(_SCHEDULE_OF.get(schedule.name, schedule.name), steps, discrete)
+    discard = sampler.options.get("discard_next_to_last_sigma") == "True"
+    sigmas = sigmas_for(_SCHEDULE_OF.get(schedule.name, schedule.name), steps, discrete, discard_next_to_last=discard)
     if setup.init is not None and setup.steps_to_run:
         sigmas = sigmas[steps - setup.steps_to_run :]
     elif setup.init is not None:
@@ -188,7 +189,9 @@ def run_batch(
     generators = setup.generators
     if eta_noise_seed_delta:
         generators = [make_generator(seed + eta_noise_seed_delta, setup.spec) for seed in setup.seeds]
-    noise = ImageNoise(generators, setup.spec.shape, device)
+    noise_fn = ImageNoise(generators, setup.spec.shape, device).sampler()
+    if sampler.options.get("brownian_noise") == "True":
+        noise_fn = BrownianNoise(x, sigmas, setup.seeds)
     denoiser = CFGDenoiser(
         model.pipe.unet,
         discrete.sigma_to_t,
@@ -211,7 +214,7 @@ def run_batch(
     fn = SAMPLERS[sampler.name]
     with torch.inference_mode():
         try:
-            x = fn(denoiser, x, sigmas, callback=callback, noise=noise.next, options=SamplerOptions())
+            x = fn(denoiser, x, sigmas, callback=callback, noise=noise_fn, options=SamplerOptions())
         except SamplingInterrupted as stop:
             x = stop.latents
         if setup.mask is not None:

@@ -105,3 +105,26 @@ class ImageNoise:
     def sampler(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """k-diffusion's ``noise_sampler(sigma, sigma_next)`` signature over ``next``."""
         return lambda sigma, sigma_next: self.next()
+
+
+class BrownianNoise:
+    """A1111's noise for the SDE samplers: one torchsde Brownian tree per image, seeded with that image's seed.
+
+    The trees span [σ_min, σ_max] of the schedule and live on the latents' device; ``(σ, σ_next)`` returns the
+    tree's increment over that interval scaled to unit variance, so image i's noise depends on its seed only.
+    """
+
+    def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int]) -> None:
+        import torchsde
+
+        lo, hi = sigmas[sigmas > 0].min(), sigmas.max()
+        self.sign = 1 if lo < hi else -1
+        t0, t1 = (lo, hi) if lo < hi else (hi, lo)
+        w0 = torch.zeros_like(x[0])
+        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=seed) for seed in seeds]
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        """Unit-variance noise for the step from ``sigma`` to ``sigma_next``."""
+        t0, t1, sign = (sigma, sigma_next, 1) if sigma < sigma_next else (sigma_next, sigma, -1)
+        w = torch.stack([tree(t0, t1) for tree in self.trees]) * (self.sign * sign)
+        return w / (sigma_next - sigma).abs().sqrt()

@@ -28,7 +28,7 @@ def alphas_cumprod(model):
     return torch.cumprod(1 - betas, 0)
 
 
-def reference_latents(model, req, seeds, sampler_fn, schedule, ensd=0):
+def reference_latents(model, req, seeds, sampler_fn, schedule, ensd=0, discard=False):
     """k-diffusion's run of A1111's txt2img for ``req`` (epsilon or v models, SD1/SD2)."""
     ext = importlib.import_module("k_diffusion.external")
     pipe = model.pipe
@@ -49,10 +49,15 @@ def reference_latents(model, req, seeds, sampler_fn, schedule, ensd=0):
         cond, uncond = out[:bs], out[bs:]
         return uncond + (cond - uncond) * req.cfg_scale
 
+    n = req.steps + 1 if discard else req.steps
     if schedule == "karras":
-        sigmas = K.get_sigmas_karras(req.steps, float(wrapped.sigma_min), float(wrapped.sigma_max))
+        sigmas = K.get_sigmas_karras(n, float(wrapped.sigma_min), float(wrapped.sigma_max))
+    elif schedule == "exponential":
+        sigmas = K.get_sigmas_exponential(n, float(wrapped.sigma_min), float(wrapped.sigma_max))
     else:
-        sigmas = wrapped.get_sigmas(req.steps)
+        sigmas = wrapped.get_sigmas(n)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     spec = NoiseSpec((4, req.height // 8, req.width // 8), torch.device("cpu"), "GPU")
     noise, generators = batch_noise(seeds, spec)
     if ensd:
@@ -61,7 +66,10 @@ def reference_latents(model, req, seeds, sampler_fn, schedule, ensd=0):
     def next_noise(*_):
         return torch.stack([torch.randn(spec.shape, generator=g) for g in generators])
 
-    kwargs = {"noise_sampler": next_noise} if sampler_fn == "sample_euler_ancestral" else {}
+    kwargs = {"noise_sampler": next_noise} if "ancestral" in sampler_fn else {}
+    if "sde" in sampler_fn:
+        x = noise * sigmas[0]
+        kwargs["noise_sampler"] = K.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seeds)
     with torch.inference_mode():
         return getattr(K, sampler_fn)(cfg_model, noise * sigmas[0], sigmas, disable=True, **kwargs)
 
@@ -74,12 +82,16 @@ def reference_latents(model, req, seeds, sampler_fn, schedule, ensd=0):
         ("sd1", "Heun", "sample_heun", "automatic"),
         ("sd2v", "Euler", "sample_euler", "automatic"),
         ("sd1", "Euler a", "sample_euler_ancestral", "automatic"),
+        ("sd1", "DPM++ 2M SDE", "sample_dpmpp_2m_sde", "exponential"),
+        ("sd1", "DPM2 a", "sample_dpm_2_ancestral", "karras"),
+        ("sd1", "LMS", "sample_lms", "automatic"),
     ],
 )
 def test_generate_equals_k_diffusion_reference(load_tiny, tiny_models, kind, sampler, fn, schedule):
     model = load_tiny(tiny_models[kind])
     req = GenerationRequest(**BASE, sampler_name=sampler, seed=42, batch_size=2)
-    ref = decode_latents(model, reference_latents(model, req, [42, 43], fn, schedule))
+    discard = sampler.startswith("DPM2")
+    ref = decode_latents(model, reference_latents(model, req, [42, 43], fn, schedule, discard=discard))
     ours = generate(model, req).images
     for a, b in zip(ours, ref, strict=True):
         diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max()

@@ -1,11 +1,13 @@
 """Our sampler steps and schedules against k-diffusion's own functions (what A1111 runs), same sigmas and noise."""
 
+import inspect
+
 import pytest
 import torch
 
 from modules.engine.ksampling.samplers import SAMPLERS, SamplerOptions
 from modules.engine.ksampling.schedules import sigmas_for
-from modules.engine.sampling import DiscreteModel
+from modules.engine.sampling import BrownianNoise, DiscreteModel
 from tests.support.kdiffusion_ref import load_sampling
 
 K = load_sampling()
@@ -13,10 +15,18 @@ pytestmark = pytest.mark.skipif(K is None, reason="k-diffusion is not installed 
 
 SD_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 K_NAMES = {
-    "Euler": "sample_euler",
-    "Euler a": "sample_euler_ancestral",
-    "Heun": "sample_heun",
-    "DPM++ 2M": "sample_dpmpp_2m",
+    "Euler": ("sample_euler", {}),
+    "Euler a": ("sample_euler_ancestral", {}),
+    "Heun": ("sample_heun", {}),
+    "DPM++ 2M": ("sample_dpmpp_2m", {}),
+    "LMS": ("sample_lms", {}),
+    "DPM2": ("sample_dpm_2", {}),
+    "DPM2 a": ("sample_dpm_2_ancestral", {}),
+    "DPM++ 2S a": ("sample_dpmpp_2s_ancestral", {}),
+    "DPM++ SDE": ("sample_dpmpp_sde", {}),
+    "DPM++ 2M SDE": ("sample_dpmpp_2m_sde", {"solver_type": "midpoint"}),
+    "DPM++ 2M SDE Heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}),
+    "DPM++ 3M SDE": ("sample_dpmpp_3m_sde", {}),
 }
 
 
@@ -75,10 +85,28 @@ def test_sampler_matches_k_diffusion(name):
         ours = SAMPLERS[name](
             net, x0.clone(), sigmas, callback=lambda *a: None, noise=noise_from(noise_draws), options=SamplerOptions()
         )
-        kwargs = {"disable": True}
-        if name == "Euler a":
+        fn, extra = K_NAMES[name]
+        kwargs = {"disable": True, **extra}
+        if "noise_sampler" in inspect.signature(getattr(K, fn)).parameters:
             kwargs["noise_sampler"] = noise_from(noise_draws)
-        ref = getattr(K, K_NAMES[name])(net, x0.clone(), sigmas, **kwargs)
+        ref = getattr(K, fn)(net, x0.clone(), sigmas, **kwargs)
     diff = (ours - ref).abs().max().item()
     print(f"{name}: max |ours - k-diffusion| = {diff:.3g}")
     assert diff < 1e-5
+
+
+def test_every_implemented_sampler_is_compared():
+    assert set(SAMPLERS) == set(K_NAMES)
+
+
+def test_brownian_noise_equals_k_diffusion_tree_per_seed():
+    model = DiscreteModel.from_config(SD_CONFIG)
+    sigmas = sigmas_for("exponential", 8, model)
+    x = torch.zeros(3, 4, 8, 8)
+    ours = BrownianNoise(x, sigmas, [11, 12, 13])
+    ref = K.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=[11, 12, 13])
+    single = BrownianNoise(x[:1], sigmas, [12])
+    for i in range(len(sigmas) - 2):
+        a, b = ours(sigmas[i], sigmas[i + 1]), ref(sigmas[i], sigmas[i + 1])
+        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.allclose(single(sigmas[i], sigmas[i + 1])[0], a[1], atol=1e-6)  # image 1 == its own job
