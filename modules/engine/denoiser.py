@@ -11,7 +11,8 @@
 4. combines: ``uncond + Σ weightᵢ·cfg·(condᵢ − uncond)`` per image (A1111's ``combine_denoised``);
 5. with a mask (img2img inpainting), keeps the init latent outside it: ``init·keep + denoised·repaint``.
 
-Conds of different token lengths are padded with the empty prompt's chunk, as A1111 does.
+Conds (``AND`` parts, images) of different token lengths are padded by repeating their last vector; cond and
+uncond of different lengths run as two UNet calls (A1111's defaults, no ``pad_cond_uncond``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ class CFGDenoiser:
         conds: Callable[[int], StepConds],
         cfg_scale: float,
         *,
-        empty_chunk: torch.Tensor | None = None,
         image_cond: torch.Tensor | None = None,
         mask: MaskBlend | None = None,
     ) -> None:
@@ -79,7 +79,6 @@ class CFGDenoiser:
             prediction_type: ``"epsilon"`` or ``"v_prediction"``.
             conds: Model call index → conditioning (prompt editing/alternation decide it per call).
             cfg_scale: Classifier-free guidance scale.
-            empty_chunk: ``(77, C)`` context of the empty prompt, to pad shorter conds.
             image_cond: 9-channel inpainting models: ``(B, 5, h, w)`` mask + masked-image latents.
             mask: Latent masking for inpainting.
         """
@@ -88,7 +87,6 @@ class CFGDenoiser:
         self.v_prediction = prediction_type == "v_prediction"
         self.conds = conds
         self.cfg_scale = cfg_scale
-        self.empty_chunk = empty_chunk
         self.image_cond = image_cond
         self.mask = mask
         self.step = 0
@@ -103,31 +101,44 @@ class CFGDenoiser:
         # CFG 1 with one unit-weight part per image is exactly the cond prediction: the uncond pass can be skipped
         plain = self.cfg_scale == 1.0 and all(len(p) == 1 and p[0][1] == 1.0 for p in step.conds)
         uncond_rows = [] if plain else step.unconds
-        rows = [c for _, c, _ in parts] + list(uncond_rows)
-        owners = [i for i, _, _ in parts] + list(range(len(uncond_rows)))
-        out = self._model(x[owners], sigma[owners], rows, owners)
-        cond_out = out[: len(parts)]
+        cond_owners = [i for i, _, _ in parts]
+        cond_out = self._model(x, sigma, _pad_to_longest([c for _, c, _ in parts]), cond_owners, list(uncond_rows))
         if not uncond_rows:
             denoised = torch.zeros_like(x)
             for k, (i, _, weight) in enumerate(parts):
                 denoised[i] += cond_out[k] * weight
         else:
-            uncond = out[len(parts) :]
+            uncond = cond_out[len(parts) :]
+            cond_out = cond_out[: len(parts)]
             denoised = uncond.clone()
             for k, (i, _, weight) in enumerate(parts):
                 denoised[i] += (cond_out[k] - uncond[i]) * (weight * self.cfg_scale)
         return self.mask.apply(denoised) if self.mask is not None else denoised
 
-    def _model(self, x: torch.Tensor, sigma: torch.Tensor, rows: list[TextCond], owners: list[int]) -> torch.Tensor:
-        """One UNet call over every row; returns the denoised prediction per row (float32)."""
+    def _model(
+        self, x: torch.Tensor, sigma: torch.Tensor, conds: list[TextCond], owners: list[int], unconds: list[TextCond]
+    ) -> torch.Tensor:
+        """Denoised predictions for the cond rows then the uncond rows (float32).
+
+        Cond and uncond of the same token length share one UNet call (A1111's batched cond/uncond); otherwise they
+        run in two calls, as A1111 does without ``pad_cond_uncond``.
+        """
+        uncond_owners = list(range(len(unconds)))
+        if not unconds or conds[0].context.shape[0] == unconds[0].context.shape[0]:
+            return self._call(x, sigma, conds + unconds, owners + uncond_owners)
+        return torch.cat([self._call(x, sigma, conds, owners), self._call(x, sigma, unconds, uncond_owners)])
+
+    def _call(self, x: torch.Tensor, sigma: torch.Tensor, rows: list[TextCond], owners: list[int]) -> torch.Tensor:
+        """One UNet call over ``rows`` (row k denoises image ``owners[k]``)."""
+        x, sigma = x[owners], sigma[owners]
         dtype = next(self.unet.parameters()).dtype
         c_in = (1.0 / (sigma**2 + 1.0) ** 0.5)[:, None, None, None]
         model_in = x * c_in
         if self.image_cond is not None:
             model_in = torch.cat([model_in, self.image_cond[owners].to(model_in)], dim=1)
-        context = self._stack_contexts(rows)
+        context = torch.stack([r.context for r in rows])
         added = None
-        if rows and rows[0].pooled is not None:
+        if rows[0].pooled is not None:
             pooled = torch.stack([r.pooled for r in rows])
             ids = torch.stack([r.time_ids.to(pooled) for r in rows])
             added = {"text_embeds": pooled.to(dtype), "time_ids": ids.to(dtype)}
@@ -139,17 +150,14 @@ class CFGDenoiser:
             return x.float() / (sig**2 + 1.0) - pred * sig / (sig**2 + 1.0) ** 0.5
         return x.float() - pred * sig
 
-    def _stack_contexts(self, rows: list[TextCond]) -> torch.Tensor:
-        """Stack the rows' contexts, padding shorter ones with the empty prompt's chunk (A1111's pad_cond)."""
-        longest = max(r.context.shape[0] for r in rows)
-        padded = []
-        for r in rows:
-            missing = longest - r.context.shape[0]
-            if missing and self.empty_chunk is not None and missing % self.empty_chunk.shape[0] == 0:
-                reps = missing // self.empty_chunk.shape[0]
-                padded.append(torch.cat([r.context, self.empty_chunk.to(r.context).repeat(reps, 1)]))
-            elif missing:
-                raise ValueError(f"cannot pad a context of {r.context.shape[0]} tokens to {longest}")
-            else:
-                padded.append(r.context)
-        return torch.stack(padded)
+
+def _pad_to_longest(rows: list[TextCond]) -> list[TextCond]:
+    """Conds of different token lengths padded by repeating their last vector (A1111's multicond batch)."""
+    longest = max(r.context.shape[0] for r in rows)
+    padded = []
+    for r in rows:
+        missing = longest - r.context.shape[0]
+        if missing:
+            r = TextCond(torch.cat([r.context, r.context[-1:].repeat(missing, 1)]), r.pooled, r.time_ids)
+        padded.append(r)
+    return padded

@@ -349,12 +349,11 @@ class HiresPass:
         calls = kloop.model_calls(self.sampler, request.steps)
         hr_calls = kloop.model_calls(self.sampler, hires_steps(request))
         time_ids = kloop.sdxl_time_ids(model, h, w)
-        conds, pad = kloop.batch_conds(model, options, self.embeds, prompts, bs, calls, time_ids, hr_calls)
+        conds = kloop.prompt_conds(model, options, prompts, bs, calls, time_ids, hr_calls)
         return kloop.run_batch(
             model,
             setup,
             conds,
-            pad_chunk=pad,
             sampler=self.sampler,
             schedule=self.schedule,
             steps=schedule_steps(request),

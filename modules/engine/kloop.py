@@ -17,9 +17,8 @@ from modules.engine.ksampling.samplers import SAMPLERS, SamplerOptions, Sampling
 from modules.engine.ksampling.schedules import SCHEDULES, sigmas_for
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls
-from modules.engine.prompt_encoding import PromptEmbeddings
-from modules.engine.prompt_schedule import ScheduledPrompt, cached
-from modules.engine.prompts import encode_single
+from modules.engine.prompt_schedule import ScheduledPrompt
+from modules.engine.prompts import encode_group
 from modules.engine.rng import NoiseSpec, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec
 from modules.engine.sampling import BrownianNoise, DiscreteModel, ImageNoise, img2img_sigmas
@@ -66,81 +65,54 @@ def model_calls(sampler: SamplerSpec, steps: int) -> int:
     return steps * 2 if sampler.options.get("second_order") == "True" else steps
 
 
-def static_conds(embeds: PromptEmbeddings, batch: int, time_ids: torch.Tensor | None) -> Callable[[int], StepConds]:
-    """Conditioning that is the same at every step: one prompt for every image of the batch."""
-    pooled = embeds.pooled_prompt_embeds
-    neg_pooled = embeds.negative_pooled_prompt_embeds
-    cond = TextCond(embeds.prompt_embeds[0], pooled[0] if pooled is not None else None, time_ids)
-    uncond = TextCond(embeds.negative_prompt_embeds[0], neg_pooled[0] if neg_pooled is not None else None, time_ids)
-    step = StepConds([[(cond, 1.0)] for _ in range(batch)], [uncond] * batch)
-    return lambda i: step
-
-
 def prompt_conds(
     model: LoadedModel,
     options: GenerationOptions,
-    prompt: str,
-    negative: str,
+    prompts: tuple[str, str],
     batch: int,
     steps: int,
     time_ids: torch.Tensor | None,
     hires_steps: int | None = None,
-) -> Callable[[int], StepConds] | None:
-    """Per-model-call conditioning for prompt editing, alternation and ``AND``; None when nothing is scheduled.
+) -> Callable[[int], StepConds]:
+    """Conditioning per model call: prompt editing, alternation and ``AND`` parts, A1111's encoding batches.
 
-    ``steps`` counts model calls (A1111 doubles it for second-order samplers). Each distinct text is encoded once.
+    ``steps`` counts model calls (A1111 doubles it for second-order samplers). Like A1111, each ``AND`` part's
+    scheduled texts are encoded as one batch, and the negative prompt's as another; every text of the job is
+    encoded before sampling starts.
     """
+    prompt, negative = prompts
     pos = ScheduledPrompt.parse(prompt, steps, hires_steps)
     neg = ScheduledPrompt.parse(negative, steps, hires_steps, allow_and=False)
-    if pos.texts() == {prompt} and neg.texts() == {negative} and pos.is_static and neg.is_static:
-        return None  # nothing scheduled: the pipeline's one encoding of the prompts serves every step
     kwargs = {
         "clip_skip": options.clip_skip,
         "emphasis": options.emphasis,
         "comma_padding_backtrack": options.comma_padding_backtrack,
     }
 
-    def encoder(negative_side: bool) -> Callable[[str], object]:
-        def encode(text: str) -> TextCond:
-            context, pooled = encode_single(model.pipe, model.model_type, text, negative=negative_side, **kwargs)
-            return TextCond(context, pooled, time_ids)
+    def encoded(entries: tuple[tuple[int, str], ...], negative_side: bool) -> list[tuple[int, TextCond]]:
+        texts = [text for _, text in entries]
+        rows = encode_group(model.pipe, model.model_type, texts, negative=negative_side, **kwargs)
+        return [(end, TextCond(ctx, pooled, time_ids)) for (end, _), (ctx, pooled) in zip(entries, rows, strict=True)]
 
-        return cached(encode)
-
-    encode_pos, encode_neg = encoder(False), encoder(True)
+    parts = [(weight, encoded(entries, False)) for weight, entries in pos.parts]
+    uncond_entries = encoded(neg.parts[0][1], True)
+    if all(len(entries) == 1 for _, entries in parts) and len(uncond_entries) == 1:
+        fixed = StepConds([[(e[0][1], w) for w, e in parts]] * batch, [uncond_entries[0][1]] * batch)
+        return lambda step: fixed
 
     def at(step: int) -> StepConds:
-        parts = [(encode_pos(text), weight) for text, weight in pos.at(step)]
-        uncond = encode_neg(neg.at(step)[0][0])
-        return StepConds([parts] * batch, [uncond] * batch)  # type: ignore[list-item]
+        image = [(_entry_at(entries, step), weight) for weight, entries in parts]
+        return StepConds([image] * batch, [_entry_at(uncond_entries, step)] * batch)
 
     return at
 
 
-def batch_conds(
-    model: LoadedModel,
-    options: GenerationOptions,
-    embeds: PromptEmbeddings,
-    prompts: tuple[str, str],
-    batch: int,
-    steps: int,
-    time_ids: torch.Tensor | None,
-    hires_steps: int | None = None,
-) -> tuple[Callable[[int], StepConds], torch.Tensor | None]:
-    """Conditioning per model call and the empty chunk for padding.
-
-    Scheduled when the prompts use editing/alternation/``AND``, else the already encoded ``embeds`` at every step.
-    """
-    scheduled = prompt_conds(model, options, *prompts, batch, steps, time_ids, hires_steps)
-    if scheduled is None:
-        return static_conds(embeds, batch, time_ids), None
-    return scheduled, empty_chunk(model, options)
-
-
-def empty_chunk(model: LoadedModel, options: GenerationOptions) -> torch.Tensor:
-    """The empty prompt's context (one 77-token chunk), to pad conds of different lengths (A1111)."""
-    context, _ = encode_single(model.pipe, model.model_type, "", clip_skip=options.clip_skip, emphasis=options.emphasis)
-    return context
+def _entry_at(entries: list[tuple[int, TextCond]], step: int) -> TextCond:
+    """The cond in effect at model call ``step`` (A1111: the first entry with ``step <= end_step``)."""
+    for end, cond in entries:
+        if step <= end:
+            return cond
+    return entries[0][1]
 
 
 def sdxl_time_ids(model: LoadedModel, height: int, width: int) -> torch.Tensor | None:
@@ -171,7 +143,6 @@ def run_batch(
     controls: JobControls,
     progress: Callable[[int], StepInfo],
     on_step: Callable[[StepInfo], None] | None = None,
-    pad_chunk: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction."""
     discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
@@ -198,7 +169,6 @@ def run_batch(
         model.prediction_type,
         conds,
         cfg_scale,
-        empty_chunk=pad_chunk,
         image_cond=setup.image_cond.to(device) if setup.image_cond is not None else None,
         mask=setup.mask,
     )

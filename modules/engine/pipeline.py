@@ -174,10 +174,9 @@ def _sample_batch(
         if model.model_type.is_inpaint:
             image_cond = kloop.txt2img_image_cond(model, bs, request.height, request.width)
         setup = kloop.BatchSetup(noise, generators, seeds, spec, image_cond=image_cond)
-        conds, pad = kloop.batch_conds(
+        conds = kloop.prompt_conds(
             model,
             options,
-            embeds,
             (request.prompt, request.negative_prompt),
             bs,
             kloop.model_calls(sampler, request.steps),
@@ -187,7 +186,6 @@ def _sample_batch(
             model,
             setup,
             conds,
-            pad_chunk=pad,
             sampler=sampler,
             schedule=schedule,
             steps=request.steps,
@@ -240,10 +238,9 @@ def _img2img_batch(
     if kloop.supported(sampler, schedule):
         noise, generators = seed_noise(request, spec, seeds, subseeds)
         setup = img2img.kloop_setup(model, request, inputs, first_index, noise, generators, seeds, spec)
-        conds, pad = kloop.batch_conds(
+        conds = kloop.prompt_conds(
             model,
             options,
-            embeds,
             (request.prompt, request.negative_prompt),
             len(seeds),
             kloop.model_calls(sampler, request.steps),
@@ -253,7 +250,6 @@ def _img2img_batch(
             model,
             setup,
             conds,
-            pad_chunk=pad,
             sampler=sampler,
             schedule=schedule,
             steps=request.steps,

@@ -18,7 +18,6 @@ call counter (from 0) is ``<= end_step``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 _PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.DOTALL)
@@ -263,15 +262,3 @@ class ScheduledPrompt:
     def is_static(self) -> bool:
         """One part with one text: nothing changes from step to step."""
         return len(self.parts) == 1 and len(self.parts[0][1]) == 1 and self.parts[0][0] == 1.0
-
-
-def cached(encode: Callable[[str], object]) -> Callable[[str], object]:
-    """Memoise ``encode`` per text, so each distinct text is encoded once per job."""
-    memo: dict[str, object] = {}
-
-    def get(text: str) -> object:
-        if text not in memo:
-            memo[text] = encode(text)
-        return memo[text]
-
-    return get

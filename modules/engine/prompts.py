@@ -284,28 +284,29 @@ def encode_prompt_pair(
     )
 
 
-def encode_single(
+def encode_group(
     pipe: Any,
     model_type: ModelType,
-    text: str,
+    texts: Sequence[str],
     *,
     negative: bool = False,
     clip_skip: int = 1,
     emphasis: str = "Original",
     comma_padding_backtrack: int = 20,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Encode one prompt at its own chunk count: (context ``(77·k, C)``, SDXL pooled ``(P,)`` or None).
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Encode texts as one batch, as A1111 encodes one prompt's schedule: (context ``(77·k, C)``, pooled) each.
 
-    An empty negative prompt of an SDXL model gives zeros, as in ``encode_prompt_pair``.
+    All texts get the batch's largest chunk count, and "Original" emphasis restores each chunk's mean over the
+    whole batch. An all-empty negative batch of an SDXL model gives zeros, as in ``encode_prompt_pair``.
     """
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
-    tokens = tokenize_prompt(tokenizer, text, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
-    zero = negative and model_type.is_sdxl and text == ""
-    zero = zero and bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", True))
-    context, pooled = encode_one_side(
-        pipe, model_type, [tokens], len(tokens.chunks), clip_skip=clip_skip, emphasis=emphasis
-    )
-    context = context[0]
-    if zero:
-        return torch.zeros_like(context), torch.zeros_like(pooled[0]) if pooled is not None else None
-    return context, pooled[0] if pooled is not None else None
+    tokens = [
+        tokenize_prompt(tokenizer, t, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack) for t in texts
+    ]
+    n_chunks = max(len(t.chunks) for t in tokens)
+    context, pooled = encode_one_side(pipe, model_type, tokens, n_chunks, clip_skip=clip_skip, emphasis=emphasis)
+    zero = negative and model_type.is_sdxl and all(t == "" for t in texts)
+    if zero and bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", True)):
+        context = torch.zeros_like(context)
+        pooled = torch.zeros_like(pooled) if pooled is not None else None
+    return [(context[k], pooled[k] if pooled is not None else None) for k in range(len(texts))]

@@ -156,6 +156,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         _MS,
         _ro(algorithm_type=_SDE, solver_order=2, solver_type="midpoint"),
         _ro(scheduler="exponential", brownian_noise=_T),
+        requires=("torchsde",),
     ),
     SamplerSpec(
         "DPM++ 2M SDE Heun",
@@ -164,6 +165,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         _MS,
         _ro(algorithm_type=_SDE, solver_order=2, solver_type="heun"),
         _ro(scheduler="exponential", brownian_noise=_T, solver_type="heun"),
+        requires=("torchsde",),
     ),
     SamplerSpec(
         "DPM++ 2S a",
@@ -180,6 +182,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         _MS,
         _ro(algorithm_type=_SDE, solver_order=3, solver_type="midpoint"),
         _ro(scheduler="exponential", discard_next_to_last_sigma=_T, brownian_noise=_T),
+        requires=("torchsde",),
     ),
     SamplerSpec(
         "Euler a",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modules.engine.pipeline import decode_latents, generate
-from modules.engine.prompts import encode_prompt_pair
+from modules.engine.prompts import encode_group, encode_prompt_pair
 from modules.engine.rng import NoiseSpec, batch_noise, make_generator
 from modules.engine.types import GenerationOptions, GenerationRequest
 from tests.support.kdiffusion_ref import load_sampling
@@ -142,3 +142,33 @@ def test_interrupt_returns_the_last_denoised_prediction(load_tiny, tiny_models):
     controls = StopAfterTwo()
     result = generate(model, GenerationRequest(**BASE, sampler_name="Euler", seed=1), controls=controls)
     assert result.interrupted and controls.steps == [1, 2] and len(result.images) == 1
+
+
+def test_long_prompt_and_short_negative_run_as_separate_unet_calls(load_tiny, tiny_models):
+    """A1111 (no pad_cond_uncond): a 2-chunk prompt and a 1-chunk negative are not padded to the same length."""
+    ext = importlib.import_module("k_diffusion.external")
+    model = load_tiny(tiny_models["sd1"])
+    prompt = ", ".join(f"word{i}" for i in range(60))  # well over 75 tokens: two chunks
+    req = GenerationRequest(**{**BASE, "prompt": prompt}, sampler_name="Euler", seed=5)
+    ((cond, _),) = encode_group(model.pipe, model.model_type, [prompt])
+    ((uncond, _),) = encode_group(model.pipe, model.model_type, [req.negative_prompt], negative=True)
+    assert cond.shape[0] >= 154 and uncond.shape[0] == 77
+
+    class Inner(torch.nn.Module):
+        def forward(self, x, t, context):
+            return model.pipe.unet(x, t, encoder_hidden_states=context).sample
+
+    wrapped = ext.DiscreteEpsDDPMDenoiser(Inner(), alphas_cumprod(model), quantize=False)
+
+    def cfg_model(x, sigma):
+        c = wrapped(x, sigma, context=cond[None])
+        u = wrapped(x, sigma, context=uncond[None])
+        return u + (c - u) * req.cfg_scale
+
+    sigmas = wrapped.get_sigmas(req.steps)
+    noise, _ = batch_noise([5], NoiseSpec((4, 8, 8), torch.device("cpu"), "GPU"))
+    with torch.inference_mode():
+        ref = K.sample_euler(cfg_model, noise * sigmas[0], sigmas, disable=True)
+    ours = generate(model, req).images[0]
+    diff = np.abs(np.asarray(ours, dtype=int) - np.asarray(decode_latents(model, ref)[0], dtype=int)).max()
+    assert diff <= 1
