@@ -34,6 +34,8 @@ from modules.api.schemas_info import (
     UpscalerItem,
 )
 from modules.context import AppContext
+from modules.engine.outpaint import TITLE as OUTPAINT_TITLE
+from modules.engine.outpaint import script_info as outpaint_script_info
 from modules.engine.types import LATENT_UPSCALE_MODES
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,6 @@ _EMPTY_LISTS: tuple[tuple[str, type], ...] = (
     ("/hypernetworks", NamePathItem),
     ("/face-restorers", FaceRestorerItem),
     ("/realesrgan-models", RealesrganItem),
-    ("/script-info", ScriptInfo),
     ("/extensions", ExtensionItem),
 )
 # Refresh actions with nothing to rescan yet: they succeed and return null, as A1111's do.
@@ -63,6 +64,7 @@ def create_lists_router(server_stop: bool) -> APIRouter:
     router.add_api_route("/embeddings", embeddings, methods=["GET"], response_model=EmbeddingsResponse)
     router.add_api_route("/scripts", scripts, methods=["GET"], response_model=ScriptsList)
     router.add_api_route("/memory", memory, methods=["GET"], response_model=MemoryResponse)
+    router.add_api_route("/script-info", script_info, methods=["GET"], response_model=list[ScriptInfo])
     router.add_api_route("/upscalers", upscalers, methods=["GET"], response_model=list[UpscalerItem])
     router.add_api_route("/latent-upscale-modes", latent_upscale_modes, methods=["GET"], response_model=list[NameItem])
     for path, item in _EMPTY_LISTS:
@@ -119,9 +121,14 @@ def embeddings() -> EmbeddingsResponse:
     return EmbeddingsResponse()
 
 
+def script_info() -> list[dict[str, object]]:
+    """Arguments of each selectable script."""
+    return [outpaint_script_info()]
+
+
 def scripts() -> ScriptsList:
-    """Selectable scripts per tab: none in this version."""
-    return ScriptsList()
+    """Selectable scripts per tab (lower-case titles, as A1111 lists them)."""
+    return ScriptsList(txt2img=[], img2img=[OUTPAINT_TITLE.lower()])
 
 
 def empty_list() -> list[Any]:

@@ -8,12 +8,13 @@ or ``firstphase_width``. Defaults are A1111's *API* defaults (a1111-compat.md §
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from modules.api.images import decode_base64_image
+from modules.engine import outpaint
 from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
 
@@ -86,14 +87,17 @@ class GenerationFields(BaseModel):
         """``sampler_name``, or the legacy ``sampler_index`` when it is null or empty."""
         return self.sampler_name or self.sampler_index
 
+    script_titles: ClassVar[tuple[str, ...]] = ()
+
     def check_supported(self) -> None:
         """Reject features this server does not have; log accepted-but-ignored ones.
 
         Raises:
-            InvalidRequestError: For a ``script_name`` (no selectable scripts exist) or a refiner checkpoint.
+            InvalidRequestError: For an unknown ``script_name`` or a refiner checkpoint.
         """
-        if self.script_name:
-            raise InvalidRequestError(f"script_name {self.script_name!r} not found; this server has no scripts")
+        if self.script_name and self.script_name.lower() not in self.script_titles:
+            known = ", ".join(self.script_titles) or "none for this endpoint"
+            raise InvalidRequestError(f"script_name {self.script_name!r} not found; scripts here: {known}")
         if self.refiner_checkpoint not in (None, "", "None"):
             raise InvalidRequestError("refiner_checkpoint: the refiner is not available yet in this version")
         ignored = [name for name in ("restore_faces", "tiling") if getattr(self, name)]
@@ -170,6 +174,8 @@ class TextToImageRequest(GenerationFields):
 class ImageToImageRequest(GenerationFields):
     """``POST /sdapi/v1/img2img`` body."""
 
+    script_titles: ClassVar[tuple[str, ...]] = (outpaint.TITLE.lower(),)
+
     init_images: list[str] | None = None
     resize_mode: int = 0
     image_cfg_scale: float | None = None
@@ -210,7 +216,10 @@ class ImageToImageRequest(GenerationFields):
             values["mask_blur_x"] = values["mask_blur_y"] = self.mask_blur
         known = GenerationRequest.__dataclass_fields__
         kwargs.update({k: v for k, v in values.items() if k in known and v is not None})
-        return GenerationRequest(**kwargs)
+        request = GenerationRequest(**kwargs)
+        if self.script_name and self.script_name.lower() == outpaint.TITLE.lower():
+            request = outpaint.expand(request, outpaint.OutpaintArgs.from_script_args(self.script_args))
+        return request
 
     def echo(self) -> dict[str, Any]:
         """As the base class; ``init_images`` and ``mask`` are blanked unless ``include_init_images`` (A1111)."""

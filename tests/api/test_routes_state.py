@@ -96,7 +96,7 @@ def test_listing_contents(server):
     assert "k_euler_a" in samplers["Euler a"]["aliases"] and "Euler" in samplers
     schedulers = {s["name"]: s for s in server.get("schedulers").json()}
     assert schedulers["automatic"]["label"] == "Automatic" and schedulers["karras"]["label"] == "Karras"
-    assert server.get("scripts").json() == {"txt2img": [], "img2img": []}
+    assert server.get("scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting"]}
     assert server.get("embeddings").json() == {"loaded": {}, "skipped": {}}
     memory = server.get("memory").json()
     assert memory["ram"]["total"] >= memory["ram"]["used"] > 0 and "error" in memory["cuda"]
