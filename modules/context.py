@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.engine import hires
+from modules.engine import hires, outpaint
 from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
 from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
 from modules.engine.extras import ExtrasOptions, run_extras
@@ -321,7 +321,11 @@ class AppContext:
             InvalidRequestError: Naming each bad field and what is allowed.
         """
         problems = []
-        checks = [lambda: validate_request(request), lambda: resolve_sampler(request.sampler_name, request.scheduler)]
+        checks = [
+            lambda: validate_request(request),
+            lambda: resolve_sampler(request.sampler_name, request.scheduler),
+            lambda: outpaint.apply_script(request),
+        ]
         if request.enable_hr and request.mode == "txt2img":
             checks.append(lambda: hires.validate(request, self.upscaler_names()))
         for check in checks:

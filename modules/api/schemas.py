@@ -14,7 +14,6 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from modules.api.images import decode_base64_image
-from modules.engine import outpaint
 from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
 
@@ -174,7 +173,7 @@ class TextToImageRequest(GenerationFields):
 class ImageToImageRequest(GenerationFields):
     """``POST /sdapi/v1/img2img`` body."""
 
-    script_titles: ClassVar[tuple[str, ...]] = (outpaint.TITLE.lower(),)
+    script_titles: ClassVar[tuple[str, ...]] = ("poor man's outpainting",)
 
     init_images: list[str] | None = None
     resize_mode: int = 0
@@ -216,10 +215,9 @@ class ImageToImageRequest(GenerationFields):
             values["mask_blur_x"] = values["mask_blur_y"] = self.mask_blur
         known = GenerationRequest.__dataclass_fields__
         kwargs.update({k: v for k, v in values.items() if k in known and v is not None})
-        request = GenerationRequest(**kwargs)
-        if self.script_name and self.script_name.lower() == outpaint.TITLE.lower():
-            request = outpaint.expand(request, outpaint.OutpaintArgs.from_script_args(self.script_args))
-        return request
+        if self.script_name:
+            kwargs.update(script_name=self.script_name, script_args=tuple(self.script_args))
+        return GenerationRequest(**kwargs)
 
     def echo(self) -> dict[str, Any]:
         """As the base class; ``init_images`` and ``mask`` are blanked unless ``include_init_images`` (A1111)."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import hires, img2img, kloop
+from modules.engine import hires, img2img, kloop, outpaint
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
@@ -86,7 +86,7 @@ def _generate(
     """
     options = options or GenerationOptions()
     controls = controls or NoControls()
-    request = _strip_comments(request)
+    request = outpaint.apply_script(_strip_comments(request))
     # 1. Check the request and resolve sampler and schedule.
     validate_request(request)
     use_hr = request.enable_hr and request.mode == "txt2img"

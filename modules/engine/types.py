@@ -136,6 +136,9 @@ class GenerationRequest:
     # SDXL refiner
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
+    # selectable img2img script (A1111's script_name / script_args), e.g. "Poor man's outpainting"
+    script_name: str = ""
+    script_args: tuple[object, ...] = ()
 
     @property
     def mode(self) -> str:

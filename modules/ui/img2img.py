@@ -26,6 +26,8 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resiz
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 INPAINT_AREAS = ("Whole picture", "Only masked")
+SCRIPTS = ("None", "Poor man's outpainting")  # img2img scripts (the engine runs them: engine/outpaint.py)
+DIRECTIONS = ("left", "right", "up", "down")
 # Sub-tab id → label, in A1111's order (the id is the ``img2img_mode`` value).
 SUB_TABS = {
     "img2img": "img2img",
@@ -48,6 +50,8 @@ class Img2ImgExtras:
     sub_tabs: dict[str, gr.Tab] = field(default_factory=dict)
     inpaint_controls: gr.Group | None = None
     resize_tabs: dict[str, gr.Tab] = field(default_factory=dict)
+    script: gr.Dropdown | None = None
+    script_controls: gr.Group | None = None
 
 
 def editor_mask(value: Mapping[str, Any] | None) -> Image.Image | None:
@@ -145,9 +149,23 @@ def option_values(values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def script_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The Script dropdown → ``script_name``/``script_args`` (A1111's argument order for the outpainting script)."""
+    name = values.get("script_name") or "None"
+    if name == "None":
+        return {}
+    args = (
+        int(values.get("outpaint_pixels") or 128),
+        int(values.get("outpaint_mask_blur") or 0),
+        int(values.get("outpaint_fill") or 0),
+        list(values.get("outpaint_direction") or ()),
+    )
+    return {"script_name": name, "script_args": args}
+
+
 def request_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """Form values → GenerationRequest field values for the img2img-only widgets (images, size, mask options)."""
-    extra = {**init_inputs(values), **option_values(values)}
+    extra = {**init_inputs(values), **option_values(values), **script_values(values)}
     if values.get("resize_by") == "by":
         width, height = scaled_size(extra["init_images"][0].size, values.get("img2img_scale") or 1.0)
         extra.update(width=width, height=height)
@@ -240,6 +258,22 @@ def _build_inpaint_controls(t: GenerationTab) -> gr.Group:
     return group
 
 
+def _build_script(t: GenerationTab) -> tuple[gr.Dropdown, gr.Group]:
+    """The Script dropdown and the outpainting script's controls (shown when it is selected)."""
+    f = t.fields
+    f["script_name"] = gr.Dropdown(label="Script", choices=list(SCRIPTS), value=SCRIPTS[0], elem_id="script_list")
+    with gr.Group(visible=False, elem_id="img2img_script_outpainting") as group:
+        f["outpaint_pixels"] = gr.Slider(8, 256, value=128, step=8, label="Pixels to expand", elem_id="outpaint_px")
+        f["outpaint_mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="outpaint_blur")
+        f["outpaint_fill"] = gr.Radio(
+            label="Masked content", choices=list(MASKED_CONTENT), value="fill", type="index", elem_id="outpaint_fill"
+        )
+        f["outpaint_direction"] = gr.CheckboxGroup(
+            label="Outpainting direction", choices=list(DIRECTIONS), value=list(DIRECTIONS), elem_id="outpaint_dir"
+        )
+    return f["script_name"], group
+
+
 def _resize_dimensions(x: Img2ImgExtras) -> Any:
     """A ``build_settings_column`` dimensions hook: "Resize to" (width/height) and "Resize by" (scale) tabs."""
 
@@ -275,6 +309,7 @@ def build_tab(ctx: AppContext) -> tuple[GenerationTab, Img2ImgExtras]:
             t.fields["denoising_strength"] = gr.Slider(
                 0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
             )
+            x.script, x.script_controls = _build_script(t)
         with gr.Column(scale=1, elem_id="img2img_results"):
             build_output_column(t)
     t.extra_values = request_values
@@ -293,3 +328,11 @@ def wire(t: GenerationTab, x: Img2ImgExtras) -> None:
         )
     for how, tab in x.resize_tabs.items():
         tab.select(lambda h=how: h, outputs=t.fields["resize_by"], queue=False, api_visibility="private")
+    if x.script is not None and x.script_controls is not None:
+        x.script.change(
+            lambda name: gr.update(visible=name != SCRIPTS[0]),
+            inputs=x.script,
+            outputs=x.script_controls,
+            queue=False,
+            api_visibility="private",
+        )

@@ -264,6 +264,21 @@ def test_gradio_client_img2img_and_inpaint(server, tmp_path):
     assert list((server.data_dir / "outputs" / "img2img-images").rglob("*-5.png"))
     with pytest.raises(gradio_client.exceptions.AppError, match="Upload an image"):
         client.predict(prompt="x", negative_prompt="", init_image=None, **EDITORS, api_name="/img2img")
+    # the Script dropdown: Poor man's outpainting to the right by 32 px → a 96x64 canvas (rounded to 128x64)
+    _, gallery, html, _ = client.predict(
+        prompt="sky",
+        negative_prompt="",
+        steps=2,
+        seed=6,
+        init_image=gradio_client.handle_file(str(src)),
+        denoising_strength=1.0,
+        script_name="Poor man's outpainting",
+        outpaint_pixels=32,
+        outpaint_direction=["right"],
+        **EDITORS,
+        api_name="/img2img",
+    )
+    assert "Masked content: fill" in html and "Size: 128x64" in html
 
 
 def test_inpaint_draw_mask_and_generate(page, server, tmp_path):
