@@ -288,6 +288,11 @@ class AppContext:
         """Image upscalers (built-in and model files) for hires fix and Extras."""
         return self.upscalers.names()
 
+    @staticmethod
+    def script_infos() -> list[dict[str, object]]:
+        """The selectable img2img scripts and their arguments (``/sdapi/v1/script-info``)."""
+        return [outpaint.script_info()]
+
     def upscaler_list(self) -> list[str]:
         """Hires fix choices: the latent modes, then the image upscalers (A1111's order)."""
         return [*LATENT_UPSCALE_MODES, *self.upscalers.names()]

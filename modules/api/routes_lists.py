@@ -34,8 +34,6 @@ from modules.api.schemas_info import (
     UpscalerItem,
 )
 from modules.context import AppContext
-from modules.engine.outpaint import TITLE as OUTPAINT_TITLE
-from modules.engine.outpaint import script_info as outpaint_script_info
 from modules.engine.types import LATENT_UPSCALE_MODES
 
 logger = logging.getLogger(__name__)
@@ -121,14 +119,14 @@ def embeddings() -> EmbeddingsResponse:
     return EmbeddingsResponse()
 
 
-def script_info() -> list[dict[str, object]]:
+def script_info(ctx: Ctx) -> list[dict[str, object]]:
     """Arguments of each selectable script."""
-    return [outpaint_script_info()]
+    return ctx.script_infos()
 
 
-def scripts() -> ScriptsList:
+def scripts(ctx: Ctx) -> ScriptsList:
     """Selectable scripts per tab (lower-case titles, as A1111 lists them)."""
-    return ScriptsList(txt2img=[], img2img=[OUTPAINT_TITLE.lower()])
+    return ScriptsList(txt2img=[], img2img=[str(info["name"]) for info in ctx.script_infos()])
 
 
 def empty_list() -> list[Any]:
