@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.engine import hires, outpaint
+from modules.engine import hires, outpaint, refiner
 from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
 from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
 from modules.engine.extras import ExtrasOptions, run_extras
 from modules.engine.images import encode_image, read_infotext
 from modules.engine.infotext import infotext_to_request_fields, parse_infotext
-from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
+from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, load_checkpoint, select_device
 from modules.engine.pipeline import generate
 from modules.engine.prompts import count_tokens
 from modules.engine.samplers import resolve_sampler, sampler_list, schedule_list
@@ -186,11 +186,31 @@ class AppContext:
         )
         self.upscalers.device = model.device
         names = self.upscaler_names()
-        result = generate(model, request, options, job, upscaler=self.upscalers, upscaler_names=names)
+        loader = self._refiner_loader(request, model)
+        result = generate(
+            model, request, options, job, upscaler=self.upscalers, upscaler_names=names, load_model=loader
+        )
         paths, grid = save_outputs(result, request, snapshot, self.flags.data_dir, save=save)
         info = build_info(result, request, model.checkpoint, options)
         logger.info("Job %s: %d image(s) in %.1f s", job.id, len(result.images), _elapsed(job))
         return JobOutput(result=result, grid=grid, paths=paths, info=info)
+
+    def _refiner_loader(self, request: GenerationRequest, base: LoadedModel) -> Callable[[str], LoadedModel] | None:
+        """Loads the job's refiner checkpoint (found up front, so a missing one fails before any sampling).
+
+        The refiner is loaded beside the base model for the job and dropped after it; naming the base model
+        itself means no switch (A1111).
+        """
+        if not refiner.wanted(request):
+            return None
+        ckpt = self.hashed(self.find_checkpoint(str(request.refiner_checkpoint)))
+
+        def load(_name: str) -> LoadedModel:
+            if ckpt.filename == base.checkpoint.filename:
+                return base
+            return load_checkpoint(ckpt, self.load_options())
+
+        return load
 
     # ----- small facades for the UI (which imports no engine module but types) --------------------------------
     def sampler_names(self) -> list[str]:
@@ -331,6 +351,8 @@ class AppContext:
             lambda: resolve_sampler(request.sampler_name, request.scheduler),
             lambda: outpaint.apply_script(request),
         ]
+        if refiner.wanted(request):
+            checks.append(lambda: self.find_checkpoint(str(request.refiner_checkpoint)))
         if request.enable_hr and request.mode == "txt2img":
             checks.append(lambda: hires.validate(request, self.upscaler_names()))
         for check in checks:

@@ -92,13 +92,11 @@ class GenerationFields(BaseModel):
         """Reject features this server does not have; log accepted-but-ignored ones.
 
         Raises:
-            InvalidRequestError: For an unknown ``script_name`` or a refiner checkpoint.
+            InvalidRequestError: For an unknown ``script_name``.
         """
         if self.script_name and self.script_name.lower() not in self.script_titles:
             known = ", ".join(self.script_titles) or "none for this endpoint"
             raise InvalidRequestError(f"script_name {self.script_name!r} not found; scripts here: {known}")
-        if self.refiner_checkpoint not in (None, "", "None"):
-            raise InvalidRequestError("refiner_checkpoint: the refiner is not available yet in this version")
         ignored = [name for name in ("restore_faces", "tiling") if getattr(self, name)]
         if self.alwayson_scripts:
             ignored.append(f"alwayson_scripts ({', '.join(sorted(self.alwayson_scripts))})")
@@ -125,6 +123,8 @@ class GenerationFields(BaseModel):
             "width": self.width,
             "height": self.height,
             "denoising_strength": self.denoising_strength,
+            "refiner_checkpoint": self.refiner_checkpoint,
+            "refiner_switch_at": 0.8 if self.refiner_switch_at is None else self.refiner_switch_at,
         }
 
     def echo(self) -> dict[str, Any]:

@@ -57,6 +57,37 @@ class MaskBlend:
         return self.init * self.keep + latent * (1.0 - self.keep)
 
 
+@dataclass(frozen=True)
+class ModelParts:
+    """What the denoiser needs from a model: its UNet, σ → t conversion, parameterisation and conditioning."""
+
+    unet: torch.nn.Module
+    sigma_to_t: Callable[[torch.Tensor], torch.Tensor]
+    prediction_type: str
+    conds: Callable[[int], StepConds]
+
+
+@dataclass
+class RefinerSwitch:
+    """A1111's refiner: once ``(999 − t(σ)) / 1000 >= switch_at``, the rest of sampling uses another model.
+
+    ``t(σ)`` is the base model's nearest discrete timestep (A1111's default, not "switch by sampling steps").
+    ``load`` returns the refiner's parts, or None when the refiner is the base model itself (no switch).
+    """
+
+    switch_at: float
+    base_sigmas: torch.Tensor
+    load: Callable[[], ModelParts | None]
+    switched: bool = False
+
+    def due(self, sigma: torch.Tensor) -> bool:
+        """Whether sampling at ``sigma`` has reached the switch point."""
+        if self.switched:
+            return False
+        t = int(torch.argmin((self.base_sigmas.to(sigma.device) - sigma.float()).abs()))
+        return (999 - t) / 1000 >= self.switch_at
+
+
 class CFGDenoiser:
     """k-diffusion-style model wrapper over a diffusers UNet (see the module docstring)."""
 
@@ -70,6 +101,7 @@ class CFGDenoiser:
         *,
         image_cond: torch.Tensor | None = None,
         mask: MaskBlend | None = None,
+        refiner: RefinerSwitch | None = None,
     ) -> None:
         """Wrap ``unet``; ``step`` counts model calls from 0.
 
@@ -81,6 +113,7 @@ class CFGDenoiser:
             cfg_scale: Classifier-free guidance scale.
             image_cond: 9-channel inpainting models: ``(B, 5, h, w)`` mask + masked-image latents.
             mask: Latent masking for inpainting.
+            refiner: Switch to another model part-way (A1111's refiner).
         """
         self.unet = unet
         self.sigma_to_t = sigma_to_t
@@ -89,10 +122,13 @@ class CFGDenoiser:
         self.cfg_scale = cfg_scale
         self.image_cond = image_cond
         self.mask = mask
+        self.refiner = refiner
         self.step = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
         """Denoise the batch ``x`` at noise levels ``sigma`` (one per image)."""
+        if self.refiner is not None and self.refiner.due(sigma[0]):
+            self._switch(self.refiner)
         step = self.conds(self.step)
         self.step += 1
         if x.shape[0] != len(step.conds):
@@ -114,6 +150,15 @@ class CFGDenoiser:
             for k, (i, _, weight) in enumerate(parts):
                 denoised[i] += (cond_out[k] - uncond[i]) * (weight * self.cfg_scale)
         return self.mask.apply(denoised) if self.mask is not None else denoised
+
+    def _switch(self, refiner: RefinerSwitch) -> None:
+        """Continue with the refiner's UNet and conditioning (the step counter and sampler state carry on)."""
+        refiner.switched = True
+        parts = refiner.load()
+        if parts is None:
+            return
+        self.unet, self.sigma_to_t, self.conds = parts.unet, parts.sigma_to_t, parts.conds
+        self.v_prediction = parts.prediction_type == "v_prediction"
 
     def _model(
         self, x: torch.Tensor, sigma: torch.Tensor, conds: list[TextCond], owners: list[int], unconds: list[TextCond]

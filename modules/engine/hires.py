@@ -32,6 +32,7 @@ from modules.engine.img2img import embeds_kwargs
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, noise_spec, step_callback
 from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
+from modules.engine.refiner import RefinerRun
 from modules.engine.rng import NoiseSpec, batch_noise, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
 from modules.engine.types import LATENT_UPSCALE_MODES, GenerationOptions, GenerationRequest, StepInfo
@@ -310,13 +311,20 @@ class HiresPass:
         job_no: int,
         controls: JobControls,
         upscaler: ImageUpscaler | None,
+        refiner: RefinerRun | None = None,
     ) -> torch.Tensor:
-        """Upscale one batch's first-pass latents and run the second pass over them."""
+        """Upscale one batch's first-pass latents and run the second pass over them (with the refiner, if any).
+
+        Raises:
+            InvalidRequestError: A refiner with a hires sampler the own loop does not run.
+        """
         upscaled = upscale_latents(model, request, latents, upscaler)
         if request.denoising_strength <= 0:
             return upscaled  # nothing to denoise: the upscaled first pass is the result
         if kloop.supported(self.sampler, self.schedule):
-            return self._run_kloop(model, request, options, upscaled, seeds, subseeds, job_no, controls)
+            return self._run_kloop(model, request, options, upscaled, seeds, subseeds, job_no, controls, refiner)
+        if refiner is not None:
+            raise InvalidRequestError(f"the refiner needs a k-diffusion hires sampler; {self.sampler.name} is not one")
         scheduler = make_scheduler(model.pipe.scheduler.config, self.sampler, self.schedule)
         spec = noise_spec(model, request, options)
         generators = [make_generator(seed, spec) for seed in seeds]
@@ -335,6 +343,7 @@ class HiresPass:
         subseeds: list[int],
         job_no: int,
         controls: JobControls,
+        refiner: RefinerRun | None = None,
     ) -> torch.Tensor:
         """The second pass through the own loop: new seed noise at the hires shape, exactly ``hires_steps`` steps."""
         bs, (h, w) = len(seeds), (upscaled.shape[-2] * 8, upscaled.shape[-1] * 8)
@@ -348,8 +357,10 @@ class HiresPass:
         prompts = (request.hr_prompt or request.prompt, request.hr_negative_prompt or request.negative_prompt)
         calls = kloop.model_calls(self.sampler, request.steps)
         hr_calls = kloop.model_calls(self.sampler, hires_steps(request))
-        time_ids = kloop.sdxl_time_ids(model, h, w)
-        conds = kloop.prompt_conds(model, options, prompts, bs, calls, time_ids, hr_calls)
+        conds = kloop.prompt_conds(model, options, prompts, bs, calls, (h, w), hr_calls)
+        switch = None
+        if refiner is not None:
+            switch = refiner.switch(model, options, prompts, bs, calls, (h, w), hr_calls)
         return kloop.run_batch(
             model,
             setup,
@@ -361,4 +372,5 @@ class HiresPass:
             eta_noise_seed_delta=options.eta_noise_seed_delta,
             controls=controls,
             progress=lambda i: StepInfo(request.steps + i + 1, total, job_no, request.n_iter),
+            refiner=switch,
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from modules.engine.denoiser import CFGDenoiser, MaskBlend, StepConds, TextCond
+from modules.engine.denoiser import CFGDenoiser, MaskBlend, ModelParts, RefinerSwitch, StepConds, TextCond
 from modules.engine.ksampling.samplers import SAMPLERS, SamplerOptions, SamplingInterrupted
 from modules.engine.ksampling.schedules import SCHEDULES, sigmas_for
 from modules.engine.loader import LoadedModel
@@ -22,7 +22,7 @@ from modules.engine.prompts import encode_group
 from modules.engine.rng import NoiseSpec, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec
 from modules.engine.sampling import BrownianNoise, DiscreteModel, ImageNoise, img2img_sigmas
-from modules.engine.types import GenerationOptions, StepInfo
+from modules.engine.types import GenerationOptions, ModelType, StepInfo
 from modules.engine.vae import encode_images
 
 _SCHEDULE_OF = {"automatic": "uniform"}
@@ -71,7 +71,7 @@ def prompt_conds(
     prompts: tuple[str, str],
     batch: int,
     steps: int,
-    time_ids: torch.Tensor | None,
+    size: tuple[int, int],
     hires_steps: int | None = None,
 ) -> Callable[[int], StepConds]:
     """Conditioning per model call: prompt editing, alternation and ``AND`` parts, A1111's encoding batches.
@@ -92,7 +92,8 @@ def prompt_conds(
     def encoded(entries: tuple[tuple[int, str], ...], negative_side: bool) -> list[tuple[int, TextCond]]:
         texts = [text for _, text in entries]
         rows = encode_group(model.pipe, model.model_type, texts, negative=negative_side, **kwargs)
-        return [(end, TextCond(ctx, pooled, time_ids)) for (end, _), (ctx, pooled) in zip(entries, rows, strict=True)]
+        ids = sdxl_time_ids(model, *size, negative=negative_side)
+        return [(end, TextCond(ctx, pooled, ids)) for (end, _), (ctx, pooled) in zip(entries, rows, strict=True)]
 
     parts = [(weight, encoded(entries, False)) for weight, entries in pos.parts]
     uncond_entries = encoded(neg.parts[0][1], True)
@@ -115,11 +116,32 @@ def _entry_at(entries: list[tuple[int, TextCond]], step: int) -> TextCond:
     return entries[0][1]
 
 
-def sdxl_time_ids(model: LoadedModel, height: int, width: int) -> torch.Tensor | None:
-    """SDXL's added ids for one image: original size, crop (0, 0), target size (A1111's defaults); None for SD1/2."""
+def sdxl_time_ids(model: LoadedModel, height: int, width: int, *, negative: bool = False) -> torch.Tensor | None:
+    """SDXL's added ids for one image (A1111's defaults); None for SD1/2.
+
+    Base: original size, crop (0, 0), target size. Refiner: original size, crop, aesthetic score (6 for the
+    prompt, 2.5 for the negative prompt).
+    """
     if not model.model_type.is_sdxl:
         return None
+    if model.model_type == ModelType.SDXL_REFINER:
+        return torch.tensor([height, width, 0, 0, 2.5 if negative else 6.0], dtype=torch.float32)
     return torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32)
+
+
+def refiner_parts(
+    model: LoadedModel,
+    options: GenerationOptions,
+    prompts: tuple[str, str],
+    batch: int,
+    steps: int,
+    size: tuple[int, int],
+    hires_steps: int | None = None,
+) -> ModelParts:
+    """The refiner's UNet, σ → t and conditioning, for a switch in the middle of sampling."""
+    discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
+    conds = prompt_conds(model, options, prompts, batch, steps, size, hires_steps)
+    return ModelParts(model.pipe.unet, discrete.sigma_to_t, model.prediction_type, conds)
 
 
 def txt2img_image_cond(model: LoadedModel, batch: int, height: int, width: int) -> torch.Tensor:
@@ -143,6 +165,7 @@ def run_batch(
     controls: JobControls,
     progress: Callable[[int], StepInfo],
     on_step: Callable[[StepInfo], None] | None = None,
+    refiner: RefinerSwitch | None = None,
 ) -> torch.Tensor:
     """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction."""
     discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
@@ -171,6 +194,7 @@ def run_batch(
         cfg_scale,
         image_cond=setup.image_cond.to(device) if setup.image_cond is not None else None,
         mask=setup.mask,
+        refiner=refiner,
     )
 
     def callback(i: int, latents: torch.Tensor, denoised: torch.Tensor) -> None:

@@ -21,6 +21,7 @@ from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
 from modules.engine.prompt_schedule import strip_comments
 from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
+from modules.engine.refiner import RefinerRun
 from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds, make_generator
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
@@ -39,6 +40,7 @@ def generate(
     on_step: Callable[[StepInfo], None] | None = None,
     upscaler: hires.ImageUpscaler | None = None,
     upscaler_names: list[str] | None = None,
+    load_model: Callable[[str], LoadedModel] | None = None,
 ) -> GenerationResult:
     """Run a txt2img or img2img job (see ``_generate``); out of memory becomes a readable OutOfMemoryError.
 
@@ -47,7 +49,7 @@ def generate(
         OutOfMemoryError: The device ran out of memory; its cache was emptied so the next job can run.
     """
     try:
-        return _generate(model, request, options, controls, on_step, upscaler, upscaler_names)
+        return _generate(model, request, options, controls, on_step, upscaler, upscaler_names, load_model)
     except torch.OutOfMemoryError as exc:
         gc.collect()
         if torch.cuda.is_available():
@@ -66,6 +68,7 @@ def _generate(
     on_step: Callable[[StepInfo], None] | None = None,
     upscaler: hires.ImageUpscaler | None = None,
     upscaler_names: list[str] | None = None,
+    load_model: Callable[[str], LoadedModel] | None = None,
 ) -> GenerationResult:
     """Run ``n_iter`` batches of ``batch_size`` images (txt2img, or img2img when init images are given).
 
@@ -77,6 +80,7 @@ def _generate(
         on_step: Optional extra callback after each step.
         upscaler: Image upscalers for hires fix (the app's registry); latent modes need none.
         upscaler_names: The names ``upscaler`` knows, to check ``hr_upscaler`` before any work.
+        load_model: Loads another checkpoint by name (the refiner).
 
     Returns:
         The images with their seeds and infotexts; ``interrupted`` is set if the job was stopped.
@@ -96,6 +100,7 @@ def _generate(
     sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
     pipe = model.pipe
     pipe.scheduler = make_scheduler(pipe.scheduler.config, sampler, schedule)
+    refiner = RefinerRun.create(request, sampler, schedule, load_model)
     # 2. Fix the seeds for every image of the job.
     seed = fix_seed(request.seed)
     subseed = fix_seed(request.subseed)
@@ -122,19 +127,25 @@ def _generate(
         controls.clear_skip()
         batch = slice(n * request.batch_size, (n + 1) * request.batch_size)
         if inputs is None:
-            args = (seeds[batch], subseeds[batch], n, controls, on_step)
+            first_refiner = refiner if hr is None else None  # with hires fix, the refiner runs in the second pass
+            args = (seeds[batch], subseeds[batch], n, controls, on_step, first_refiner)
             latents = _sample_batch(model, request, options, sampler, schedule, embeds, *args)
         else:
-            args = (seeds[batch], subseeds[batch], batch.start, n, controls)
+            args = (seeds[batch], subseeds[batch], batch.start, n, controls, refiner)
             latents = _img2img_batch(model, request, options, sampler, schedule, embeds, inputs, *args)
         if hr is not None and not (controls.should_stop() or controls.should_skip()):
-            latents = hr.run(model, request, options, latents, seeds[batch], subseeds[batch], n, controls, upscaler)
-        for i, image in enumerate(decode_latents(model, latents)):
+            hr_args = (seeds[batch], subseeds[batch], n, controls, upscaler, refiner)
+            latents = hr.run(model, request, options, latents, *hr_args)
+        decoder = refiner.decoder(model) if refiner is not None else model
+        for i, image in enumerate(decode_latents(decoder, latents)):
             k = batch.start + i
             params = infotext_params(model, request, options, sampler, schedule, seeds[k], subseeds[k])
             if hr is not None:
                 params.update(hr.extras)
                 result.extra_generation_params.update(hr.extras)
+            if refiner is not None:
+                params.update(refiner.infotext())
+                result.extra_generation_params.update(refiner.infotext())
             if inputs is not None:
                 image = img2img.finish(image, inputs, k)
                 params.update(img2img.infotext_extras(request))
@@ -163,6 +174,7 @@ def _sample_batch(
     job_no: int,
     controls: JobControls,
     on_step: Callable[[StepInfo], None] | None,
+    refiner: RefinerRun | None = None,
 ) -> torch.Tensor:
     """Run the sampler for one batch and return its final latents."""
     pipe = model.pipe
@@ -174,14 +186,10 @@ def _sample_batch(
         if model.model_type.is_inpaint:
             image_cond = kloop.txt2img_image_cond(model, bs, request.height, request.width)
         setup = kloop.BatchSetup(noise, generators, seeds, spec, image_cond=image_cond)
-        conds = kloop.prompt_conds(
-            model,
-            options,
-            (request.prompt, request.negative_prompt),
-            bs,
-            kloop.model_calls(sampler, request.steps),
-            kloop.sdxl_time_ids(model, request.height, request.width),
-        )
+        prompts, size = (request.prompt, request.negative_prompt), (request.height, request.width)
+        calls = kloop.model_calls(sampler, request.steps)
+        conds = kloop.prompt_conds(model, options, prompts, bs, calls, size)
+        switch = refiner.switch(model, options, prompts, bs, calls, size) if refiner is not None else None
         return kloop.run_batch(
             model,
             setup,
@@ -194,6 +202,7 @@ def _sample_batch(
             controls=controls,
             progress=lambda i: StepInfo(i + 1, total, job_no, request.n_iter),
             on_step=on_step,
+            refiner=switch,
         )
 
     bs = len(seeds)
@@ -231,6 +240,7 @@ def _img2img_batch(
     first_index: int,
     job_no: int,
     controls: JobControls,
+    refiner: RefinerRun | None = None,
 ) -> torch.Tensor:
     """One img2img/inpaint batch: one generator per image seeded with its seed, progress over the executed steps."""
     total = img2img.effective_steps(request)
@@ -238,14 +248,10 @@ def _img2img_batch(
     if kloop.supported(sampler, schedule):
         noise, generators = seed_noise(request, spec, seeds, subseeds)
         setup = img2img.kloop_setup(model, request, inputs, first_index, noise, generators, seeds, spec)
-        conds = kloop.prompt_conds(
-            model,
-            options,
-            (request.prompt, request.negative_prompt),
-            len(seeds),
-            kloop.model_calls(sampler, request.steps),
-            kloop.sdxl_time_ids(model, request.height, request.width),
-        )
+        prompts, size = (request.prompt, request.negative_prompt), (request.height, request.width)
+        calls = kloop.model_calls(sampler, request.steps)
+        conds = kloop.prompt_conds(model, options, prompts, len(seeds), calls, size)
+        switch = refiner.switch(model, options, prompts, len(seeds), calls, size) if refiner is not None else None
         return kloop.run_batch(
             model,
             setup,
@@ -257,6 +263,7 @@ def _img2img_batch(
             eta_noise_seed_delta=options.eta_noise_seed_delta,
             controls=controls,
             progress=lambda i: StepInfo(i + 1, total, job_no, request.n_iter),
+            refiner=switch,
         )
     callback = step_callback(controls, total, job_no, request.n_iter, None)
     generators = [make_generator(seed, spec) for seed in seeds]

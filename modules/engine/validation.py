@@ -39,7 +39,5 @@ def validate_request(request: GenerationRequest) -> None:
         value = getattr(request, name)
         if not isinstance(value, (int, float)) or not lo <= value <= hi:
             problems.append(f"{name} must be between {lo:g} and {hi:g}, got {value}")
-    if request.refiner_checkpoint not in (None, "", "None"):
-        problems.append("refiner_checkpoint: the refiner is not available yet in this version")
     if problems:
         raise InvalidRequestError("; ".join(problems))

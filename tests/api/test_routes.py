@@ -418,3 +418,16 @@ def test_txt2img_hires_fix_over_http(server):
     # the infotext alone regenerates the same picture, hires pass included
     again = server.post("txt2img", {"infotext": text}).json()
     assert np.array_equal(pixels(again["images"][0]), pixels(body["images"][0]))
+
+
+def test_txt2img_with_a_refiner_over_http(server):
+    body = server.txt2img(
+        **{**A1111_BASE, "sampler_index": "Euler", "seed": 12}, refiner_checkpoint="sd2v", refiner_switch_at=0.5
+    )
+    text = info_of(body)["infotexts"][0]
+    assert "Refiner: sd2v [" in text and "Refiner switch at: 0.5" in text
+    assert pixels(body["images"][0]).std() > 0
+    missing = server.post("txt2img", {**A1111_BASE, "refiner_checkpoint": "no-such-model"})
+    assert missing.status_code == 404 and "no-such-model" in missing.text
+    ddim = server.post("txt2img", {**A1111_BASE, "sampler_name": "DDIM", "refiner_checkpoint": "sd2v"})
+    assert ddim.status_code == 422 and "k-diffusion sampler" in ddim.text

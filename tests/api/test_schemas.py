@@ -116,7 +116,6 @@ def test_type_errors_name_the_field(field, value):
     ("payload", "needle"),
     [
         ({"script_name": "x/y/z plot"}, "script_name 'x/y/z plot' not found"),
-        ({"refiner_checkpoint": "refiner.safetensors"}, "refiner_checkpoint"),
     ],
 )
 def test_unsupported_features_are_refused_with_the_field_named(payload, needle):

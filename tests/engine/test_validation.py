@@ -34,7 +34,6 @@ def test_defaults_valid():
     validate_request(GenerationRequest())
 
 
-def test_features_not_built_yet_are_refused_not_ignored():
+def test_hires_and_refiner_requests_pass_the_range_checks():
     validate_request(GenerationRequest(enable_hr=True))  # hires fix exists; its own checks are in engine/hires.py
-    with pytest.raises(InvalidRequestError, match="refiner"):
-        validate_request(GenerationRequest(refiner_checkpoint="sdxl_refiner"))
+    validate_request(GenerationRequest(refiner_checkpoint="sdxl_refiner"))  # checked in engine/refiner.py
