@@ -56,7 +56,9 @@ INT_FIELDS: frozenset[str] = frozenset(
         "hr_resize_y",
     }
 )
-FLOAT_FIELDS: frozenset[str] = frozenset({"cfg_scale", "subseed_strength", "denoising_strength", "hr_scale"})
+FLOAT_FIELDS: frozenset[str] = frozenset(
+    {"cfg_scale", "subseed_strength", "denoising_strength", "hr_scale", "refiner_switch_at"}
+)
 BOOL_FIELDS: frozenset[str] = frozenset({"enable_hr", "inpaint_full_res"})
 # Optional request fields where an empty widget (or A1111's "Use same …" choice) means None.
 OPTIONAL_FIELDS: frozenset[str] = frozenset({"hr_sampler_name", "hr_scheduler", "hr_checkpoint_name"})

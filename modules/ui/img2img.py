@@ -15,6 +15,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from modules.ui import refiner
 from modules.ui.txt2img import GenerationTab, build_dimensions, build_output_column, build_settings_column, build_toprow
 
 if TYPE_CHECKING:
@@ -309,6 +310,7 @@ def build_tab(ctx: AppContext) -> tuple[GenerationTab, Img2ImgExtras]:
             t.fields["denoising_strength"] = gr.Slider(
                 0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
             )
+            refiner.build(ctx, t)
             x.script, x.script_controls = _build_script(t)
         with gr.Column(scale=1, elem_id="img2img_results"):
             build_output_column(t)

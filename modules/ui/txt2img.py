@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from modules.engine.types import GenerationRequest
-from modules.ui import hires
+from modules.ui import hires, refiner
 from modules.ui.forms import NUMERIC_FIELDS
 from modules.ui.views import token_counter_html
 
@@ -204,6 +204,7 @@ def build_tab(ctx: AppContext, tabname: str = "txt2img") -> GenerationTab:
         with gr.Column(scale=1, elem_id=f"{tabname}_settings"):
             build_settings_column(ctx, t)
             t.hires_info = hires.build(ctx, t)
+            refiner.build(ctx, t)
         with gr.Column(scale=1, elem_id=f"{tabname}_results"):
             build_output_column(t)
     return t

@@ -85,6 +85,12 @@ REQUIRED_IDS = [
     "txt2img_hr_scale",
     "txt2img_hr_resize_x",
     "txt2img_hr_resize_y",
+    # refiner and img2img script
+    "txt2img_refiner",
+    "txt2img_refiner_checkpoint",
+    "txt2img_refiner_switch_at",
+    "img2img_refiner_checkpoint",
+    "script_list",
     # send-to and Extras
     "txt2img_send_to_img2img",
     "txt2img_send_to_inpaint",

@@ -141,3 +141,9 @@ def test_single_image_through_the_real_context_saves_with_the_original_infotext(
 
 def extras_defaults():
     return {"resize_mode": 0, "upscaling_crop": True, "upscaler_2": "None", "extras_upscaler_2_visibility": 0}
+
+
+def test_refiner_fields_map_to_the_request():
+    request = to_request({"refiner_checkpoint": "sdxl_refiner.safetensors", "refiner_switch_at": 0.65})
+    assert request.refiner_checkpoint == "sdxl_refiner.safetensors" and request.refiner_switch_at == 0.65
+    assert to_request({"refiner_checkpoint": "None"}).refiner_checkpoint == "None"  # the engine's "no refiner"
