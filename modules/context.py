@@ -186,7 +186,7 @@ class AppContext:
         )
         self.upscalers.device = model.device
         names = self.upscaler_names()
-        loader = self._refiner_loader(request, model)
+        loader = self._job_loader(request, model)
         result = generate(
             model, request, options, job, upscaler=self.upscalers, upscaler_names=names, load_model=loader
         )
@@ -195,20 +195,27 @@ class AppContext:
         logger.info("Job %s: %d image(s) in %.1f s", job.id, len(result.images), _elapsed(job))
         return JobOutput(result=result, grid=grid, paths=paths, info=info)
 
-    def _refiner_loader(self, request: GenerationRequest, base: LoadedModel) -> Callable[[str], LoadedModel] | None:
-        """Loads the job's refiner checkpoint (found up front, so a missing one fails before any sampling).
+    def _job_loader(self, request: GenerationRequest, base: LoadedModel) -> Callable[[str], LoadedModel] | None:
+        """Loads the job's extra checkpoints (refiner, hires checkpoint) by name, each once per job.
 
-        The refiner is loaded beside the base model for the job and dropped after it; naming the base model
-        itself means no switch (A1111).
+        The names are resolved up front, so a missing checkpoint fails before any sampling. Extra models are
+        loaded beside the base model for the job and dropped after it; naming the base model gives the base.
         """
-        if not refiner.wanted(request):
+        names = [request.refiner_checkpoint if refiner.wanted(request) else None]
+        if request.enable_hr and request.hr_checkpoint_name not in (None, *hires.SAME_CHECKPOINT):
+            names.append(request.hr_checkpoint_name)
+        wanted = {str(n): self.hashed(self.find_checkpoint(str(n))) for n in names if n}
+        if not wanted:
             return None
-        ckpt = self.hashed(self.find_checkpoint(str(request.refiner_checkpoint)))
+        loaded: dict[str, LoadedModel] = {}
 
-        def load(_name: str) -> LoadedModel:
+        def load(name: str) -> LoadedModel:
+            ckpt = wanted.get(name) or self.hashed(self.find_checkpoint(name))
             if ckpt.filename == base.checkpoint.filename:
                 return base
-            return load_checkpoint(ckpt, self.load_options())
+            if name not in loaded:
+                loaded[name] = load_checkpoint(ckpt, self.load_options())
+            return loaded[name]
 
         return load
 
@@ -353,6 +360,8 @@ class AppContext:
         ]
         if refiner.wanted(request):
             checks.append(lambda: self.find_checkpoint(str(request.refiner_checkpoint)))
+        if request.enable_hr and request.hr_checkpoint_name not in (None, *hires.SAME_CHECKPOINT):
+            checks.append(lambda: self.find_checkpoint(str(request.hr_checkpoint_name)))
         if request.enable_hr and request.mode == "txt2img":
             checks.append(lambda: hires.validate(request, self.upscaler_names()))
         for check in checks:

@@ -137,8 +137,6 @@ def validate(request: GenerationRequest, upscaler_names: list[str] | None) -> No
             problems.append(f"{name} must be between 0 and {MAX_HIRES_SIDE}, got {getattr(request, name)}")
     if not 0 <= request.hr_second_pass_steps <= 500:
         problems.append(f"hr_second_pass_steps must be between 0 and 500, got {request.hr_second_pass_steps}")
-    if request.hr_checkpoint_name not in (None, *SAME_CHECKPOINT):
-        problems.append("hr_checkpoint_name: a separate hires checkpoint is not available yet; use the same one")
     if problems:
         raise InvalidRequestError("; ".join(problems))
     t = target(request)
@@ -252,14 +250,33 @@ def infotext_extras(
     return extras
 
 
-@dataclass(frozen=True)
+@dataclass
 class HiresPass:
-    """The second pass of one job: its sampler, schedule, prompt embeddings and infotext keys, set up once."""
+    """The second pass of one job: its sampler, schedule, prompt embeddings, infotext keys and checkpoint.
+
+    With ``hr_checkpoint_name`` the second pass samples (and decodes) with that checkpoint, loaded once per job
+    through ``loader`` (A1111 swaps the weights for the hires pass and back).
+    """
 
     sampler: SamplerSpec
     schedule: ScheduleSpec
     embeds: PromptEmbeddings
     extras: dict[str, Any]
+    checkpoint: str | None = None
+    loader: Callable[[str], LoadedModel] | None = None
+    hr_model: LoadedModel | None = None
+
+    def model_for(self, base: LoadedModel) -> LoadedModel:
+        """The model of the second pass: the hires checkpoint when one is set, else ``base``."""
+        if self.checkpoint is None or self.loader is None:
+            return base
+        if self.hr_model is None:
+            self.hr_model = self.loader(self.checkpoint)
+            ckpt = self.hr_model.checkpoint
+            self.extras["Hires checkpoint"] = (
+                f"{ckpt.name_for_extra} [{ckpt.shorthash}]" if ckpt.shorthash else (ckpt.name_for_extra)
+            )
+        return self.hr_model
 
     @classmethod
     def create(
@@ -270,6 +287,7 @@ class HiresPass:
         sampler: SamplerSpec,
         schedule: ScheduleSpec,
         embeds: PromptEmbeddings,
+        loader: Callable[[str], LoadedModel] | None = None,
     ) -> HiresPass:
         """Resolve the hires sampler/schedule ("Use same …" = the first pass's) and encode a hires prompt if any.
 
@@ -298,7 +316,18 @@ class HiresPass:
                 emphasis=options.emphasis,
                 comma_padding_backtrack=options.comma_padding_backtrack,
             )
-        return cls(hr_sampler, hr_schedule, embeds, infotext_extras(request, sampler_label, schedule_label))
+        checkpoint = None
+        if request.hr_checkpoint_name not in (None, *SAME_CHECKPOINT):
+            checkpoint = str(request.hr_checkpoint_name)
+            problems = []
+            if loader is None:
+                problems.append("hr_checkpoint_name: this caller cannot load a second checkpoint")
+            if not kloop.supported(hr_sampler, hr_schedule):
+                problems.append(f"hr_checkpoint_name needs a k-diffusion hires sampler; {hr_sampler.name} is not one")
+            if problems:
+                raise InvalidRequestError("; ".join(problems))
+        extras = infotext_extras(request, sampler_label, schedule_label)
+        return cls(hr_sampler, hr_schedule, embeds, extras, checkpoint, loader)
 
     def run(
         self,
@@ -319,6 +348,7 @@ class HiresPass:
             InvalidRequestError: A refiner with a hires sampler the own loop does not run.
         """
         upscaled = upscale_latents(model, request, latents, upscaler)
+        model = self.model_for(model)
         if request.denoising_strength <= 0:
             return upscaled  # nothing to denoise: the upscaled first pass is the result
         if kloop.supported(self.sampler, self.schedule):

@@ -116,7 +116,7 @@ def _generate(
         emphasis=options.emphasis,
         comma_padding_backtrack=options.comma_padding_backtrack,
     )
-    hr = hires.HiresPass.create(model, request, options, sampler, schedule, embeds) if use_hr else None
+    hr = hires.HiresPass.create(model, request, options, sampler, schedule, embeds, load_model) if use_hr else None
     width, height = hires.target(request).size if hr is not None else (request.width, request.height)
     result = GenerationResult(width=width, height=height, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
     # 4. Sample and decode each batch.
@@ -136,7 +136,8 @@ def _generate(
         if hr is not None and not (controls.should_stop() or controls.should_skip()):
             hr_args = (seeds[batch], subseeds[batch], n, controls, upscaler, refiner)
             latents = hr.run(model, request, options, latents, *hr_args)
-        decoder = refiner.decoder(model) if refiner is not None else model
+        decoder = hr.model_for(model) if hr is not None else model
+        decoder = refiner.decoder(decoder) if refiner is not None else decoder
         for i, image in enumerate(decode_latents(decoder, latents)):
             k = batch.start + i
             params = infotext_params(model, request, options, sampler, schedule, seeds[k], subseeds[k])

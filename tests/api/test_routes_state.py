@@ -178,7 +178,7 @@ BAD_TXT2IMG = [
     ({"script_name": "x/y/z plot"}, 422, ["script_name"]),
     ({"enable_hr": True, "hr_upscaler": "ESRGAN_9x"}, 422, ["could not find upscaler", "ESRGAN_9x", "Latent"]),
     ({"enable_hr": True, "hr_scale": -1}, 422, ["hr_scale"]),
-    ({"enable_hr": True, "hr_checkpoint_name": "other.safetensors"}, 422, ["hr_checkpoint_name"]),
+    ({"enable_hr": True, "hr_checkpoint_name": "other.safetensors"}, 404, ["other.safetensors"]),
 ]
 
 

@@ -163,7 +163,7 @@ def test_unknown_upscaler_and_bad_fields_are_refused_before_any_work(load_tiny, 
         generate(model, GenerationRequest(**FAST, **{**HR, "hr_scale": 0.0}))
     with pytest.raises(InvalidRequestError, match="hires fix target"):
         generate(model, GenerationRequest(**FAST, **{**HR, "hr_scale": 0.5}))
-    with pytest.raises(InvalidRequestError, match="hr_checkpoint_name"):
+    with pytest.raises(InvalidRequestError, match="hr_checkpoint_name: this caller cannot load"):
         generate(model, GenerationRequest(**FAST, **HR, hr_checkpoint_name="other.safetensors"))
 
 
@@ -206,3 +206,30 @@ def test_img2img_ignores_hires(load_tiny, tiny_models):
     result = generate(model, GenerationRequest(**FAST, **HR, init_images=(init,)))
     assert result.images[0].size == (64, 64)
     assert "Hires upscale" not in parse_infotext(result.infotexts[0])
+
+
+def test_hires_checkpoint_samples_and_decodes_the_second_pass(load_tiny, tiny_models):
+    from modules.engine.loader import LoadOptions, load_checkpoint
+    from modules.engine.types import CheckpointInfo
+
+    model = load_tiny(tiny_models["sd1"])
+    path = tiny_models["sd2v"]
+    other = load_checkpoint(
+        CheckpointInfo(path, path.name, sha256="ef" * 32, config=path.with_suffix(".yaml")),
+        LoadOptions(device="cpu", dtype="float32", vae_dtype="float32"),
+    )
+    calls = []
+
+    def loader(name):
+        calls.append(name)
+        return other
+
+    base = generate(model, GenerationRequest(**FAST, **HR))
+    swapped = generate(
+        model, GenerationRequest(**FAST, **HR, hr_checkpoint_name="sd2v", batch_size=2), load_model=loader
+    )
+    assert calls == ["sd2v"] and swapped.images[0].size == (128, 128)
+    assert not np.array_equal(px(base.images[0]), px(swapped.images[0]))
+    assert "Hires checkpoint: sd2v [efefefefef]" in swapped.infotexts[0]
+    same = generate(model, GenerationRequest(**FAST, **HR, hr_checkpoint_name="Use same checkpoint"))
+    assert np.array_equal(px(base.images[0]), px(same.images[0]))
