@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,8 @@ from modules.engine.loader import LoadedModel
 from modules.engine.masking import Box, binary_mask, blur_mask, crop_region, expand_to_ratio, fill_masked, overlay_mask
 from modules.engine.prompt_encoding import PromptEmbeddings
 from modules.engine.resize import LATENT_UPSCALE, prepare_for_latent, resize_image, resize_latent
-from modules.engine.rng import NoiseSpec
+from modules.engine.rng import Generator, NoiseSpec
+from modules.engine.rng_philox import PhiloxGenerator
 from modules.engine.types import GenerationRequest
 from modules.engine.vae import encode_pixels
 from modules.errors import InvalidRequestError
@@ -247,11 +248,18 @@ def init_latents(
             cells = latent_mask(inputs.mask, latent.shape[-1], latent.shape[-2], request.mask_round).to(latent)
             fill = torch.zeros_like(latent)
             if inputs.masked_content == _LATENT_NOISE:
-                copy = torch.Generator(device=gen.device).manual_seed(gen.initial_seed())
-                fill = torch.randn(latent.shape, generator=copy, device=gen.device).to(latent)
+                fill = _seed_noise(gen, latent.shape).to(latent)
             latent = latent * (1 - cells) + fill * cells
         latents.append(latent)
     return torch.cat(latents)
+
+
+def _seed_noise(gen: Generator, shape: Sequence[int]) -> torch.Tensor:
+    """Unit noise from a fresh copy of ``gen`` (same seed), so the sampler's own draws are unchanged."""
+    if isinstance(gen, PhiloxGenerator):
+        return PhiloxGenerator(gen.initial_seed()).randn(shape)
+    copy = torch.Generator(device=gen.device).manual_seed(gen.initial_seed())
+    return torch.randn(tuple(shape), generator=copy, device=gen.device)
 
 
 def latent_mask(mask: Image.Image, width: int, height: int, round_mask: bool) -> torch.Tensor:

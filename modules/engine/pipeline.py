@@ -27,7 +27,7 @@ from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, r
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
 from modules.engine.vae import decode_latents as _decode
 from modules.engine.validation import validate_request
-from modules.errors import OutOfMemoryError
+from modules.errors import InvalidRequestError, OutOfMemoryError
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ def _generate(
     pipe = model.pipe
     pipe.scheduler = make_scheduler(pipe.scheduler.config, sampler, schedule)
     refiner = RefinerRun.create(request, sampler, schedule, load_model)
+    if options.randn_source == "NV" and not kloop.supported(sampler, schedule):
+        raise InvalidRequestError(f"the NV random source needs a k-diffusion sampler; {sampler.name} is not one")
     # 2. Fix the seeds for every image of the job.
     seed = fix_seed(request.seed)
     subseed = fix_seed(request.subseed)

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from modules.engine.rng_philox import PhiloxGenerator
 from modules.errors import InvalidRequestError
 
 SEED_RANGE = 4294967294
-RANDN_SOURCES = ("GPU", "CPU")
+RANDN_SOURCES = ("GPU", "CPU", "NV")
+Generator = torch.Generator | PhiloxGenerator
 
 
 def fix_seed(seed: int | float | str | None) -> int:
@@ -73,17 +75,25 @@ class NoiseSpec:
     source: str = "GPU"
 
 
-def make_generator(seed: int, spec: NoiseSpec) -> torch.Generator:
-    """Return a generator seeded with ``seed`` on the device the source prescribes."""
+def make_generator(seed: int, spec: NoiseSpec) -> Generator:
+    """Return a generator seeded with ``seed`` on the device the source prescribes (NV: a Philox emulation)."""
     if spec.source not in RANDN_SOURCES:
         raise InvalidRequestError(f"randn_source must be one of {', '.join(RANDN_SOURCES)}, not {spec.source!r}")
+    if spec.source == "NV":
+        return PhiloxGenerator(seed)
     dev = spec.device if spec.source == "GPU" and spec.device.type == "cuda" else torch.device("cpu")
     return torch.Generator(device=dev).manual_seed(int(seed))
 
 
+def draw(generator: Generator, shape: Sequence[int]) -> torch.Tensor:
+    """The next standard-normal float32 draw of ``shape`` from ``generator`` (on the generator's device)."""
+    if isinstance(generator, PhiloxGenerator):
+        return generator.randn(shape)
+    return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+
+
 def _randn(seed: int, shape: Sequence[int], spec: NoiseSpec) -> torch.Tensor:
-    gen = make_generator(seed, spec)
-    return torch.randn(tuple(shape), generator=gen, device=gen.device, dtype=torch.float32).to(spec.device)
+    return draw(make_generator(seed, spec), shape).to(spec.device)
 
 
 def batch_noise(
@@ -122,7 +132,7 @@ def batch_noise(
             noise = slerp(subseed_strength, noise.reshape(1, -1), sub.reshape(1, -1)).reshape(spec.shape)
         images.append(noise)
         generators.append(make_generator(seed, spec))
-        torch.randn(spec.shape, generator=generators[-1], device=generators[-1].device)
+        draw(generators[-1], spec.shape)
     return torch.stack(images), generators
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from modules.engine.rng import Generator, draw
+
 STEP_CALLBACK = Callable[[int], None]
 
 
@@ -92,14 +94,14 @@ class ImageNoise:
     its own seed only, so a batch equals single jobs.
     """
 
-    def __init__(self, generators: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> None:
+    def __init__(self, generators: list[Generator], shape: tuple[int, ...], device: torch.device) -> None:
         self.generators = generators
         self.shape = shape
         self.device = device
 
     def next(self) -> torch.Tensor:
         """Draw one noise tensor per image and stack them on the model's device."""
-        draws = [torch.randn(self.shape, generator=g, device=g.device, dtype=torch.float32) for g in self.generators]
+        draws = [draw(g, self.shape) for g in self.generators]
         return torch.stack(draws).to(self.device)
 
     def sampler(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
