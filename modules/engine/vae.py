@@ -17,12 +17,14 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
     """Decode each latent alone with the VAE to an RGB image (A1111: clamp, then truncate to uint8).
 
     An fp16 VAE that produces NaNs is switched to fp32 once and the decode retried (A1111's auto VAE precision).
+    Running out of memory switches the VAE to tiled decoding (for good) and retries, so a large hires image that
+    does not fit decodes in tiles instead of failing.
     """
     scale = vae.config.scaling_factor
     images = []
     with torch.inference_mode():
         for latent in latents:
-            x = vae.decode(latent[None].to(vae.device, vae.dtype) / scale).sample
+            x = _decode_or_tile(vae, latent[None].to(vae.device, vae.dtype) / scale)
             if not torch.isfinite(x).all() and vae.dtype != torch.float32:
                 logger.warning("The VAE produced NaNs in %s; switching it to float32 for this model", vae.dtype)
                 vae.to(torch.float32)
@@ -31,6 +33,20 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
             arr = (255.0 * x[0]).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
             images.append(Image.fromarray(arr, "RGB"))
     return images
+
+
+def _decode_or_tile(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(z)``; on out of memory, free the cache, enable tiled decoding and try once more."""
+    try:
+        return vae.decode(z).sample
+    except torch.OutOfMemoryError:
+        if getattr(vae, "use_tiling", False):
+            raise
+        logger.warning("Out of memory decoding %s latents; switching the VAE to tiled decoding", tuple(z.shape))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        vae.enable_tiling()
+        return vae.decode(z).sample
 
 
 def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
