@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from modules.ui.quicksettings import checkpoint_titles
+
 if TYPE_CHECKING:
     from modules.context import AppContext
     from modules.ui.txt2img import GenerationTab
@@ -73,6 +75,40 @@ def build(ctx: AppContext, t: GenerationTab) -> gr.HTML:
             )
             t.fields["hr_resize_y"] = gr.Slider(
                 0, 2048, value=0, step=8, label="Resize height to", elem_id=f"{tab}_hr_resize_y"
+            )
+        with gr.Row(elem_id=f"{tab}_hires_fix_row3"):
+            t.fields["hr_checkpoint_name"] = gr.Dropdown(
+                label="Checkpoint",
+                choices=["Use same checkpoint", *checkpoint_titles(ctx)],
+                value="Use same checkpoint",
+                elem_id="hr_checkpoint",
+            )
+            t.fields["hr_sampler_name"] = gr.Dropdown(
+                label="Hires sampling method",
+                choices=["Use same sampler", *ctx.sampler_names()],
+                value="Use same sampler",
+                elem_id="hr_sampler",
+            )
+            t.fields["hr_scheduler"] = gr.Dropdown(
+                label="Hires schedule type",
+                choices=["Use same scheduler", *ctx.schedule_labels()],
+                value="Use same scheduler",
+                elem_id="hr_scheduler",
+            )
+        with gr.Row(elem_id=f"{tab}_hires_fix_row4"):
+            t.fields["hr_prompt"] = gr.Textbox(
+                label="Hires prompt",
+                value="",
+                lines=3,
+                placeholder="Prompt for hires fix pass.\nLeave empty to use the same prompt as in first pass.",
+                elem_id="hires_prompt",
+            )
+            t.fields["hr_negative_prompt"] = gr.Textbox(
+                label="Hires negative prompt",
+                value="",
+                lines=3,
+                placeholder="Negative prompt for hires fix pass.\nLeave empty to use the same as in first pass.",
+                elem_id="hires_neg_prompt",
             )
     t.hires_accordion = accordion
     return info

@@ -85,6 +85,11 @@ REQUIRED_IDS = [
     "txt2img_hr_scale",
     "txt2img_hr_resize_x",
     "txt2img_hr_resize_y",
+    "hr_checkpoint",
+    "hr_sampler",
+    "hr_scheduler",
+    "hires_prompt",
+    "hires_neg_prompt",
     # refiner and img2img script
     "txt2img_refiner",
     "txt2img_refiner_checkpoint",

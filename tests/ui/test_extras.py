@@ -147,3 +147,18 @@ def test_refiner_fields_map_to_the_request():
     request = to_request({"refiner_checkpoint": "sdxl_refiner.safetensors", "refiner_switch_at": 0.65})
     assert request.refiner_checkpoint == "sdxl_refiner.safetensors" and request.refiner_switch_at == 0.65
     assert to_request({"refiner_checkpoint": "None"}).refiner_checkpoint == "None"  # the engine's "no refiner"
+
+
+def test_hires_pass_fields_map_to_the_request():
+    request = to_request(
+        {
+            "enable_hr": True,
+            "hr_checkpoint_name": "Use same checkpoint",
+            "hr_sampler_name": "DPM++ 2M",
+            "hr_scheduler": "Use same scheduler",
+            "hr_prompt": "a dog",
+            "hr_negative_prompt": "",
+        }
+    )
+    assert request.hr_checkpoint_name is None and request.hr_scheduler is None
+    assert request.hr_sampler_name == "DPM++ 2M" and request.hr_prompt == "a dog"
