@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.engine import hires, outpaint, refiner
+from modules.engine import hires, refiner, scripts
 from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
 from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
 from modules.engine.extras import ExtrasOptions, run_extras
@@ -318,7 +318,7 @@ class AppContext:
     @staticmethod
     def script_infos() -> list[dict[str, object]]:
         """The selectable img2img scripts and their arguments (``/sdapi/v1/script-info``)."""
-        return [outpaint.script_info()]
+        return scripts.script_infos()
 
     def upscaler_list(self) -> list[str]:
         """Hires fix choices: the latent modes, then the image upscalers (A1111's order)."""
@@ -356,7 +356,7 @@ class AppContext:
         checks = [
             lambda: validate_request(request),
             lambda: resolve_sampler(request.sampler_name, request.scheduler),
-            lambda: outpaint.apply_script(request),
+            lambda: scripts.apply_script(request),
         ]
         if refiner.wanted(request):
             checks.append(lambda: self.find_checkpoint(str(request.refiner_checkpoint)))

@@ -173,7 +173,7 @@ class TextToImageRequest(GenerationFields):
 class ImageToImageRequest(GenerationFields):
     """``POST /sdapi/v1/img2img`` body."""
 
-    script_titles: ClassVar[tuple[str, ...]] = ("poor man's outpainting",)
+    script_titles: ClassVar[tuple[str, ...]] = ("poor man's outpainting", "outpainting mk2")
 
     init_images: list[str] | None = None
     resize_mode: int = 0

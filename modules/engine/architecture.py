@@ -20,7 +20,7 @@ from modules.errors import CheckpointLoadError
 
 Shapes = Mapping[str, Sequence[int]]
 UNET = "model.diffusion_model."
-SD1_TYPES = (ModelType.SD1, ModelType.SD1_INPAINT)
+SD1_TYPES = (ModelType.SD1, ModelType.SD1_INPAINT, ModelType.SD1_PIX2PIX)
 VAE = "first_stage_model."
 CLIP_SPECIAL_TOKENS = {"bos_token_id": 49406, "eos_token_id": 49407}
 
@@ -47,6 +47,7 @@ ENCODER_FAMILIES: dict[str, EncoderFamily] = {
 FAMILY_ENCODERS: dict[ModelType, tuple[tuple[str, str], ...]] = {
     ModelType.SD1: (("clip-l", "cond_stage_model.transformer.text_model."),),
     ModelType.SD1_INPAINT: (("clip-l", "cond_stage_model.transformer.text_model."),),
+    ModelType.SD1_PIX2PIX: (("clip-l", "cond_stage_model.transformer.text_model."),),
     ModelType.SD2: (("openclip-h", "cond_stage_model.model."),),
     ModelType.SD2_INPAINT: (("openclip-h", "cond_stage_model.model."),),
     ModelType.SDXL: (
@@ -63,6 +64,7 @@ FAMILY_ENCODERS: dict[ModelType, tuple[tuple[str, str], ...]] = {
 PIPELINE_CLASSES: dict[ModelType, str] = {
     ModelType.SD1: "StableDiffusionPipeline",
     ModelType.SD1_INPAINT: "StableDiffusionInpaintPipeline",
+    ModelType.SD1_PIX2PIX: "StableDiffusionInstructPix2PixPipeline",
     ModelType.SD2: "StableDiffusionPipeline",
     ModelType.SD2_INPAINT: "StableDiffusionInpaintPipeline",
     ModelType.SDXL: "StableDiffusionXLPipeline",

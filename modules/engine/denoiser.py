@@ -8,7 +8,9 @@
    ``c_in = 1/√(σ²+1)`` on the latent only, the 9-channel inpainting conditioning concatenated after it, and SDXL's
    pooled text embedding + size/crop ids as added conditioning;
 3. turns the output into the denoised latent (eps: ``x − σ·ε``; v: ``x/(σ²+1) − v·σ/√(σ²+1)``);
-4. combines: ``uncond + Σ weightᵢ·cfg·(condᵢ − uncond)`` per image (A1111's ``combine_denoised``);
+4. combines: ``uncond + Σ weightᵢ·cfg·(condᵢ − uncond)`` per image (A1111's ``combine_denoised``); instruct-pix2pix
+   models with an image CFG scale ≠ 1 add a third row set (uncond text, zero image) and combine as A1111's
+   ``combine_denoised_for_edit_model``: ``blank + cfg·(cond − img) + image_cfg·(img − blank)``;
 5. with a mask (img2img inpainting), keeps the init latent outside it: ``init·keep + denoised·repaint``.
 
 Conds (``AND`` parts, images) of different token lengths are padded by repeating their last vector; cond and
@@ -102,6 +104,7 @@ class CFGDenoiser:
         image_cond: torch.Tensor | None = None,
         mask: MaskBlend | None = None,
         refiner: RefinerSwitch | None = None,
+        image_cfg_scale: float | None = None,
     ) -> None:
         """Wrap ``unet``; ``step`` counts model calls from 0.
 
@@ -111,9 +114,11 @@ class CFGDenoiser:
             prediction_type: ``"epsilon"`` or ``"v_prediction"``.
             conds: Model call index → conditioning (prompt editing/alternation decide it per call).
             cfg_scale: Classifier-free guidance scale.
-            image_cond: 9-channel inpainting models: ``(B, 5, h, w)`` mask + masked-image latents.
+            image_cond: 9-channel inpainting models: ``(B, 5, h, w)`` mask + masked-image latents; instruct-pix2pix
+                models: ``(B, 4, h, w)`` source-image latents (unscaled).
             mask: Latent masking for inpainting.
             refiner: Switch to another model part-way (A1111's refiner).
+            image_cfg_scale: instruct-pix2pix image guidance; None or 1 guides by text only (A1111).
         """
         self.unet = unet
         self.sigma_to_t = sigma_to_t
@@ -123,6 +128,7 @@ class CFGDenoiser:
         self.image_cond = image_cond
         self.mask = mask
         self.refiner = refiner
+        self.edit_scale = image_cfg_scale if image_cond is not None and image_cfg_scale not in (None, 1.0) else None
         self.step = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
@@ -136,10 +142,17 @@ class CFGDenoiser:
         parts = [(i, c, w) for i, image_conds in enumerate(step.conds) for c, w in image_conds]
         # CFG 1 with one unit-weight part per image is exactly the cond prediction: the uncond pass can be skipped
         plain = self.cfg_scale == 1.0 and all(len(p) == 1 and p[0][1] == 1.0 for p in step.conds)
+        plain = plain and self.edit_scale is None
         uncond_rows = [] if plain else step.unconds
         cond_owners = [i for i, _, _ in parts]
         cond_out = self._model(x, sigma, _pad_to_longest([c for _, c, _ in parts]), cond_owners, list(uncond_rows))
-        if not uncond_rows:
+        if self.edit_scale is not None:
+            n, u = len(parts), len(uncond_rows)
+            image, blank = cond_out[n : n + u], cond_out[n + u :]
+            denoised = blank + (image - blank) * self.edit_scale
+            for k, (i, _, weight) in enumerate(parts):
+                denoised[i] += (cond_out[k] - image[i]) * (weight * self.cfg_scale)
+        elif not uncond_rows:
             denoised = torch.zeros_like(x)
             for k, (i, _, weight) in enumerate(parts):
                 denoised[i] += cond_out[k] * weight
@@ -166,21 +179,38 @@ class CFGDenoiser:
         """Denoised predictions for the cond rows then the uncond rows (float32).
 
         Cond and uncond of the same token length share one UNet call (A1111's batched cond/uncond); otherwise they
-        run in two calls, as A1111 does without ``pad_cond_uncond``.
+        run in two calls, as A1111 does without ``pad_cond_uncond``. With image guidance the uncond rows run twice,
+        the second time with a zero image (rows from ``blank_from`` on).
         """
         uncond_owners = list(range(len(unconds)))
+        if self.edit_scale is not None:
+            unconds, uncond_owners = unconds + unconds, uncond_owners + uncond_owners
+        blank = len(unconds) // 2 if self.edit_scale is not None else None
         if not unconds or conds[0].context.shape[0] == unconds[0].context.shape[0]:
-            return self._call(x, sigma, conds + unconds, owners + uncond_owners)
-        return torch.cat([self._call(x, sigma, conds, owners), self._call(x, sigma, unconds, uncond_owners)])
+            shift = None if blank is None else len(conds) + blank
+            return self._call(x, sigma, conds + unconds, owners + uncond_owners, shift)
+        return torch.cat(
+            [self._call(x, sigma, conds, owners), self._call(x, sigma, unconds, uncond_owners, blank)],
+        )
 
-    def _call(self, x: torch.Tensor, sigma: torch.Tensor, rows: list[TextCond], owners: list[int]) -> torch.Tensor:
-        """One UNet call over ``rows`` (row k denoises image ``owners[k]``)."""
+    def _call(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        rows: list[TextCond],
+        owners: list[int],
+        blank_from: int | None = None,
+    ) -> torch.Tensor:
+        """One UNet call over ``rows`` (row k denoises image ``owners[k]``; rows from ``blank_from`` get no image)."""
         x, sigma = x[owners], sigma[owners]
         dtype = next(self.unet.parameters()).dtype
         c_in = (1.0 / (sigma**2 + 1.0) ** 0.5)[:, None, None, None]
         model_in = x * c_in
         if self.image_cond is not None:
-            model_in = torch.cat([model_in, self.image_cond[owners].to(model_in)], dim=1)
+            image_cond = self.image_cond[owners].to(model_in)
+            if blank_from is not None:
+                image_cond[blank_from:] = 0
+            model_in = torch.cat([model_in, image_cond], dim=1)
         context = torch.stack([r.context for r in rows])
         added = None
         if rows[0].pooled is not None:

@@ -56,7 +56,7 @@ DETECTION_RULES: tuple[DetectionRule, ...] = (
     DetectionRule(
         UNET_IN_KEY,
         None,
-        {9: ModelType.SD1_INPAINT, 8: "an instruct-pix2pix model (8 input channels; not supported)"},
+        {9: ModelType.SD1_INPAINT, 8: ModelType.SD1_PIX2PIX},
     ),
     DetectionRule(
         "cond_stage_model.roberta.embeddings.word_embeddings.weight", "an AltDiffusion model (not supported)"

@@ -351,7 +351,7 @@ class HiresPass:
         model = self.model_for(model)
         if request.denoising_strength <= 0:
             return upscaled  # nothing to denoise: the upscaled first pass is the result
-        if kloop.supported(self.sampler, self.schedule):
+        if kloop.check_supported(model, self.sampler, self.schedule):
             return self._run_kloop(model, request, options, upscaled, seeds, subseeds, job_no, controls, refiner)
         if refiner is not None:
             raise InvalidRequestError(f"the refiner needs a k-diffusion hires sampler; {self.sampler.name} is not one")
@@ -379,7 +379,9 @@ class HiresPass:
         bs, (h, w) = len(seeds), (upscaled.shape[-2] * 8, upscaled.shape[-1] * 8)
         spec = NoiseSpec((4, h // 8, w // 8), torch.device(model.device), options.randn_source)
         noise, generators = batch_noise(seeds, spec, subseeds=subseeds, subseed_strength=request.subseed_strength)
-        image_cond = kloop.txt2img_image_cond(model, bs, h, w) if model.model_type.is_inpaint else None
+        image_cond = kloop.txt2img_image_cond(model, bs, h, w)
+        if model.model_type.is_edit:  # A1111: the upscaled first pass is the source image (its unscaled latents)
+            image_cond = upscaled.float() / model.pipe.vae.config.scaling_factor
         setup = kloop.BatchSetup(
             noise, generators, seeds, spec, init=upscaled, image_cond=image_cond, steps_to_run=hires_steps(request)
         )

@@ -213,6 +213,11 @@ def kloop_setup(
             masked = encode_pixels(pipe.vae, _masked_pixels(pipe, images, full)).float()
             cond_mask = latent_mask(full, w, h, True).to(masked).expand(bs, -1, -1, -1)
             image_cond = torch.cat([cond_mask, masked], dim=1)
+        elif model.model_type.is_edit:  # A1111's edit_image_conditioning: the source image's unscaled latents
+            image_cond = torch.cat([encode_pixels(pipe.vae, pipe.image_processor.preprocess(im)) for im in images])
+            image_cond = image_cond.float() / pipe.vae.config.scaling_factor
+            if image_cond.shape[-2:] != init.shape[-2:]:  # "Just resize (latent upscale)"
+                image_cond = resize_latent(image_cond, request.width, request.height)
     return BatchSetup(
         noise,
         generators,
@@ -222,6 +227,7 @@ def kloop_setup(
         denoising_strength=request.denoising_strength,
         image_cond=image_cond,
         mask=mask,
+        image_cfg_scale=request.image_cfg_scale if model.model_type.is_edit else None,
     )
 
 

@@ -24,6 +24,7 @@ from modules.engine.samplers import SamplerSpec, ScheduleSpec
 from modules.engine.sampling import BrownianNoise, DiscreteModel, ImageNoise, img2img_sigmas
 from modules.engine.types import GenerationOptions, ModelType, StepInfo
 from modules.engine.vae import encode_images
+from modules.errors import InvalidRequestError
 
 _SCHEDULE_OF = {"automatic": "uniform"}
 
@@ -31,6 +32,21 @@ _SCHEDULE_OF = {"automatic": "uniform"}
 def supported(sampler: SamplerSpec, schedule: ScheduleSpec) -> bool:
     """Whether the own loop implements this sampler with this schedule type."""
     return sampler.name in SAMPLERS and _SCHEDULE_OF.get(schedule.name, schedule.name) in SCHEDULES
+
+
+def check_supported(model: LoadedModel, sampler: SamplerSpec, schedule: ScheduleSpec) -> bool:
+    """``supported(...)``, but instruct-pix2pix models (own loop only) get a clear error instead of False.
+
+    Raises:
+        InvalidRequestError: An instruct-pix2pix model with a sampler/schedule the own loop lacks.
+    """
+    ok = supported(sampler, schedule)
+    if not ok and model.model_type.is_edit:
+        raise InvalidRequestError(
+            f"instruct-pix2pix models work with the k-diffusion samplers (Euler a, DPM++ 2M, …); "
+            f"{sampler.name!r} with schedule {schedule.label!r} is not available for them"
+        )
+    return ok
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,7 @@ class BatchSetup:
         image_cond: 9-channel inpainting models: (B, 5, h, w) mask + masked-image latents.
         mask: Latent masking (img2img inpainting).
         steps_to_run: Hires: run exactly this many steps at the end of the schedule (A1111's fixed img2img steps).
+        image_cfg_scale: instruct-pix2pix image guidance (None: text guidance only).
     """
 
     noise: torch.Tensor
@@ -58,6 +75,7 @@ class BatchSetup:
     image_cond: torch.Tensor | None = None
     mask: MaskBlend | None = None
     steps_to_run: int | None = None
+    image_cfg_scale: float | None = None
 
 
 def model_calls(sampler: SamplerSpec, steps: int) -> int:
@@ -144,8 +162,16 @@ def refiner_parts(
     return ModelParts(model.pipe.unet, discrete.sigma_to_t, model.prediction_type, conds)
 
 
-def txt2img_image_cond(model: LoadedModel, batch: int, height: int, width: int) -> torch.Tensor:
-    """9-channel models in txt2img (A1111): everything masked (1) over the latent of a neutral gray image."""
+def txt2img_image_cond(model: LoadedModel, batch: int, height: int, width: int) -> torch.Tensor | None:
+    """The extra UNet channels in txt2img; None for 4-channel models.
+
+    9-channel inpainting models (A1111): everything masked (1) over the latent of a neutral gray image.
+    instruct-pix2pix: a zero source-image latent (the "no image" condition the model was trained with).
+    """
+    if model.model_type.is_edit:
+        return torch.zeros(batch, 4, height // 8, width // 8, device=model.device)
+    if not model.model_type.is_inpaint:
+        return None
     vae = model.pipe.vae
     gray = encode_images(vae, [Image.new("RGB", (width, height), (127, 127, 127))]).float()
     mask = torch.ones(1, 1, *gray.shape[-2:], device=gray.device)
@@ -195,6 +221,7 @@ def run_batch(
         image_cond=setup.image_cond.to(device) if setup.image_cond is not None else None,
         mask=setup.mask,
         refiner=refiner,
+        image_cfg_scale=setup.image_cfg_scale,
     )
 
     def callback(i: int, latents: torch.Tensor, denoised: torch.Tensor) -> None:

@@ -155,18 +155,3 @@ def expand(request: GenerationRequest, args: OutpaintArgs) -> GenerationRequest:
         inpaint_full_res=False,
         inpainting_mask_invert=0,
     )
-
-
-def apply_script(request: GenerationRequest) -> GenerationRequest:
-    """Resolve ``request.script_name``: the outpainting script expands the request; "" or "None" leaves it.
-
-    Raises:
-        InvalidRequestError: For an unknown script, a txt2img request naming it, or bad ``script_args``.
-    """
-    name = (request.script_name or "").strip()
-    if name in ("", "None"):
-        return request
-    if name.lower() != TITLE.lower() or request.mode != "img2img":
-        raise InvalidRequestError(f"script_name {name!r} not found; img2img scripts: {TITLE}")
-    expanded = expand(request, OutpaintArgs.from_script_args(request.script_args))
-    return dataclasses.replace(expanded, script_name="", script_args=())

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import hires, img2img, kloop, outpaint
+from modules.engine import hires, img2img, kloop, scripts
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
@@ -90,7 +90,7 @@ def _generate(
     """
     options = options or GenerationOptions()
     controls = controls or NoControls()
-    request = outpaint.apply_script(_strip_comments(request))
+    request = scripts.apply_script(_strip_comments(request))
     # 1. Check the request and resolve sampler and schedule.
     validate_request(request)
     use_hr = request.enable_hr and request.mode == "txt2img"
@@ -101,6 +101,7 @@ def _generate(
     pipe = model.pipe
     pipe.scheduler = make_scheduler(pipe.scheduler.config, sampler, schedule)
     refiner = RefinerRun.create(request, sampler, schedule, load_model)
+    kloop.check_supported(model, sampler, schedule)
     if options.randn_source == "NV" and not kloop.supported(sampler, schedule):
         raise InvalidRequestError(f"the NV random source needs a k-diffusion sampler; {sampler.name} is not one")
     # 2. Fix the seeds for every image of the job.
@@ -185,9 +186,7 @@ def _sample_batch(
     noise, generators = seed_noise(request, spec, seeds, subseeds)
     if kloop.supported(sampler, schedule):
         bs, total = len(seeds), _total_steps(request)
-        image_cond = None
-        if model.model_type.is_inpaint:
-            image_cond = kloop.txt2img_image_cond(model, bs, request.height, request.width)
+        image_cond = kloop.txt2img_image_cond(model, bs, request.height, request.width)
         setup = kloop.BatchSetup(noise, generators, seeds, spec, image_cond=image_cond)
         prompts, size = (request.prompt, request.negative_prompt), (request.height, request.width)
         calls = kloop.model_calls(sampler, request.steps)
@@ -309,6 +308,11 @@ def _num(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
 
 
+def _image_guided(model: LoadedModel, request: GenerationRequest) -> bool:
+    """Whether the job uses an instruct-pix2pix image CFG scale (img2img on an edit model, as A1111)."""
+    return model.model_type.is_edit and request.mode == "img2img" and request.image_cfg_scale is not None
+
+
 def infotext_params(
     model: LoadedModel,
     request: GenerationRequest,
@@ -327,6 +331,7 @@ def infotext_params(
         "Sampler": sampler.name,
         "Schedule type": schedule.label,
         "CFG scale": _num(request.cfg_scale),
+        "Image CFG scale": _num(request.image_cfg_scale) if _image_guided(model, request) else None,
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model hash": ckpt.shorthash,

@@ -49,8 +49,9 @@ class NoControls:
 
 
 def noise_spec(model: LoadedModel, request: GenerationRequest, options: GenerationOptions) -> NoiseSpec:
-    """Latent noise shape (4 channels, also for 9-channel inpainting UNets), device and RNG source."""
-    channels = model.pipe.unet.config.in_channels if not model.model_type.is_inpaint else 4
+    """Latent noise shape (4 channels, also for 9-channel inpainting and 8-channel instruct-pix2pix UNets)."""
+    kind = model.model_type
+    channels = model.pipe.unet.config.in_channels if not (kind.is_inpaint or kind.is_edit) else 4
     shape = (channels, request.height // 8, request.width // 8)
     return NoiseSpec(shape, torch.device(model.device), options.randn_source)
 

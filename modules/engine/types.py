@@ -30,6 +30,7 @@ class ModelType(str, enum.Enum):
 
     SD1 = "sd1"
     SD1_INPAINT = "sd1-inpaint"
+    SD1_PIX2PIX = "sd1-pix2pix"
     SD2 = "sd2"
     SD2_INPAINT = "sd2-inpaint"
     SDXL = "sdxl"
@@ -45,6 +46,11 @@ class ModelType(str, enum.Enum):
     def is_inpaint(self) -> bool:
         """Whether the UNet takes 9 input channels (latent + mask + masked-image latent)."""
         return self in (ModelType.SD1_INPAINT, ModelType.SD2_INPAINT, ModelType.SDXL_INPAINT)
+
+    @property
+    def is_edit(self) -> bool:
+        """Whether the UNet takes 8 input channels (latent + source-image latent): instruct-pix2pix."""
+        return self is ModelType.SD1_PIX2PIX
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ NUMERIC_FIELDS: Mapping[str, tuple[str, str, float, float]] = {
     "seed_resize_from_w": ("seed_resize_from_w", "Resize seed from width", 0, 2048),
     "seed_resize_from_h": ("seed_resize_from_h", "Resize seed from height", 0, 2048),
     "denoising_strength": ("denoising_strength", "Denoising strength", 0.0, 1.0),
+    "image_cfg_scale": ("image_cfg_scale", "Image CFG Scale", 0.0, 3.0),
     "hr_scale": ("hr_scale", "Upscale by", 1.0, 4.0),
     "hr_second_pass_steps": ("hires_steps", "Hires steps", 0, 150),
     "hr_resize_x": ("hr_resize_x", "Resize width to", 0, 2048),
@@ -57,7 +58,7 @@ INT_FIELDS: frozenset[str] = frozenset(
     }
 )
 FLOAT_FIELDS: frozenset[str] = frozenset(
-    {"cfg_scale", "subseed_strength", "denoising_strength", "hr_scale", "refiner_switch_at"}
+    {"cfg_scale", "image_cfg_scale", "subseed_strength", "denoising_strength", "hr_scale", "refiner_switch_at"}
 )
 BOOL_FIELDS: frozenset[str] = frozenset({"enable_hr", "inpaint_full_res"})
 # Optional request fields where an empty widget (or A1111's "Use same …" choice) means None.

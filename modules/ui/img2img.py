@@ -27,7 +27,8 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resiz
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 INPAINT_AREAS = ("Whole picture", "Only masked")
-SCRIPTS = ("None", "Poor man's outpainting")  # img2img scripts (the engine runs them: engine/outpaint.py)
+# img2img scripts (the engine runs them: engine/scripts.py)
+SCRIPTS = ("None", "Poor man's outpainting", "Outpainting mk2")
 DIRECTIONS = ("left", "right", "up", "down")
 # Sub-tab id → label, in A1111's order (the id is the ``img2img_mode`` value).
 SUB_TABS = {
@@ -52,7 +53,7 @@ class Img2ImgExtras:
     inpaint_controls: gr.Group | None = None
     resize_tabs: dict[str, gr.Tab] = field(default_factory=dict)
     script: gr.Dropdown | None = None
-    script_controls: gr.Group | None = None
+    script_controls: tuple[gr.Group, ...] = ()
 
 
 def editor_mask(value: Mapping[str, Any] | None) -> Image.Image | None:
@@ -155,6 +156,16 @@ def script_values(values: Mapping[str, Any]) -> dict[str, Any]:
     name = values.get("script_name") or "None"
     if name == "None":
         return {}
+    if name == SCRIPTS[2]:  # Outpainting mk2: (info, pixels, mask_blur, direction, noise_q, color_variation)
+        mk2 = (
+            None,
+            int(values.get("mk2_pixels") or 128),
+            int(values.get("mk2_mask_blur") or 0),
+            list(values.get("mk2_direction") or ()),
+            float(values.get("mk2_noise_q") or 0.0),
+            float(values.get("mk2_color_variation") or 0.0),
+        )
+        return {"script_name": name, "script_args": mk2}
     args = (
         int(values.get("outpaint_pixels") or 128),
         int(values.get("outpaint_mask_blur") or 0),
@@ -259,8 +270,8 @@ def _build_inpaint_controls(t: GenerationTab) -> gr.Group:
     return group
 
 
-def _build_script(t: GenerationTab) -> tuple[gr.Dropdown, gr.Group]:
-    """The Script dropdown and the outpainting script's controls (shown when it is selected)."""
+def _build_script(t: GenerationTab) -> tuple[gr.Dropdown, tuple[gr.Group, ...]]:
+    """The Script dropdown and each script's controls (shown when it is selected), in ``SCRIPTS[1:]`` order."""
     f = t.fields
     f["script_name"] = gr.Dropdown(label="Script", choices=list(SCRIPTS), value=SCRIPTS[0], elem_id="script_list")
     with gr.Group(visible=False, elem_id="img2img_script_outpainting") as group:
@@ -272,7 +283,20 @@ def _build_script(t: GenerationTab) -> tuple[gr.Dropdown, gr.Group]:
         f["outpaint_direction"] = gr.CheckboxGroup(
             label="Outpainting direction", choices=list(DIRECTIONS), value=list(DIRECTIONS), elem_id="outpaint_dir"
         )
-    return f["script_name"], group
+    with gr.Group(visible=False, elem_id="img2img_script_outpainting_mk2") as mk2:
+        gr.Markdown("Recommended settings: Sampling Steps: 80-100, Sampler: Euler a, Denoising strength: 0.8")
+        f["mk2_pixels"] = gr.Slider(8, 256, value=128, step=8, label="Pixels to expand", elem_id="mk2_px")
+        f["mk2_mask_blur"] = gr.Slider(0, 64, value=8, step=1, label="Mask blur", elem_id="mk2_blur")
+        f["mk2_direction"] = gr.CheckboxGroup(
+            label="Outpainting direction", choices=list(DIRECTIONS), value=list(DIRECTIONS), elem_id="mk2_dir"
+        )
+        f["mk2_noise_q"] = gr.Slider(
+            0.0, 4.0, value=1.0, step=0.01, label="Fall-off exponent (lower=higher detail)", elem_id="mk2_noise_q"
+        )
+        f["mk2_color_variation"] = gr.Slider(
+            0.0, 1.0, value=0.05, step=0.01, label="Color variation", elem_id="mk2_color_variation"
+        )
+    return f["script_name"], (group, mk2)
 
 
 def _resize_dimensions(x: Img2ImgExtras) -> Any:
@@ -310,6 +334,14 @@ def build_tab(ctx: AppContext) -> tuple[GenerationTab, Img2ImgExtras]:
             t.fields["denoising_strength"] = gr.Slider(
                 0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
             )
+            t.fields["image_cfg_scale"] = gr.Slider(
+                0.0,
+                3.0,
+                value=1.5,
+                step=0.05,
+                label="Image CFG Scale (instruct-pix2pix models only)",
+                elem_id="img2img_image_cfg_scale",
+            )
             refiner.build(ctx, t)
             x.script, x.script_controls = _build_script(t)
         with gr.Column(scale=1, elem_id="img2img_results"):
@@ -330,11 +362,11 @@ def wire(t: GenerationTab, x: Img2ImgExtras) -> None:
         )
     for how, tab in x.resize_tabs.items():
         tab.select(lambda h=how: h, outputs=t.fields["resize_by"], queue=False, api_visibility="private")
-    if x.script is not None and x.script_controls is not None:
+    if x.script is not None and x.script_controls:
         x.script.change(
-            lambda name: gr.update(visible=name != SCRIPTS[0]),
+            lambda name: tuple(gr.update(visible=name == title) for title in SCRIPTS[1:]),
             inputs=x.script,
-            outputs=x.script_controls,
+            outputs=list(x.script_controls),
             queue=False,
             api_visibility="private",
         )

@@ -16,6 +16,7 @@ HEADERS = Path(__file__).resolve().parents[1] / "fixtures" / "headers"
 EXPECTED = {
     "sd1": ModelType.SD1,
     "sd1-inpaint": ModelType.SD1_INPAINT,
+    "sd1-pix2pix": ModelType.SD1_PIX2PIX,
     "sd2v": ModelType.SD2,
     "sd2-inpaint": ModelType.SD2_INPAINT,
     "sdxl": ModelType.SDXL,
@@ -53,11 +54,11 @@ def test_sdxl_wins_over_sd1_keys_in_a1111_order() -> None:
     )
 
 
-def test_instruct_pix2pix_is_refused_by_name() -> None:
+def test_eight_input_channels_are_instruct_pix2pix() -> None:
     shapes = dict(header("sd1", "tiny"))
     shapes[UNET_IN] = [32, 8, 3, 3]
-    with pytest.raises(UnknownModelTypeError, match="instruct-pix2pix"):
-        detect_model_type(shapes, source="ip2p.safetensors")
+    assert detect_model_type(shapes, source="ip2p.safetensors") is ModelType.SD1_PIX2PIX
+    assert ModelType.SD1_PIX2PIX.is_edit and not ModelType.SD1_PIX2PIX.is_inpaint
 
 
 @pytest.mark.parametrize(

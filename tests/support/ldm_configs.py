@@ -204,19 +204,21 @@ def _text_encoder(target: str, params: Mapping[str, Any] | None, component: str,
     )
 
 
+PIPELINES_BY_IN_CHANNELS = {9: "StableDiffusionInpaintPipeline", 8: "StableDiffusionInstructPix2PixPipeline"}
+
+
 def _ldm_layout(params: Mapping[str, Any]) -> Layout:
     """Return the layout of an LDM (SD1/SD2) yaml's ``model.params``."""
     unet = params["unet_config"]["params"]
     latent = params.get("image_size", 64)
     schedule = (params.get("linear_start", 0.00085), params.get("linear_end", 0.012), params.get("timesteps", 1000))
     cond = params["cond_stage_config"]
-    inpaint = unet["in_channels"] == 9
     parameterization = params.get("parameterization", "eps")
     # diffusers' SD2 768-v config upcasts attention (it matters for fp16 only).
     upcast = {"upcast_attention": True} if parameterization == "v" else {}
     return Layout(
         sgm=False,
-        pipeline_class="StableDiffusionInpaintPipeline" if inpaint else "StableDiffusionPipeline",
+        pipeline_class=PIPELINES_BY_IN_CHANNELS.get(unet["in_channels"], "StableDiffusionPipeline"),
         unet=unet_config(unet, latent) | upcast,
         vae=vae_config(params["first_stage_config"]["params"], params.get("scale_factor", 0.18215), latent),
         scheduler=scheduler_config(*schedule, parameterization),

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 SIZES = ("tiny", "full")
-LDM_KINDS = ("sd1", "sd1-inpaint", "sd2v", "sd2-inpaint")
+LDM_KINDS = ("sd1", "sd1-inpaint", "sd1-pix2pix", "sd2v", "sd2-inpaint")
 SGM_KINDS = ("sdxl", "sdxl-inpaint", "sdxl-refiner")
 
 CLIP_VOCAB = 49408
@@ -56,6 +56,7 @@ IMAGE_SIZES = MappingProxyType(
     {
         ("sd1", "full"): 64,
         ("sd1-inpaint", "full"): 64,
+        ("sd1-pix2pix", "full"): 32,
         ("sd2v", "full"): 96,
         ("sd2-inpaint", "full"): 64,
     }
@@ -70,6 +71,7 @@ MIRRORS = MappingProxyType(
     {
         "sd1": "v1-inference.yaml",
         "sd1-inpaint": "v1-inpainting-inference.yaml",
+        "sd1-pix2pix": "instruct-pix2pix.yaml",
         "sd2v": "v2-inference-v.yaml",
         "sd2-inpaint": "512-inpainting-ema.yaml",
         "sdxl": "sd_xl_base.yaml",
@@ -168,6 +170,7 @@ def _ldm_yaml(kind: str, size: str) -> dict[str, Any]:
     """Return the yaml tree of an SD1/SD2 kind (``ldm.models.diffusion.ddpm.*``)."""
     sd2 = kind.startswith("sd2")
     inpaint = kind.endswith("-inpaint")
+    edit = kind.endswith("-pix2pix")
     arch = "openclip_h" if sd2 else "clip_l"
     text = text_config(arch, size)
     params: dict[str, Any] = {"parameterization": "v"} if kind == "sd2v" else {}
@@ -177,19 +180,19 @@ def _ldm_yaml(kind: str, size: str) -> dict[str, Any]:
         "num_timesteps_cond": 1,
         "log_every_t": 200,
         "timesteps": 1000,
-        "first_stage_key": "jpg",
-        "cond_stage_key": "txt",
+        "first_stage_key": "edited" if edit else "jpg",
+        "cond_stage_key": "edit" if edit else "txt",
         "image_size": IMAGE_SIZES[(kind, size)] if size == "full" else TINY_IMAGE_SIZE,
         "channels": 4,
         "cond_stage_trainable": False,
-        "conditioning_key": "hybrid" if inpaint else "crossattn",
+        "conditioning_key": "hybrid" if inpaint or edit else "crossattn",
         "monitor": "val/loss_simple_ema",
         "scale_factor": 0.18215,
         "use_ema": False,
     }
     if inpaint:
         params["finetune_keys"] = None
-    unet = _unet_params("sd2" if sd2 else "sd1", size, 9 if inpaint else 4, text["hidden_size"])
+    unet = _unet_params("sd2" if sd2 else "sd1", size, 9 if inpaint else 8 if edit else 4, text["hidden_size"])
     params["unet_config"] = {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet}
     params["first_stage_config"] = _first_stage(size, "ldm.models.autoencoder.AutoencoderKL")
     if sd2:
@@ -200,9 +203,11 @@ def _ldm_yaml(kind: str, size: str) -> dict[str, Any]:
     else:
         cond = {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder", "params": {"text_config": text}}
     params["cond_stage_config"] = cond
-    target = "LatentInpaintDiffusion" if inpaint else "LatentDiffusion"
+    target = "ddpm.LatentDiffusion"
+    if inpaint or edit:
+        target = "ddpm.LatentInpaintDiffusion" if inpaint else "ddpm_edit.LatentDiffusion"
     rate = 7.5e-05 if inpaint else 1.0e-04
-    return {"model": {"base_learning_rate": rate, "target": f"ldm.models.diffusion.ddpm.{target}", "params": params}}
+    return {"model": {"base_learning_rate": rate, "target": f"ldm.models.diffusion.{target}", "params": params}}
 
 
 def _timestep_embedder(input_key: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from tests.support.ldm_yaml import write_yaml as _write_yaml_file
 logger = logging.getLogger(__name__)
 
 KINDS = ("sd1", "sd2v", "sd1-inpaint", "sdxl")
-ALL_KINDS = (*KINDS, "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner")
+ALL_KINDS = (*KINDS, "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner", "sd1-pix2pix")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 SUFFIXES = (".safetensors", ".ckpt")
 

@@ -279,6 +279,21 @@ def test_gradio_client_img2img_and_inpaint(server, tmp_path):
         api_name="/img2img",
     )
     assert "Masked content: fill" in html and "Size: 128x64" in html
+    # Outpainting mk2 downwards: its own controls (the noise-filled border, mask blur 8 by default)
+    _, gallery, html, _ = client.predict(
+        prompt="sea",
+        negative_prompt="",
+        steps=2,
+        seed=6,
+        init_image=gradio_client.handle_file(str(src)),
+        denoising_strength=0.8,
+        script_name="Outpainting mk2",
+        mk2_pixels=32,
+        mk2_direction=["down"],
+        **EDITORS,
+        api_name="/img2img",
+    )
+    assert "Mask blur: 8" in html and "Size: 64x128" in html
 
 
 def test_inpaint_draw_mask_and_generate(page, server, tmp_path):
