@@ -7,6 +7,7 @@ time, so a settings change never affects a running job.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -63,6 +64,8 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.hash_cache = HashCache(self.flags.data_dir / "cache" / "hashes.json")
+        # --compile: inductor's caches live with the app's data, so a restart compiles from cache (unless set)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.flags.data_dir / "cache" / "inductor"))
         self.upscalers = UpscalerRegistry(list(self.flags.upscaler_dirs))
         self.refresh_checkpoints()
 
@@ -140,7 +143,14 @@ class AppContext:
             allow_unsafe_pickle=self.flags.disable_safe_unpickle,
             config_cache_dir=self.flags.data_dir / "cache" / "model-configs",
             cuda_graphs=not self.flags.disable_cuda_graphs,
+            memory=self._memory_flag(),
+            compile=self.flags.compile or self.settings.compile_unet,
+            memory_sdxl="model" if self.flags.medvram_sdxl and self._memory_flag() == "auto" else self._memory_flag(),
         )
+
+    def _memory_flag(self) -> str:
+        """``--lowvram`` → sequential offload, ``--medvram`` → model offload, else chosen from free memory."""
+        return "sequential" if self.flags.lowvram else "model" if self.flags.medvram else "auto"
 
     def _load(self, ckpt: CheckpointInfo) -> LoadedModel:
         self.models.limit = self.settings.sd_checkpoints_limit

@@ -71,6 +71,10 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--lowvram", {"action": "store_true", "help": "aggressive sequential offload (slow)"}),
     ("--medvram-sdxl", {"action": "store_true", "help": "--medvram for SDXL models only"}),
     ("--disable-cuda-graphs", {"action": "store_true", "help": "run the UNet eagerly, without CUDA graphs"}),
+    (
+        "--compile",
+        {"action": "store_true", "help": "torch.compile the UNet in the background (CUDA; cached on disk)"},
+    ),
 )
 
 # Launcher-only flags (webui.sh / webui.bat act on them); webui.py accepts and ignores them.
@@ -228,6 +232,7 @@ class LaunchFlags(BaseModel):
     lowvram: bool = False
     medvram_sdxl: bool = False
     disable_cuda_graphs: bool = False
+    compile: bool = False
     esrgan_models_path: Path | None = None
     realesrgan_models_path: Path | None = None
     dat_models_path: Path | None = None

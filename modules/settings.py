@@ -202,6 +202,9 @@ class Settings(BaseModel):
     emphasis: Literal["Original", "No norm", "Ignore", "None"] = _opt("Original", "Emphasis mode", "sd")
     comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit", "sd", ge=0, le=74)
     randn_source: Literal["GPU", "CPU", "NV"] = _opt("GPU", "Random number generator source", "sd")
+    compile_unet: bool = _opt(
+        False, "Compile the UNet with torch.compile (CUDA; in the background, cached on disk; reloads the model)", "sd"
+    )
     eta_noise_seed_delta: int = _opt(0, "Eta noise seed delta", "sampler", ge=0)
     samples_save: bool = _opt(True, "Always save all generated images", "saving")
     samples_format: Literal["png", "jpg", "jpeg", "webp"] = _opt("png", "File format for images", "saving")

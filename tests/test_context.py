@@ -207,15 +207,17 @@ def test_out_of_memory_is_a_readable_error_and_the_next_job_works(ctx, monkeypat
     real = pipeline._sample_batch
     calls = []
 
-    def oom_once(*args, **kwargs):  # the device running out of memory during the first job (simulated)
+    def oom_twice(*args, **kwargs):  # the device running out of memory, also in the retry (simulated)
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) <= 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_sample_batch", oom_once)
+    monkeypatch.setattr(pipeline, "_sample_batch", oom_twice)
     job = ctx.submit(GenerationRequest(seed=1, **FAST), save=False)
-    with pytest.raises(OutOfMemoryError, match=r"Out of memory on cpu while generating 64x64, batch size 1"):
+    message = r"Out of memory on cpu while generating 64x64, batch size 1, also with model offload"
+    with pytest.raises(OutOfMemoryError, match=message):
         job.wait(120)
+    assert len(calls) == 2  # retried once, in the lighter mode
     out = ctx.submit(GenerationRequest(seed=1, **FAST), save=False).wait(120)
-    assert len(out.result.images) == 1
+    assert len(out.result.images) == 1 and ctx.models.current.memory_mode == "full"

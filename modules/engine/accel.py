@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from modules.engine.compiling import READY, BackgroundCompiler
+from modules.engine.types import ModelType
+
 logger = logging.getLogger(__name__)
 
 MAX_GRAPHS = 4
@@ -55,12 +58,13 @@ def _signature(tensors: dict[str, torch.Tensor]) -> tuple:
 class GraphedForward:
     """Callable installed as ``unet.forward``: graph replay for supported calls, eager for the rest."""
 
-    def __init__(self, unet: torch.nn.Module, max_graphs: int = MAX_GRAPHS) -> None:
+    def __init__(self, unet: torch.nn.Module, max_graphs: int = MAX_GRAPHS, *, compile: bool = False) -> None:
         self._eager: Callable[..., Any] = type(unet).forward.__get__(unet)
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle()
         self._max = max_graphs
         self.failed = False
+        self.compiler = BackgroundCompiler(self._eager, self._run_static) if compile else None
 
     def __call__(
         self,
@@ -105,10 +109,19 @@ class GraphedForward:
         return (out,)
 
     def _replay(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        key = _signature(tensors)
+        signature = _signature(tensors)
+        fn = self._eager
+        if self.compiler is not None:
+            state = self.compiler.state(signature)
+            if state is None:
+                self.compiler.request(signature, tensors)
+            elif state == READY:
+                fn = self.compiler.compiled
+                self._graphs.pop((signature, False), None)  # the eager graph of this size is not needed any more
+        key = (signature, fn is not self._eager)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(tensors)
+            entry = self._capture(tensors, fn)
             self._graphs[key] = entry
             while len(self._graphs) > self._max:
                 self._graphs.popitem(last=False)
@@ -119,9 +132,9 @@ class GraphedForward:
         entry.graph.replay()
         return entry.output
 
-    def _run_static(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _run_static(self, fn: Callable[..., Any], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         added = {k.removeprefix("added."): v for k, v in inputs.items() if k.startswith("added.")}
-        return self._eager(
+        return fn(
             inputs["sample"],
             inputs["timestep"],
             inputs["encoder_hidden_states"],
@@ -129,18 +142,22 @@ class GraphedForward:
             return_dict=False,
         )[0]
 
-    def _capture(self, tensors: dict[str, torch.Tensor]) -> _Graph:
+    def _capture(self, tensors: dict[str, torch.Tensor], fn: Callable[..., Any]) -> _Graph:
         inputs = {name: t.clone() for name, t in tensors.items()}
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(_WARMUP_RUNS):
-                self._run_static(inputs)
+                self._run_static(fn, inputs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            output = self._run_static(inputs)
-        logger.info("Captured a CUDA graph of the UNet for %s", {k: tuple(v.shape) for k, v in tensors.items()})
+        # thread_local: a background compile (engine/compiling.py) may use CUDA while this thread captures
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            output = self._run_static(fn, inputs)
+        kind = "compiled" if fn is not self._eager else "eager"
+        logger.info(
+            "Captured a CUDA graph of the %s UNet for %s", kind, {k: tuple(v.shape) for k, v in tensors.items()}
+        )
         return _Graph(graph, inputs, output)
 
     def clear(self) -> None:
@@ -148,13 +165,30 @@ class GraphedForward:
         self._graphs.clear()
 
 
-def enable_cuda_graphs(unet: torch.nn.Module) -> bool:
-    """Install graph replay on ``unet`` if it runs on CUDA; return whether it was installed."""
-    param = next(unet.parameters(), None)
-    if param is None or param.device.type != "cuda":
+def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str) -> bool:
+    """Put an SD1/SD2 UNet that will run on CUDA in channels_last; return whether it was changed.
+
+    Measured on the H100 (tests/gpu/results/speed_probe-h100.json, one CFG step under graph replay): SD1.5 12.28 →
+    10.64 ms (cuDNN's NCHW↔NHWC conversions around every conv disappear); SDXL 43.4 → 45.7 ms (its GroupNorms on
+    channels_last cost more than the conversions saved), so SDXL stays contiguous. Outputs differ by fp16 round-off.
+    """
+    if not device.startswith("cuda") or model_type.is_sdxl:
         return False
-    unet.forward = GraphedForward(unet)
-    logger.info("UNet runs through CUDA graphs (captured per image size and batch on first use)")
+    unet.to(memory_format=torch.channels_last)
+    return True
+
+
+def enable_cuda_graphs(unet: torch.nn.Module, *, compile: bool = False) -> bool:
+    """Install graph replay on ``unet`` if it runs on CUDA (with ``compile``: of inductor-compiled kernels).
+
+    Returns whether it was installed.
+    """
+    param = next(unet.parameters(), None)
+    if param is None or param.device.type != "cuda" or hasattr(unet, "_hf_hook"):
+        return False  # not on CUDA, or offloaded (weights move, graphs would replay stale pointers)
+    unet.forward = GraphedForward(unet, compile=compile)
+    how = "compiled (torch.compile, in the background) and " if compile else ""
+    logger.info("UNet runs %sthrough CUDA graphs (captured per image size and batch on first use)", how)
     return True
 
 

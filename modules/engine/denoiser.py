@@ -202,14 +202,14 @@ class CFGDenoiser:
         blank_from: int | None = None,
     ) -> torch.Tensor:
         """One UNet call over ``rows`` (row k denoises image ``owners[k]``; rows from ``blank_from`` get no image)."""
-        x, sigma = x[owners], sigma[owners]
+        x, sigma = _rows(x, owners), _rows(sigma, owners)
         dtype = next(self.unet.parameters()).dtype
         c_in = (1.0 / (sigma**2 + 1.0) ** 0.5)[:, None, None, None]
         model_in = x * c_in
         if self.image_cond is not None:
-            image_cond = self.image_cond[owners].to(model_in)
+            image_cond = _rows(self.image_cond, owners).to(model_in)
             if blank_from is not None:
-                image_cond[blank_from:] = 0
+                image_cond = torch.cat([image_cond[:blank_from], torch.zeros_like(image_cond[blank_from:])])
             model_in = torch.cat([model_in, image_cond], dim=1)
         context = torch.stack([r.context for r in rows])
         added = None
@@ -224,6 +224,11 @@ class CFGDenoiser:
         if self.v_prediction:
             return x.float() / (sig**2 + 1.0) - pred * sig / (sig**2 + 1.0) ** 0.5
         return x.float() - pred * sig
+
+
+def _rows(t: torch.Tensor, owners: list[int]) -> torch.Tensor:
+    """``t[owners]`` without an index tensor (a host → device copy, which would wait for the GPU every step)."""
+    return torch.cat([t[i : i + 1] for i in owners]) if owners != list(range(t.shape[0])) else t
 
 
 def _pad_to_longest(rows: list[TextCond]) -> list[TextCond]:

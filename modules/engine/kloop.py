@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from modules.engine import offload
 from modules.engine.denoiser import CFGDenoiser, MaskBlend, ModelParts, RefinerSwitch, StepConds, TextCond
 from modules.engine.ksampling.samplers import SAMPLERS, SamplerOptions, SamplingInterrupted
 from modules.engine.ksampling.schedules import SCHEDULES, sigmas_for
@@ -35,16 +36,21 @@ def supported(sampler: SamplerSpec, schedule: ScheduleSpec) -> bool:
 
 
 def check_supported(model: LoadedModel, sampler: SamplerSpec, schedule: ScheduleSpec) -> bool:
-    """``supported(...)``, but instruct-pix2pix models (own loop only) get a clear error instead of False.
+    """``supported(...)``, but where only the own loop can run (instruct-pix2pix, sequential offload) a clear error.
 
     Raises:
-        InvalidRequestError: An instruct-pix2pix model with a sampler/schedule the own loop lacks.
+        InvalidRequestError: A sampler/schedule the own loop lacks, for a model only the own loop can run.
     """
     ok = supported(sampler, schedule)
     if not ok and model.model_type.is_edit:
         raise InvalidRequestError(
             f"instruct-pix2pix models work with the k-diffusion samplers (Euler a, DPM++ 2M, …); "
             f"{sampler.name!r} with schedule {schedule.label!r} is not available for them"
+        )
+    if not ok and offload.is_sequential(model.pipe):
+        raise InvalidRequestError(
+            f"with sequential offload (--lowvram, or too little free VRAM) only the k-diffusion samplers run; "
+            f"{sampler.name!r} with schedule {schedule.label!r} is not one"
         )
     return ok
 
@@ -111,6 +117,7 @@ def prompt_conds(
         texts = [text for _, text in entries]
         rows = encode_group(model.pipe, model.model_type, texts, negative=negative_side, **kwargs)
         ids = sdxl_time_ids(model, *size, negative=negative_side)
+        ids = ids.to(model.device) if ids is not None else None  # once, not a host copy per step
         return [(end, TextCond(ctx, pooled, ids)) for (end, _), (ctx, pooled) in zip(entries, rows, strict=True)]
 
     parts = [(weight, encoded(entries, False)) for weight, entries in pos.parts]
@@ -159,7 +166,7 @@ def refiner_parts(
     """The refiner's UNet, σ → t and conditioning, for a switch in the middle of sampling."""
     discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
     conds = prompt_conds(model, options, prompts, batch, steps, size, hires_steps)
-    return ModelParts(model.pipe.unet, discrete.sigma_to_t, model.prediction_type, conds)
+    return ModelParts(model.pipe.unet, discrete.on(model.device).sigma_to_t, model.prediction_type, conds)
 
 
 def txt2img_image_cond(model: LoadedModel, batch: int, height: int, width: int) -> torch.Tensor | None:
@@ -202,7 +209,8 @@ def run_batch(
     elif setup.init is not None:
         sigmas = img2img_sigmas(sigmas, steps, setup.denoising_strength)
     device = torch.device(model.device)
-    sigmas = sigmas.to(device)
+    # The sigmas stay on the CPU: the samplers' scalar math (σ ratios, ancestral steps, churn checks) then never
+    # waits for the GPU, so the host queues step i+1 while step i runs.
     x = setup.noise.to(device) * sigmas[0]
     if setup.init is not None:
         x = setup.init.to(device, torch.float32) + x
@@ -214,7 +222,7 @@ def run_batch(
         noise_fn = BrownianNoise(x, sigmas, setup.seeds)
     denoiser = CFGDenoiser(
         model.pipe.unet,
-        discrete.sigma_to_t,
+        discrete.on(device).sigma_to_t,
         model.prediction_type,
         conds,
         cfg_scale,

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
+from modules.engine import offload
+from modules.engine.accel import disable_cuda_graphs, prepare_unet
 from modules.engine.config_folder import default_cache_dir, model_index, write_config_folder
 from modules.engine.detection import detect_model_type, read_header
 from modules.engine.ldm_yaml import build_architecture
@@ -55,6 +56,9 @@ class LoadOptions:
         allow_unsafe_pickle: ``--disable-safe-unpickle``: unpickle ``.ckpt`` files without restriction.
         config_cache_dir: Where config folders are cached (default: a folder in the system temp dir).
         cuda_graphs: Replay the UNet through CUDA graphs on CUDA devices (engine/accel.py).
+        memory: ``auto`` (by free memory), ``full``, ``model`` (``--medvram``) or ``sequential`` (``--lowvram``).
+        memory_sdxl: The same for SDXL models (``--medvram-sdxl``).
+        compile: ``--compile``: the UNet's graphs replay torch.compile'd kernels once compiled (engine/compiling.py).
     """
 
     device: str = "cpu"
@@ -63,6 +67,9 @@ class LoadOptions:
     allow_unsafe_pickle: bool = False
     config_cache_dir: Path | None = None
     cuda_graphs: bool = True
+    memory: str = "auto"
+    memory_sdxl: str = "auto"
+    compile: bool = False
 
 
 def select_device(
@@ -101,6 +108,8 @@ class LoadedModel:
         device: Where its weights live.
         dtype: UNet/text-encoder dtype name (the VAE may differ: ``pipe.vae.dtype``).
         load_seconds: Wall time of the load.
+        memory_mode: ``full``, ``model`` or ``sequential`` (engine/offload.py).
+        cuda_graphs: Whether the UNet replays CUDA graphs in ``full`` mode.
     """
 
     checkpoint: CheckpointInfo
@@ -110,6 +119,15 @@ class LoadedModel:
     device: str
     dtype: str
     load_seconds: float
+    memory_mode: str = "full"
+    cuda_graphs: bool = False
+    compile: bool = False
+
+    def set_memory_mode(self, mode: str) -> None:
+        """Switch to another memory mode in place (e.g. a lighter one after running out of memory)."""
+        if mode != self.memory_mode:
+            offload.apply_mode(self.pipe, self.device, mode, cuda_graphs=self.cuda_graphs, compile=self.compile)
+            self.memory_mode = mode
 
     def derived_pipeline(self, class_name: str) -> Any:
         """Return ``diffusers.<class_name>.from_pipe(self.pipe)``: the same weights, another task, no reload."""
@@ -209,12 +227,29 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     pipe = _build_pipeline(arch.pipeline_class, components, model_index(arch))
     pipe.set_progress_bar_config(disable=True)
     # 4. Device (dtypes were applied while filling the models).
-    pipe.to(options.device)
-    if options.cuda_graphs:
-        enable_cuda_graphs(pipe.unet)
+    prepare_unet(pipe.unet, model_type, options.device)
+    mode = _memory_mode(pipe, model_type, options)
+    offload.apply_mode(pipe, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile)
     seconds = time.perf_counter() - started
     logger.info("Loaded %s (%s, %s) in %.1f s on %s", source, model_type.value, prediction, seconds, options.device)
-    return LoadedModel(checkpoint, model_type, prediction, pipe, options.device, options.dtype, seconds)
+    return LoadedModel(
+        checkpoint,
+        model_type,
+        prediction,
+        pipe,
+        options.device,
+        options.dtype,
+        seconds,
+        mode,
+        options.cuda_graphs,
+        options.compile,
+    )
+
+
+def _memory_mode(pipe: Any, model_type: ModelType, options: LoadOptions) -> str:
+    """The memory mode for this model (``offload.choose_mode`` over the option that applies to its family)."""
+    requested = options.memory_sdxl if model_type.is_sdxl else options.memory
+    return offload.choose_mode(pipe, options.device, requested, sdxl=model_type.is_sdxl)
 
 
 def _check_dtypes(options: LoadOptions) -> None:
@@ -260,11 +295,12 @@ class ModelManager:
         self._retire_current()
         if cached is not None:
             started = time.perf_counter()
-            cached.pipe.to(options.device)  # a no-op when it stayed on the device
-            if options.cuda_graphs:
-                enable_cuda_graphs(cached.pipe.unet)
+            mode = _memory_mode(cached.pipe, cached.model_type, options)
+            offload.apply_mode(  # no copy when it stayed on the device
+                cached.pipe, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile
+            )
             logger.info("Moved %s from RAM to %s in %.2f s", path.name, options.device, time.perf_counter() - started)
-            loaded = replace(cached, checkpoint=checkpoint)
+            loaded = replace(cached, checkpoint=checkpoint, memory_mode=mode)
         else:
             loaded = load_checkpoint(checkpoint, options)
         self._current, self._options = loaded, options
@@ -278,8 +314,10 @@ class ModelManager:
             return
         disable_cuda_graphs(current.pipe.unet)
         if self.limit > 1:
-            if options.device != "cpu" and not _room_to_stay(current.pipe, options.device):
-                current.pipe.to("cpu")
+            if current.memory_mode != "full" or (
+                options.device != "cpu" and not _room_to_stay(current.pipe, options.device)
+            ):
+                offload.release(current.pipe)
             self._cache[(Path(current.checkpoint.filename), options)] = current
         del current
         while len(self._cache) > max(self.limit - 1, 0):
@@ -303,11 +341,7 @@ class ModelManager:
 
 def _pipe_bytes(pipe: Any) -> int:
     """Bytes of every parameter and buffer of the pipeline's models."""
-    total = 0
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in (*component.parameters(), *component.buffers()))
-    return total
+    return sum(offload.module_bytes(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
 def _room_to_stay(pipe: Any, device: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import hires, img2img, kloop, scripts
+from modules.engine import hires, img2img, kloop, offload, scripts
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
@@ -42,22 +42,48 @@ def generate(
     upscaler_names: list[str] | None = None,
     load_model: Callable[[str], LoadedModel] | None = None,
 ) -> GenerationResult:
-    """Run a txt2img or img2img job (see ``_generate``); out of memory becomes a readable OutOfMemoryError.
+    """Run a txt2img or img2img job (see ``_generate``), retrying once in a lighter memory mode on out of memory.
+
+    Out of memory frees the cache and runs the job again with the model in the next lighter memory mode (full →
+    model offload → sequential offload); the model returns to its mode afterwards, so later small jobs stay fast.
+    If that fails too (or there is no lighter mode), the error is a readable OutOfMemoryError.
 
     Raises:
         InvalidRequestError: For an out-of-range field or an unknown sampler/schedule.
-        OutOfMemoryError: The device ran out of memory; its cache was emptied so the next job can run.
+        OutOfMemoryError: The device ran out of memory twice; its cache was emptied so the next job can run.
     """
+    args = (model, request, options, controls, on_step, upscaler, upscaler_names, load_model)
     try:
-        return _generate(model, request, options, controls, on_step, upscaler, upscaler_names, load_model)
+        return _generate(*args)
     except torch.OutOfMemoryError as exc:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        size = f"{request.width}x{request.height}, batch size {request.batch_size}"
+        _free_cache()
+        retry_mode = offload.lighter(model.memory_mode)
+        first = exc
+    size = f"{request.width}x{request.height}, batch size {request.batch_size}"
+    if retry_mode is None:
         raise OutOfMemoryError(
-            f"Out of memory on {model.device} while generating {size}. Try a smaller size or batch size."
+            f"Out of memory on {model.device} while generating {size} with every model offloaded. "
+            "Try a smaller size or batch size."
+        ) from first
+    original = model.memory_mode
+    logger.warning("Out of memory on %s (%s); retrying the job with %s offload", model.device, first, retry_mode)
+    try:
+        model.set_memory_mode(retry_mode)
+        return _generate(*args)
+    except torch.OutOfMemoryError as exc:
+        _free_cache()
+        raise OutOfMemoryError(
+            f"Out of memory on {model.device} while generating {size}, also with {retry_mode} offload. "
+            "Try a smaller size or batch size."
         ) from exc
+    finally:
+        model.set_memory_mode(original)
+
+
+def _free_cache() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _generate(

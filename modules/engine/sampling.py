@@ -48,6 +48,10 @@ class DiscreteModel:
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         return cls((((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float())
 
+    def on(self, device: torch.device | str) -> DiscreteModel:
+        """The same table on ``device`` (σ → t then runs there without a host copy per call)."""
+        return DiscreteModel(self.sigmas.to(device))
+
     @property
     def sigma_min(self) -> float:
         """Smallest noise level."""

@@ -28,3 +28,49 @@ def test_loader_option_default_on():
 
 def test_graphed_forward_is_only_built_for_cuda():
     assert callable(GraphedForward.__call__)
+
+
+def test_background_compiler_compiles_once_per_signature_and_reports_ready():
+    from modules.engine.compiling import FAILED, READY, BackgroundCompiler
+
+    calls = []
+
+    def fake_compile(fn, **options):
+        assert options == {"fullgraph": True, "dynamic": False}
+
+        def compiled(*args):
+            calls.append(args)
+            return fn(*args)
+
+        return compiled
+
+    def runner(fn, inputs):
+        return fn(inputs["sample"])
+
+    compiler = BackgroundCompiler(lambda x: x * 2, runner, compile_fn=fake_compile)
+    inputs = {"sample": torch.ones(2, 3)}
+    assert compiler.state(("a",)) is None
+    compiler.request(("a",), inputs)
+    compiler.request(("a",), inputs)  # already started: no second compile
+    assert compiler.wait(30)
+    assert compiler.state(("a",)) == READY and len(calls) == 2  # compile call + the check call
+    assert torch.equal(compiler.compiled(torch.ones(1)), torch.full((1,), 2.0))
+    assert ("a",) in compiler.seconds
+
+    def broken_compile(fn, **options):
+        def compiled(*args):
+            raise RuntimeError("inductor: no C++ compiler")
+
+        return compiled
+
+    failing = BackgroundCompiler(lambda x: x, runner, compile_fn=broken_compile)
+    failing.request(("b",), inputs)
+    assert failing.wait(30) and failing.state(("b",)) == FAILED
+
+
+def test_compile_option_reaches_the_loader():
+    from modules.engine.loader import LoadOptions
+    from modules.flags import parse_flags
+
+    assert LoadOptions().compile is False
+    assert parse_flags(["--compile"], environ={}).compile is True

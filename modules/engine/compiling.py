@@ -1,0 +1,93 @@
+"""``--compile``: the UNet compiled with torch.compile (inductor) in the background, then replayed in CUDA graphs.
+
+A new input signature (image size, batch, prompt length) starts a compile in a background thread while the job goes
+on with the eager UNet under CUDA graphs; once the compile has finished, the next UNet call captures a graph of the
+compiled kernels and replays that. A compile that fails is logged and that signature stays eager: compiling never
+breaks a job. Inductor's on-disk caches (``TORCHINDUCTOR_CACHE_DIR``, set by the app to ``<data dir>/cache/inductor``)
+make a restart compile from cache instead of from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PENDING, READY, FAILED = "pending", "ready", "failed"
+Runner = Callable[[Callable[..., Any], dict[str, torch.Tensor]], torch.Tensor]
+
+
+class BackgroundCompiler:
+    """Compiles one forward function per input signature in a background thread.
+
+    Args:
+        forward: The module's eager forward (bound method).
+        runner: ``runner(fn, inputs)`` calls ``fn`` exactly as the graph capture will (same arguments), so the
+            compiled code's guards match at capture time.
+        compile_fn: ``torch.compile`` (replaceable in tests).
+    """
+
+    def __init__(
+        self,
+        forward: Callable[..., Any],
+        runner: Runner,
+        compile_fn: Callable[..., Callable[..., Any]] | None = None,
+    ) -> None:
+        self.compiled = (compile_fn or torch.compile)(forward, fullgraph=True, dynamic=False)
+        self._runner = runner
+        self._state: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.seconds: dict[tuple, float] = {}
+
+    def state(self, key: tuple) -> str | None:
+        """``pending``, ``ready``, ``failed``, or None when this signature was never requested."""
+        with self._lock:
+            return self._state.get(key)
+
+    def request(self, key: tuple, inputs: dict[str, torch.Tensor]) -> None:
+        """Start compiling for ``key`` with a private copy of ``inputs`` unless already started."""
+        with self._lock:
+            if key in self._state:
+                return
+            self._state[key] = PENDING
+        shapes = {name: tuple(t.shape) for name, t in inputs.items()}
+        logger.info("Compiling the UNet for %s in the background (eager until it is ready)", shapes)
+        copies = {name: t.detach().clone() for name, t in inputs.items()}
+        thread = threading.Thread(target=self._work, args=(key, copies), name="unet-compile", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self, key: tuple, inputs: dict[str, torch.Tensor]) -> None:
+        started = time.perf_counter()
+        on_cuda = inputs["sample"].device.type == "cuda"
+        stream = torch.cuda.Stream(device=inputs["sample"].device) if on_cuda else None
+        try:
+            with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+                for _ in range(2):  # the second call runs the cached code: the guards hold for these inputs
+                    self._runner(self.compiled, inputs)
+            if stream is not None:
+                stream.synchronize()
+        except Exception as exc:  # any compile failure must leave the job running eagerly
+            logger.warning("Compiling the UNet failed (%s: %s); this size stays eager", type(exc).__name__, exc)
+            state = FAILED
+        else:
+            state = READY
+            self.seconds[key] = time.perf_counter() - started
+            logger.info("UNet compiled in %.1f s; the next step switches to it", self.seconds[key])
+        with self._lock:
+            self._state[key] = state
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every started compile; return whether all finished within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)

@@ -1,0 +1,179 @@
+"""Automatic VRAM management: full GPU, model offload (A1111's ``--medvram``) or sequential offload (``--lowvram``).
+
+Modes, lightest last:
+
+- ``full``: every model of the pipeline lives on the GPU (fastest; the UNet runs through CUDA graphs).
+- ``model``: the models live in RAM and move to the GPU one at a time when called (text encoders → UNet → VAE), as
+  A1111's ``--medvram`` does; diffusers' ``enable_model_cpu_offload`` (accelerate hooks on ``forward``, and on the
+  VAE's ``encode``/``decode``) does the moving.
+- ``sequential``: weights stay in RAM (pinned) and each layer's own tensors are copied over for its call and dropped
+  after it (A1111's ``--lowvram``; slow, but runs in a few hundred MB). Hooks of this module do it (accelerate's
+  sequential offload breaks on transformers 5's CLIP); the diffusers-scheduler samplers are refused in this mode
+  (their pipeline would place tensors by the weights' device, which is then the CPU).
+
+``choose_mode`` picks the fastest that fits from the free memory and the model sizes; the flags force one. Out of
+memory during a job → the app context retries once in the next lighter mode (``lighter``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
+
+logger = logging.getLogger(__name__)
+
+MODES = ("full", "model", "sequential")
+REQUESTS = ("auto", *MODES)
+GIB = 2**30
+# Working memory a job needs besides the weights (activations, VAE decode, CUDA graph pool) at the family's
+# native size: SD1.5 512² b1 peaks ~1.6 GB above its weights, SDXL 1024² ~5.7 GB (tests/gpu/results/bench-h100.json).
+WORK_BYTES = {False: 2 * GIB, True: 6 * GIB}
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _models(pipe: Any) -> dict[str, torch.nn.Module]:
+    return {name: c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+
+
+def choose_mode(pipe: Any, device: str, requested: str, *, sdxl: bool, free_bytes: int | None = None) -> str:
+    """The memory mode for ``pipe`` on ``device``: ``requested`` unless it is ``auto``.
+
+    Auto: ``full`` when all weights plus the work memory fit in the free memory, else ``model`` when the largest
+    model plus the work memory fit, else ``sequential``. Devices other than CUDA always run ``full``.
+
+    Raises:
+        ValueError: An unknown mode name.
+    """
+    if requested not in REQUESTS:
+        raise ValueError(f"unknown memory mode {requested!r}; expected one of {', '.join(REQUESTS)}")
+    if requested != "auto":
+        return requested
+    if not device.startswith("cuda"):
+        return "full"
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
+    sizes = [module_bytes(m) for m in _models(pipe).values()]
+    work = WORK_BYTES[sdxl]
+    if sum(sizes) + work <= free_bytes:
+        return "full"
+    mode = "model" if max(sizes, default=0) + work <= free_bytes else "sequential"
+    logger.warning(
+        "%.1f GB free on %s for %.1f GB of weights: running with %s offload (--medvram/--lowvram force a mode)",
+        free_bytes / 1e9,
+        device,
+        sum(sizes) / 1e9,
+        mode,
+    )
+    return mode
+
+
+def lighter(mode: str) -> str | None:
+    """The next lighter mode, or None after ``sequential``."""
+    index = MODES.index(mode)
+    return MODES[index + 1] if index + 1 < len(MODES) else None
+
+
+def apply_mode(pipe: Any, device: str, mode: str, *, cuda_graphs: bool, compile: bool = False) -> None:
+    """Put ``pipe`` in ``mode`` on ``device`` (from any mode; hooks of the previous one are removed first)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown memory mode {mode!r}")
+    disable_cuda_graphs(pipe.unet)  # graphs hold device pointers: moving weights would invalidate them
+    _remove_hooks(pipe)
+    if mode == "full":
+        pipe.to(device)
+        if cuda_graphs:
+            enable_cuda_graphs(pipe.unet, compile=compile)
+    elif mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to("cpu")
+        pipe._sequential_offload = SequentialOffload(_models(pipe), torch.device(device))
+    logger.info("Memory mode: %s on %s", mode, device)
+
+
+def release(pipe: Any) -> None:
+    """Remove offload hooks and bring every model to the CPU (before caching or dropping the pipeline)."""
+    disable_cuda_graphs(pipe.unet)
+    _remove_hooks(pipe)
+    pipe.to("cpu")
+
+
+def is_sequential(pipe: Any) -> bool:
+    """Whether ``pipe`` runs with sequential offload (the diffusers-scheduler samplers cannot run then)."""
+    return getattr(pipe, "_sequential_offload", None) is not None
+
+
+def _remove_hooks(pipe: Any) -> None:
+    pipe.remove_all_hooks()
+    sequential = getattr(pipe, "_sequential_offload", None)
+    if sequential is not None:
+        sequential.remove()
+        pipe._sequential_offload = None
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    """Move tensors (also inside tuples, lists and dicts) to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device) if value.device != device else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+class SequentialOffload:
+    """Per-layer offload: each module's own parameters/buffers visit ``device`` only during its forward.
+
+    The weights stay in (pinned) CPU memory; a pre-hook copies a module's direct tensors to the device, a post-hook
+    drops the copies. Each model and its direct children also move their call's tensor arguments to the device
+    (the VAE is used through ``encode``/``decode``, which call its children, not its ``forward``).
+    """
+
+    def __init__(self, models: dict[str, torch.nn.Module], device: torch.device) -> None:
+        self.device = device
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        pin = device.type == "cuda" and torch.cuda.is_available()
+        self.masters: dict[int, dict[str, torch.Tensor]] = {}
+        for model in models.values():
+            for module in (model, *model.children()):
+                self.handles.append(module.register_forward_pre_hook(self._inputs, with_kwargs=True))
+            for module in model.modules():
+                own = {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
+                if not own:
+                    continue
+                self.masters[id(module)] = {n: (t.data.pin_memory() if pin else t.data) for n, t in own.items()}
+                self._swap(module, None)  # the module now holds the pinned copies, not a second one
+                self.handles.append(module.register_forward_pre_hook(self._load))
+                self.handles.append(module.register_forward_hook(self._drop))
+
+    def _inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return _to(args, self.device), _to(kwargs, self.device)
+
+    def _swap(self, module: torch.nn.Module, device: torch.device | None) -> None:
+        for name, master in self.masters[id(module)].items():
+            value = master.to(self.device, non_blocking=True) if device is not None else master
+            if name in module._parameters:
+                module._parameters[name].data = value
+            else:
+                module._buffers[name] = value
+
+    def _load(self, module: torch.nn.Module, args: tuple) -> None:
+        self._swap(module, self.device)
+
+    def _drop(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self._swap(module, None)
+
+    def remove(self) -> None:
+        """Remove every hook (the weights are left on the CPU)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()

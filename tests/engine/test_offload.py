@@ -1,0 +1,105 @@
+"""Memory modes (full / model offload / sequential offload) and the out-of-memory retry, on the tiny checkpoints.
+
+On the CPU the offload hooks are real (accelerate's, with the CPU as execution device), so these tests run the same
+code paths as on a GPU; the GPU run (tests/gpu/oom_check.py) adds a real out-of-memory.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from modules.engine import offload
+from modules.engine.pipeline import generate
+from modules.engine.types import GenerationRequest
+from modules.errors import InvalidRequestError, OutOfMemoryError
+
+FAST = GenerationRequest(prompt="a red house", width=64, height=64, steps=3, sampler_name="Euler a", seed=9)
+
+
+def px(result):
+    return np.asarray(result.images[0], dtype=int)
+
+
+def test_choose_mode_from_free_memory(load_tiny, tiny_models):
+    pipe = load_tiny(tiny_models["sd1"]).pipe
+    sizes = [offload.module_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    work = offload.WORK_BYTES[False]
+    choose = offload.choose_mode
+    assert choose(pipe, "cuda:0", "auto", sdxl=False, free_bytes=sum(sizes) + work) == "full"
+    assert choose(pipe, "cuda:0", "auto", sdxl=False, free_bytes=sum(sizes) + work - 1) == "model"
+    assert choose(pipe, "cuda:0", "auto", sdxl=False, free_bytes=max(sizes) + work - 1) == "sequential"
+    assert choose(pipe, "cpu", "auto", sdxl=False) == "full"
+    assert choose(pipe, "cuda:0", "model", sdxl=False, free_bytes=10**15) == "model"  # --medvram forces it
+    with pytest.raises(ValueError, match="unknown memory mode"):
+        choose(pipe, "cpu", "medium", sdxl=False)
+    assert [offload.lighter(m) for m in offload.MODES] == ["model", "sequential", None]
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_offloaded_modes_give_the_same_image(load_tiny, tiny_models, mode):
+    model = load_tiny(tiny_models["sd1"])
+    full = generate(model, FAST)
+    model.set_memory_mode(mode)
+    try:
+        assert hasattr(model.pipe.unet, "_hf_hook") or offload.is_sequential(model.pipe)  # real hooks installed
+        offloaded = generate(model, FAST)
+        if mode == "model":  # the diffusers-scheduler samplers run too (the pipeline's execution device is right)
+            assert generate(model, dataclasses.replace(FAST, sampler_name="DDIM")).images[0].size == (64, 64)
+        else:
+            with pytest.raises(InvalidRequestError, match="sequential offload"):
+                generate(model, dataclasses.replace(FAST, sampler_name="DDIM"))
+        img2img = generate(model, dataclasses.replace(FAST, init_images=(full.images[0],), steps=2))
+    finally:
+        model.set_memory_mode("full")
+    assert not hasattr(model.pipe.unet, "_hf_hook") and not offload.is_sequential(model.pipe)
+    assert np.abs(px(full) - px(offloaded)).max() <= 1
+    assert img2img.images[0].size == (64, 64)
+    assert np.array_equal(px(generate(model, FAST)), px(full))
+
+
+class InjectOOM:
+    """A UNet pre-hook raising torch.OutOfMemoryError on chosen calls; records the memory mode of every call."""
+
+    def __init__(self, model, fail_calls):
+        self.model, self.fail_calls, self.calls, self.modes = model, set(fail_calls), 0, []
+
+    def __call__(self, module, args):
+        self.calls += 1
+        self.modes.append(self.model.memory_mode)
+        if self.calls in self.fail_calls:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+
+
+def test_out_of_memory_retries_once_with_model_offload(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    expected = generate(model, FAST)
+    inject = InjectOOM(model, fail_calls={1})
+    handle = model.pipe.unet.register_forward_pre_hook(inject)
+    try:
+        result = generate(model, FAST)
+    finally:
+        handle.remove()
+    assert inject.modes[0] == "full" and set(inject.modes[1:]) == {"model"}
+    assert model.memory_mode == "full"  # back to the fast mode for the next job
+    assert np.abs(px(result) - px(expected)).max() <= 1
+
+
+def test_out_of_memory_twice_is_a_clear_error_and_the_next_job_works(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    handle = model.pipe.unet.register_forward_pre_hook(InjectOOM(model, fail_calls={1, 2}))
+    try:
+        with pytest.raises(OutOfMemoryError, match="also with model offload"):
+            generate(model, FAST)
+    finally:
+        handle.remove()
+    model.set_memory_mode("sequential")
+    handle = model.pipe.unet.register_forward_pre_hook(InjectOOM(model, fail_calls={1}))
+    try:
+        with pytest.raises(OutOfMemoryError, match="every model offloaded"):
+            generate(model, FAST)
+    finally:
+        handle.remove()
+        model.set_memory_mode("full")
+    assert generate(model, FAST).images[0].size == (64, 64)
