@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +112,20 @@ def graphs_vs_eager(model: LoadedModel, size: int) -> dict[str, float]:
 
 
 def baseline_workload(model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
-    """Plain diffusers (B): the same fp16 components in a fresh standard pipeline, prompt strings, eager."""
+    """Plain diffusers (B): the same fp16 components in a fresh standard pipeline, prompt strings, eager.
+
+    The UNet is put back in the default (contiguous) layout for it, and back to ours afterwards.
+    """
     disable_cuda_graphs(model.pipe.unet)
+    conv = next(p for p in model.pipe.unet.parameters() if p.dim() == 4)
+    channels_last = conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    if channels_last:
+        model.pipe.unet.to(memory_format=torch.contiguous_format)
     try:
         return _baseline(model, size, batch, warmup, runs)
     finally:
+        if channels_last:
+            model.pipe.unet.to(memory_format=torch.channels_last)
         enable_cuda_graphs(model.pipe.unet)
 
 
@@ -172,26 +182,95 @@ def read_bandwidth(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def first_image_seconds(path: Path, size: int) -> float:
-    """W6: wall time from a new process start to its first image (our engine, warm page cache)."""
+def first_image_seconds(path: Path, size: int, *, compile: bool = False) -> dict[str, float]:
+    """W6: wall time from a new process start to its first image (our engine, warm page cache), with its phases."""
     code = (
-        "import time,sys; t0=time.perf_counter(); from pathlib import Path;"
+        "import time,sys,json; t0=time.perf_counter(); from pathlib import Path;"
         "from modules.engine.loader import ModelManager, LoadOptions, select_device;"
-        "from modules.engine.pipeline import generate; from modules.engine.types import *;"
+        "from modules.engine.pipeline import generate; from modules.engine.types import *; import torch;"
+        "t_import=time.perf_counter()-t0;"
         "d,dt,vd=select_device(use_cpu_all=False,device_id=None,no_half=False,no_half_vae=False,precision='autocast');"
         f"p=Path({str(path)!r});"
-        "m=ModelManager().get(CheckpointInfo(p,p.name),LoadOptions(device=d,dtype=dt,vae_dtype=vd));"
-        f"generate(m,GenerationRequest(prompt='x',steps=20,width={size},height={size},seed=1,sampler_name='Euler'));"
-        "print(time.perf_counter()-t0)"
+        f"m=ModelManager().get(CheckpointInfo(p,p.name),LoadOptions(device=d,dtype=dt,vae_dtype=vd,compile={compile}));"
+        "torch.cuda.synchronize() if torch.cuda.is_available() else None; t_load=time.perf_counter()-t0;"
+        f"r=GenerationRequest(prompt='x',steps=20,width={size},height={size},seed=1,sampler_name='Euler');"
+        "generate(m,r); t_first=time.perf_counter()-t0; t1=time.perf_counter(); generate(m,r);"
+        "t_second=time.perf_counter()-t1; c=getattr(m.pipe.unet.forward,'compiler',None);"
+        "ready=None\nif c is not None: c.wait(600); ready=time.perf_counter()-t0\n"
+        "print(json.dumps(dict(import_s=t_import,load_done_s=t_load,first_image_s=t_first,second_image_s=t_second,"
+        "compiled_ready_s=ready)))"
     )
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
-    wall = time.perf_counter() - t0
-    logger.info("W6 in-process time %s s", out.stdout.strip().splitlines()[-1])
-    return wall
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    if out.returncode:
+        raise RuntimeError(f"W6 subprocess failed: {out.stderr[-3000:]}")
+    phases = json.loads(out.stdout.strip().splitlines()[-1])
+    phases["process_wall_s"] = time.perf_counter() - t0
+    logger.info("W6 (compile=%s): %s", compile, phases)
+    return phases
 
 
-def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int) -> dict[str, Any]:
+def compiled_workload(manager: ModelManager, info: CheckpointInfo, opts: LoadOptions, size: int, runs: int) -> dict:
+    """``--compile``: load with compile on, let the background compile finish, then time the compiled graphs."""
+    model = manager.get(info, replace(opts, compile=True))
+    req = GenerationRequest(prompt="a photo of a cat", steps=20, width=size, height=size, seed=3, sampler_name="Euler")
+    eager_image = np.asarray(generate(model, req).images[0], dtype=np.int16)  # starts the compile
+    compiler = model.pipe.unet.forward.compiler
+    t0 = time.perf_counter()
+    finished = compiler.wait(900)
+    waited = time.perf_counter() - t0
+    compiled_image = np.asarray(generate(model, req).images[0], dtype=np.int16)
+    entry = {
+        "compile_finished": finished,
+        "compile_s": max(compiler.seconds.values(), default=None),
+        "waited_after_first_job_s": waited,
+        "max_abs_pixel_diff_vs_eager": float(np.abs(compiled_image - eager_image).max()),
+        "mean_abs_pixel_diff_vs_eager": float(np.abs(compiled_image - eager_image).mean()),
+        "b1": engine_workload(model, size, 1, 2, runs),
+    }
+    manager.unload()
+    return entry
+
+
+def baseline_compiled(model: LoadedModel, size: int, runs: int) -> dict[str, float]:
+    """B + ``torch.compile(mode="reduce-overhead")`` of a channels_last UNet (the performance.md anchor)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    disable_cuda_graphs(model.pipe.unet)
+    comps = dict(model.pipe.components)
+    comps["scheduler"] = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config)
+    cls = StableDiffusionXLPipeline if model.model_type.is_sdxl else StableDiffusionPipeline
+    expected, optional = cls._get_signature_keys(cls)
+    pipe = cls(**{k: v for k, v in comps.items() if k in set(expected) | set(optional)})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.to(memory_format=torch.channels_last)
+    eager_forward = type(pipe.unet).forward.__get__(pipe.unet)
+    pipe.unet.forward = torch.compile(eager_forward, mode="reduce-overhead", fullgraph=True)
+
+    def job(steps: int) -> Callable[[], None]:
+        def run() -> None:
+            out = pipe("a photo of a cat", num_inference_steps=steps, height=size, width=size, output_type="np")
+            assert np.isfinite(out.images).all()
+
+        return run
+
+    try:
+        t0 = time.perf_counter()
+        job(2)()
+        _sync()
+        compile_s = time.perf_counter() - t0
+        _reset_peak()
+        t20 = statistics.median(timed(job(20), 2, runs))
+        t2 = statistics.median(timed(job(2), 1, max(3, runs // 2)))
+    finally:
+        del pipe.unet.forward
+        if model.model_type.is_sdxl:  # ours stays contiguous for SDXL (engine/accel.py prepare_unet)
+            pipe.unet.to(memory_format=torch.contiguous_format)
+        enable_cuda_graphs(model.pipe.unet)
+    return {"compile_s": compile_s, **_summary(t20, t2, 1, model.model_type.value)}
+
+
+def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int, compile: bool = False) -> dict[str, Any]:
     """Write the checkpoints, then run every workload; return the results dict."""
     size_kind = "tiny" if tiny else "full"
     device, dtype, vae_dtype = select_device(
@@ -225,12 +304,16 @@ def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int) -
             "engine": engine_workload(model, size, 1, warmup, runs),
             "baseline": baseline_workload(model, size, 1, warmup, runs),
         }
+        if compile:
+            entry["W_b1"]["baseline_reduce_overhead"] = baseline_compiled(model, size, runs)
         if kind == "sd1":
             entry["W2_b8"] = {
                 "engine": engine_workload(model, size, 8, 1, max(3, runs // 3)),
                 "baseline": baseline_workload(model, size, 8, 1, max(3, runs // 3)),
             }
         del model
+        if compile:
+            entry["W_b1"]["engine_compiled"] = compiled_workload(manager, info, opts, size, runs)
         results[kind] = entry
         logger.info("%s: %s", kind, json.dumps(entry, indent=1))
     if len(kinds) == 2:  # W5 warm switch: both files in the page cache, model swapped
@@ -251,7 +334,9 @@ def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int) -
         results["W5_switch_ram_cache_s"] = cached[1:]  # the first get loads sdxl from the file
         manager.limit = 1
     manager.unload()
-    results["W6_first_image_s"] = first_image_seconds(paths["sd1"], kinds[0][1])
+    results["W6_first_image"] = first_image_seconds(paths["sd1"], kinds[0][1])
+    if compile:  # a second process: inductor's cache is now warm (same TORCHINDUCTOR_CACHE_DIR)
+        results["W6_first_image_compile_warm_cache"] = first_image_seconds(paths["sd1"], kinds[0][1], compile=True)
     return results
 
 
@@ -262,11 +347,20 @@ def main() -> None:
     parser.add_argument("--skip-sdxl", action="store_true")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also the --compile path and diffusers + compile")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
-        results = run(Path(tmp), tiny=args.tiny, skip_sdxl=args.skip_sdxl, runs=args.runs, warmup=args.warmup)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tmp) / "inductor"))
+        results = run(
+            Path(tmp),
+            tiny=args.tiny,
+            skip_sdxl=args.skip_sdxl,
+            runs=args.runs,
+            warmup=args.warmup,
+            compile=args.compile,
+        )
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
