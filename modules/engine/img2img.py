@@ -34,6 +34,7 @@ from modules.engine.denoiser import MaskBlend
 from modules.engine.kloop import BatchSetup
 from modules.engine.loader import LoadedModel
 from modules.engine.masking import Box, binary_mask, blur_mask, crop_region, expand_to_ratio, fill_masked, overlay_mask
+from modules.engine.offload import execution_device
 from modules.engine.prompt_encoding import PromptEmbeddings
 from modules.engine.resize import LATENT_UPSCALE, prepare_for_latent, resize_image, resize_latent
 from modules.engine.rng import Generator, NoiseSpec
@@ -246,7 +247,7 @@ def init_latents(
     vae = pipe.vae
     latents = []
     for image, gen in zip(images, generators, strict=True):
-        pixels = pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
+        pixels = pipe.image_processor.preprocess(image).to(execution_device(vae), vae.dtype)
         latent = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
         if inputs.latent_upscale:
             latent = resize_latent(latent, request.width, request.height)

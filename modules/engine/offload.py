@@ -106,6 +106,20 @@ def release(pipe: Any) -> None:
     pipe.to("cpu")
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: its weights' device, or the GPU its offload hooks bring it to.
+
+    Inputs must go there: the VAE's ``encode``/``decode`` under model offload move the weights, not the inputs.
+    """
+    hook = getattr(module, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    device = getattr(module, "_sequential_device", None)
+    if device is not None:
+        return device
+    return next(module.parameters()).device
+
+
 def is_sequential(pipe: Any) -> bool:
     """Whether ``pipe`` runs with sequential offload (the diffusers-scheduler samplers cannot run then)."""
     return getattr(pipe, "_sequential_offload", None) is not None
@@ -140,10 +154,12 @@ class SequentialOffload:
 
     def __init__(self, models: dict[str, torch.nn.Module], device: torch.device) -> None:
         self.device = device
+        self.models = list(models.values())
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         pin = device.type == "cuda" and torch.cuda.is_available()
         self.masters: dict[int, dict[str, torch.Tensor]] = {}
         for model in models.values():
+            model._sequential_device = device
             for module in (model, *model.children()):
                 self.handles.append(module.register_forward_pre_hook(self._inputs, with_kwargs=True))
             for module in model.modules():
@@ -177,3 +193,5 @@ class SequentialOffload:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        for model in self.models:
+            model.__dict__.pop("_sequential_device", None)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modules.engine.offload import execution_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,11 +26,11 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
     images = []
     with torch.inference_mode():
         for latent in latents:
-            x = _decode_or_tile(vae, latent[None].to(vae.device, vae.dtype) / scale)
+            x = _decode_or_tile(vae, latent[None].to(execution_device(vae), vae.dtype) / scale)
             if not torch.isfinite(x).all() and vae.dtype != torch.float32:
                 logger.warning("The VAE produced NaNs in %s; switching it to float32 for this model", vae.dtype)
                 vae.to(torch.float32)
-                x = vae.decode(latent[None].to(vae.device, torch.float32) / scale).sample
+                x = vae.decode(latent[None].to(execution_device(vae), torch.float32) / scale).sample
             x = torch.clamp((x.float() + 1.0) / 2.0, 0.0, 1.0)
             arr = (255.0 * x[0]).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
             images.append(Image.fromarray(arr, "RGB"))
@@ -52,7 +54,7 @@ def _decode_or_tile(vae: Any, z: torch.Tensor) -> torch.Tensor:
 def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """Encode a (B, 3, H, W) batch in −1…1 to scaled latents (the mode), one image at a time."""
     with torch.inference_mode():
-        latents = [vae.encode(p[None].to(vae.device, vae.dtype)).latent_dist.mode() for p in pixels]
+        latents = [vae.encode(p[None].to(execution_device(vae), vae.dtype)).latent_dist.mode() for p in pixels]
     return torch.cat(latents) * vae.config.scaling_factor
 
 
@@ -66,7 +68,7 @@ def encode_images(vae: Any, images: Sequence[Image.Image]) -> torch.Tensor:
     with torch.inference_mode():
         for image in images:
             arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-            pixels = torch.from_numpy(arr).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
+            pixels = torch.from_numpy(arr).permute(2, 0, 1)[None].to(execution_device(vae), vae.dtype)
             dist = vae.encode(pixels).latent_dist
             if not torch.isfinite(dist.mean).all() and vae.dtype != torch.float32:
                 logger.warning("The VAE encoder produced NaNs in %s; switching it to float32", vae.dtype)
