@@ -15,7 +15,7 @@ from PIL import Image
 from modules.engine import offload
 from modules.engine.denoiser import CFGDenoiser, MaskBlend, ModelParts, RefinerSwitch, StepConds, TextCond
 from modules.engine.ksampling.samplers import SAMPLERS, SamplerOptions, SamplingInterrupted
-from modules.engine.ksampling.schedules import SCHEDULES, sigmas_for
+from modules.engine.ksampling.schedules import SCHEDULES, ScheduleParams, sigmas_for
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls
 from modules.engine.prompt_schedule import ScheduledPrompt
@@ -185,6 +185,17 @@ def txt2img_image_cond(model: LoadedModel, batch: int, height: int, width: int) 
     return torch.cat([mask, gray], dim=1).expand(batch, -1, -1, -1)
 
 
+def sampler_options(discrete: DiscreteModel, setup: BatchSetup, steps: int) -> SamplerOptions:
+    """A1111's sampler arguments for one batch.
+
+    txt2img gives the range-based samplers (DPM fast/adaptive) the model's σ range and ``n = steps``; img2img and
+    hires leave them to the schedule's tail (its first and second-to-last σ, and its length).
+    """
+    if setup.init is not None:
+        return SamplerOptions()
+    return SamplerOptions(sigma_min=discrete.sigma_min, sigma_max=discrete.sigma_max, n=steps)
+
+
 def run_batch(
     model: LoadedModel,
     setup: BatchSetup,
@@ -203,7 +214,9 @@ def run_batch(
     """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction."""
     discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
     discard = sampler.options.get("discard_next_to_last_sigma") == "True"
-    sigmas = sigmas_for(_SCHEDULE_OF.get(schedule.name, schedule.name), steps, discrete, discard_next_to_last=discard)
+    params = ScheduleParams(sdxl=model.model_type.is_sdxl)
+    name = _SCHEDULE_OF.get(schedule.name, schedule.name)
+    sigmas = sigmas_for(name, steps, discrete, discard_next_to_last=discard, params=params)
     if setup.init is not None and setup.steps_to_run:
         sigmas = sigmas[steps - setup.steps_to_run :]
     elif setup.init is not None:
@@ -243,7 +256,9 @@ def run_batch(
     fn = SAMPLERS[sampler.name]
     with torch.inference_mode():
         try:
-            x = fn(denoiser, x, sigmas, callback=callback, noise=noise_fn, options=SamplerOptions())
+            x = fn(
+                denoiser, x, sigmas, callback=callback, noise=noise_fn, options=sampler_options(discrete, setup, steps)
+            )
         except SamplingInterrupted as stop:
             x = stop.latents
         if setup.mask is not None:

@@ -125,7 +125,7 @@ def _generate(
     inputs = img2img.prepare(request) if request.mode == "img2img" else None
     sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
     pipe = model.pipe
-    pipe.scheduler = make_scheduler(pipe.scheduler.config, sampler, schedule)
+    _set_diffusers_scheduler(model, sampler, schedule)
     refiner = RefinerRun.create(request, sampler, schedule, load_model)
     kloop.check_supported(model, sampler, schedule)
     if options.randn_source == "NV" and not kloop.supported(sampler, schedule):
@@ -190,6 +190,12 @@ def _generate(
             result.interrupted = True
             break
     return result
+
+
+def _set_diffusers_scheduler(model: LoadedModel, sampler: SamplerSpec, schedule: ScheduleSpec) -> None:
+    """Give the pipe the diffusers scheduler of a sampler the own loop does not run (the own loop needs none)."""
+    if not kloop.supported(sampler, schedule):
+        model.pipe.scheduler = make_scheduler(model.pipe.scheduler.config, sampler, schedule)
 
 
 def _sample_batch(

@@ -80,7 +80,7 @@ class SamplerSpec:
         name: Exact A1111 name (UI, API, infotext).
         aliases: Alternative names listed by ``/sdapi/v1/samplers``.
         default_schedule: Schedule name that ``Automatic`` resolves to (``automatic`` = the model's own).
-        scheduler_class: Name of the diffusers scheduler class.
+        scheduler_class: Name of the diffusers scheduler class; empty where only the own loop runs the sampler.
         overrides: Config keys that turn that class into this sampler.
         options: A1111's sampler options as the API lists them (string values).
         available: False where diffusers cannot reproduce the sampler yet.
@@ -128,6 +128,7 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
 )
 
 _MS = "DPMSolverMultistepScheduler"
+_OWN_LOOP = ""  # no diffusers stand-in: only the own k-diffusion loop (modules.engine.ksampling) runs the sampler
 _SDE = "sde-dpmsolver++"
 _T = "True"
 
@@ -208,11 +209,9 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         "KDPM2AncestralDiscreteScheduler",
         options=_ro(scheduler="karras", discard_next_to_last_sigma=_T, uses_ensd=_T, second_order=_T),
     ),
-    SamplerSpec("DPM fast", ("k_dpm_fast",), "automatic", "", options=_ro(uses_ensd=_T), available=False),
-    SamplerSpec("DPM adaptive", ("k_dpm_ad",), "automatic", "", options=_ro(uses_ensd=_T), available=False),
-    SamplerSpec(
-        "Restart", ("restart",), "karras", "", options=_ro(scheduler="karras", second_order=_T), available=False
-    ),
+    SamplerSpec("DPM fast", ("k_dpm_fast",), "automatic", _OWN_LOOP, options=_ro(uses_ensd=_T)),
+    SamplerSpec("DPM adaptive", ("k_dpm_ad",), "automatic", _OWN_LOOP, options=_ro(uses_ensd=_T)),
+    SamplerSpec("Restart", ("restart",), "karras", _OWN_LOOP, options=_ro(scheduler="karras", second_order=_T)),
     SamplerSpec(
         "DDIM",
         ("ddim",),
@@ -375,6 +374,10 @@ def make_scheduler(base_config: Mapping[str, Any], sampler: SamplerSpec, schedul
     """
     if not sampler.usable:
         raise InvalidRequestError(f"Sampler {sampler.name!r} is not available")
+    if not sampler.scheduler_class:
+        raise InvalidRequestError(
+            f"Sampler {sampler.name!r} has no diffusers scheduler; only the own sampling loop runs it"
+        )
     cls = getattr(importlib.import_module("diffusers"), sampler.scheduler_class)
     config = {k: base_config[k] for k in MODEL_CONFIG_KEYS if k in base_config}
     config.update(_schedule_overrides(cls, sampler, schedule))

@@ -94,6 +94,8 @@ def test_listing_contents(server):
     assert sd1["filename"].endswith("sd1.safetensors") and sd1["config"].endswith("sd1.yaml")
     samplers = {s["name"]: s for s in server.get("samplers").json()}
     assert "k_euler_a" in samplers["Euler a"]["aliases"] and "Euler" in samplers
+    assert samplers["DPM fast"]["aliases"] == ["k_dpm_fast"] and samplers["DPM adaptive"]["aliases"] == ["k_dpm_ad"]
+    assert samplers["Restart"]["options"] == {"scheduler": "karras", "second_order": "True"}
     schedulers = {s["name"]: s for s in server.get("schedulers").json()}
     assert schedulers["automatic"]["label"] == "Automatic" and schedulers["karras"]["label"] == "Karras"
     assert server.get("scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting"]}

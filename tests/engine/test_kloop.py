@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from modules.engine import kloop
+from modules.engine.ksampling.schedules import AYS_SD1, AYS_SDXL
 from modules.engine.pipeline import decode_latents, generate
 from modules.engine.prompts import encode_group, encode_prompt_pair
 from modules.engine.rng import NoiseSpec, batch_noise, make_generator
@@ -67,6 +69,14 @@ def reference_latents(model, req, seeds, sampler_fn, schedule, ensd=0, discard=F
         return torch.stack([torch.randn(spec.shape, generator=g) for g in generators])
 
     kwargs = {"noise_sampler": next_noise} if "ancestral" in sampler_fn else {}
+    if sampler_fn in ("sample_dpm_fast", "sample_dpm_adaptive"):
+        # A1111's txt2img: the model's σ range instead of the schedule, n = steps (fast), its eta (1)
+        kwargs = {"noise_sampler": next_noise, "eta": 1.0, "sigma_min": float(wrapped.sigma_min)}
+        kwargs["sigma_max"] = float(wrapped.sigma_max)
+        if sampler_fn == "sample_dpm_fast":
+            kwargs["n"] = req.steps
+        with torch.inference_mode():
+            return getattr(K, sampler_fn)(cfg_model, noise * sigmas[0], disable=True, **kwargs)
     if "sde" in sampler_fn:
         x = noise * sigmas[0]
         kwargs["noise_sampler"] = K.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seeds)
@@ -172,3 +182,86 @@ def test_long_prompt_and_short_negative_run_as_separate_unet_calls(load_tiny, ti
     ours = generate(model, req).images[0]
     diff = np.abs(np.asarray(ours, dtype=int) - np.asarray(decode_latents(model, ref)[0], dtype=int)).max()
     assert diff <= 1
+
+
+def test_dpm_fast_equals_k_diffusion_reference(load_tiny, tiny_models):
+    """A1111's txt2img call: the model's σ range, n = steps, eta 1 with per-image generator noise."""
+    model = load_tiny(tiny_models["sd1"])
+    req = GenerationRequest(**BASE, sampler_name="DPM fast", seed=42, batch_size=2)
+    ref = decode_latents(model, reference_latents(model, req, [42, 43], "sample_dpm_fast", "auto"))
+    ours = generate(model, req).images
+    for a, b in zip(ours, ref, strict=True):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+
+
+def test_dpm_adaptive_equals_k_diffusion_on_the_same_denoiser(load_tiny, tiny_models, monkeypatch):
+    """DPM adaptive's step-size control amplifies σ-table round-off (its error is a difference of two solutions),
+    so the reference runs k-diffusion's sample_dpm_adaptive on our denoiser, with A1111's txt2img arguments."""
+    model = load_tiny(tiny_models["sd1"])
+    req = GenerationRequest(**BASE, sampler_name="DPM adaptive", seed=42, batch_size=2)
+    ours = generate(model, req).images
+    # A1111's σ table: the LDM float64 betas → alphas_cumprod buffer (fp32) → σ
+    cfg = model.pipe.scheduler.config
+    betas = torch.linspace(cfg["beta_start"] ** 0.5, cfg["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2
+    buffer = torch.cumprod(1 - betas, 0).float()
+    sigmas = ((1 - buffer) / buffer) ** 0.5
+    calls = []
+
+    def k_adaptive(denoiser, x, schedule, *, callback, noise, options):
+        calls.append(options)
+        # the table's ends (σ_min differs by ~1e-5 relative: DiscreteModel takes σ from float64 ᾱ, A1111 from fp32)
+        assert options.sigma_min == pytest.approx(float(sigmas[0]), rel=1e-4)
+        assert options.sigma_max == pytest.approx(float(sigmas[-1]), rel=1e-6)
+        assert options.n == req.steps
+        assert options.eta == 1.0
+        return K.sample_dpm_adaptive(
+            denoiser, x, options.sigma_min, options.sigma_max, eta=1.0, noise_sampler=noise, disable=True
+        )
+
+    monkeypatch.setitem(kloop.SAMPLERS, "DPM adaptive", k_adaptive)
+    ref = generate(model, req).images
+    assert len(calls) == 1
+    for a, b in zip(ours, ref, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+NEW_SAMPLERS = ["DPM fast", "DPM adaptive", "Restart"]
+NEW_SCHEDULES = ["KL Optimal", "Align Your Steps", "Simple", "Normal", "DDIM", "Beta"]
+
+
+def test_new_samplers_and_schedules_generate_finite_different_images(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    images = {}
+    base = {**BASE, "steps": 4}
+    for sampler in NEW_SAMPLERS:
+        images[sampler] = generate(model, GenerationRequest(**base, sampler_name=sampler, seed=9)).images[0]
+    for schedule in NEW_SCHEDULES:
+        req = GenerationRequest(**base, sampler_name="Euler", scheduler=schedule, seed=9)
+        images[schedule] = generate(model, req).images[0]
+    arrays = {name: np.asarray(image, dtype=np.int16) for name, image in images.items()}
+    for name, array in arrays.items():
+        assert array.shape == (64, 64, 3) and array.std() > 0, name
+    names = sorted(arrays)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not np.array_equal(arrays[a], arrays[b]), (a, b)
+    # and they are reproducible
+    again = generate(model, GenerationRequest(**base, sampler_name="Restart", seed=9)).images[0]
+    assert np.array_equal(np.asarray(again, dtype=np.int16), arrays["Restart"])
+
+
+def test_align_your_steps_uses_the_sdxl_list_for_sdxl(load_tiny, tiny_models, monkeypatch):
+    seen = []
+    real = kloop.sigmas_for
+
+    def spy(*args, **kwargs):
+        sigmas = real(*args, **kwargs)
+        seen.append(sigmas)
+        return sigmas
+
+    monkeypatch.setattr(kloop, "sigmas_for", spy)
+    for kind in ("sd1", "sdxl"):
+        model = load_tiny(tiny_models[kind])
+        generate(model, GenerationRequest(**{**BASE, "steps": 11}, sampler_name="Euler", scheduler="Align Your Steps"))
+    assert seen[0][:-1].tolist() == torch.tensor(AYS_SD1).tolist()
+    assert seen[1][:-1].tolist() == torch.tensor(AYS_SDXL).tolist()

@@ -9,11 +9,11 @@ from modules.engine.ksampling.samplers import SAMPLERS, SamplerOptions
 from modules.engine.ksampling.schedules import sigmas_for
 from modules.engine.sampling import BrownianNoise, DiscreteModel
 from tests.support.kdiffusion_ref import load_sampling
+from tests.support.toy_denoiser import SD_CONFIG, ToyDenoiser
 
 K = load_sampling()
 pytestmark = pytest.mark.skipif(K is None, reason="k-diffusion is not installed (tests/requirements-nodeps.txt)")
 
-SD_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 K_NAMES = {
     "Euler": ("sample_euler", {}),
     "Euler a": ("sample_euler_ancestral", {}),
@@ -28,22 +28,6 @@ K_NAMES = {
     "DPM++ 2M SDE Heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}),
     "DPM++ 3M SDE": ("sample_dpmpp_3m_sde", {}),
 }
-
-
-class ToyDenoiser(torch.nn.Module):
-    """A fixed random conv net in sigma space: deterministic, non-linear, sigma-dependent."""
-
-    def __init__(self):
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        self.a = torch.nn.Parameter(torch.randn(4, 4, 3, 3, generator=gen) * 0.2)
-        self.b = torch.nn.Parameter(torch.randn(4, 4, 1, 1, generator=gen) * 0.2)
-
-    def forward(self, x, sigma):
-        c_in = (1 / (sigma**2 + 1) ** 0.5)[:, None, None, None]
-        h = torch.tanh(torch.nn.functional.conv2d(x * c_in, self.a, padding=1))
-        eps = torch.nn.functional.conv2d(h, self.b) + x * c_in * 0.5
-        return x - eps * sigma[:, None, None, None]
 
 
 def test_discrete_model_matches_k_diffusion_schedule():
@@ -69,7 +53,7 @@ def test_schedules_equal_k_diffusion(schedule):
     assert torch.allclose(ours, ref.float(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(K_NAMES))
 def test_sampler_matches_k_diffusion(name):
     model = DiscreteModel.from_config(SD_CONFIG)
     sigmas = sigmas_for("karras", 12, model)
@@ -96,7 +80,9 @@ def test_sampler_matches_k_diffusion(name):
 
 
 def test_every_implemented_sampler_is_compared():
-    assert set(SAMPLERS) == set(K_NAMES)
+    # DPM fast / DPM adaptive: tests/engine/test_ksampling_dpm_solver.py; Restart (A1111-only):
+    # tests/engine/test_ksampling_restart.py.
+    assert set(SAMPLERS) == set(K_NAMES) | {"DPM fast", "DPM adaptive", "Restart"}
 
 
 def test_brownian_noise_equals_k_diffusion_tree_per_seed():

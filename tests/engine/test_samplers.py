@@ -56,7 +56,9 @@ UI_ORDER = [
 def test_sampler_table_order_and_unavailable():
     assert [s.name for s in SAMPLERS] == UI_ORDER
     unavailable = {s.name for s in SAMPLERS if not s.available}
-    assert unavailable == {"DPM fast", "DPM adaptive", "Restart", "DDIM CFG++"}
+    assert unavailable == {"DDIM CFG++"}
+    own_loop_only = {s.name for s in SAMPLERS if s.available and not s.scheduler_class}
+    assert own_loop_only == {"DPM fast", "DPM adaptive", "Restart"}
 
 
 def test_tables_are_immutable():
@@ -84,7 +86,7 @@ def test_schedule_table_matches_spec():
     ]
 
 
-@pytest.mark.parametrize("spec", [s for s in SAMPLERS if s.usable], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [s for s in SAMPLERS if s.usable and s.scheduler_class], ids=lambda s: s.name)
 def test_every_available_sampler_builds_with_automatic(spec):
     sampler, schedule = resolve_sampler(spec.name, "Automatic")
     sched = make_scheduler(SD1_CONFIG, sampler, schedule)
@@ -182,10 +184,25 @@ def test_unknown_names_raise_with_valid_list():
         resolve_sampler("Euler", "Weird")
 
 
-@pytest.mark.parametrize("name", ["DPM fast", "DPM adaptive", "Restart", "DDIM CFG++"])
-def test_unavailable_samplers_raise(name):
+def test_unavailable_samplers_raise():
     with pytest.raises(InvalidRequestError, match="not implemented"):
-        resolve_sampler(name, None)
+        resolve_sampler("DDIM CFG++", None)
+
+
+@pytest.mark.parametrize(
+    ("name", "alias", "schedule", "options"),
+    [
+        ("DPM fast", "k_dpm_fast", "Automatic", {"uses_ensd": "True"}),
+        ("DPM adaptive", "k_dpm_ad", "Automatic", {"uses_ensd": "True"}),
+        ("Restart", "restart", "Karras", {"scheduler": "karras", "second_order": "True"}),
+    ],
+)
+def test_own_loop_samplers_resolve_but_have_no_diffusers_scheduler(name, alias, schedule, options):
+    sampler, resolved = resolve_sampler(alias, None)
+    assert (sampler.name, resolved.label, dict(sampler.options)) == (name, schedule, options)
+    assert {"name": name, "aliases": [alias], "options": options} in sampler_list()
+    with pytest.raises(InvalidRequestError, match="only the own sampling loop"):
+        make_scheduler(SD1_CONFIG, sampler, resolved)
 
 
 def test_missing_requirement_makes_sampler_unusable(monkeypatch):
@@ -205,7 +222,7 @@ def test_impossible_combination_raises():
 def test_sampler_list_shape():
     items = sampler_list()
     assert items[0] == {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}}
-    assert "Restart" not in [i["name"] for i in items]
+    assert [i["name"] for i in items] == [n for n in UI_ORDER if n != "DDIM CFG++"]
     assert all(set(i) == {"name", "aliases", "options"} for i in items)
 
 

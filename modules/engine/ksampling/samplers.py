@@ -1,60 +1,28 @@
 """Sampler steps by A1111 name, written from k-diffusion's published update rules (what A1111 runs).
 
-Every sampler has the signature ``fn(model, x, sigmas, *, callback, noise, options) -> x``:
-
-- ``model(x, sigma_batch) -> denoised`` (the CFG denoiser);
-- ``callback(i, x, denoised)`` after each step; it raises ``SamplingInterrupted`` to stop;
-- ``noise(sigma, sigma_next)`` draws unit noise for ancestral/SDE steps (A1111's ImageRNG, or a Brownian tree);
-- ``options`` holds eta, s_churn, s_tmin, s_tmax, s_noise as A1111 passes them.
+The signature every sampler shares, and its option and stop types, are in ``modules.engine.ksampling.common``;
+DPM fast / DPM adaptive are in ``dpm_solver`` and Restart in ``restart``. ``SAMPLERS`` at the bottom lists them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
-SamplerFn = Callable[..., torch.Tensor]
-NoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (sigma, sigma_next) -> unit noise like x
+from modules.engine.ksampling.common import (
+    Model,
+    NoiseFn,
+    SamplerFn,
+    SamplerOptions,
+    SamplingInterrupted,
+    StepCallback,
+    ancestral_step,
+    batch_sigma,
+    to_d,
+)
+from modules.engine.ksampling.dpm_solver import dpm_adaptive, dpm_fast
+from modules.engine.ksampling.restart import restart
 
-
-class SamplingInterrupted(Exception):  # noqa: N818 (a control-flow signal, not an error)
-    """Raised by a step callback to stop sampling; ``latents`` holds the current x."""
-
-    def __init__(self, latents: torch.Tensor) -> None:
-        super().__init__("sampling interrupted")
-        self.latents = latents
-
-
-@dataclass(frozen=True)
-class SamplerOptions:
-    """Stochasticity knobs (A1111's ``eta``, ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``)."""
-
-    eta: float = 1.0
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = float("inf")
-    s_noise: float = 1.0
-
-
-def _to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-    """The ODE derivative dx/dσ."""
-    return (x - denoised) / sigma
-
-
-def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
-    """(σ_down, σ_up) of an ancestral step: go deterministically to σ_down, then add σ_up of fresh noise."""
-    if not eta:
-        return sigma_to, 0.0
-    up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
-    return (sigma_to**2 - up**2) ** 0.5, up
-
-
-def _batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return sigma * x.new_ones([x.shape[0]])
+__all__ = ["SAMPLERS", "SamplerOptions", "SamplingInterrupted", "ancestral_step"]
 
 
 def euler(
@@ -75,8 +43,8 @@ def euler(
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
             x = x + noise(sigma, sigma_hat) * options.s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = model(x, _batch(sigma_hat, x))
-        d = _to_d(x, sigma_hat, denoised)
+        denoised = model(x, batch_sigma(sigma_hat, x))
+        d = to_d(x, sigma_hat, denoised)
         callback(i, x, denoised)
         x = x + d * (sigmas[i + 1] - sigma_hat)
     return x
@@ -93,10 +61,10 @@ def euler_ancestral(
 ) -> torch.Tensor:
     """Euler ancestral: an Euler step to σ_down, then σ_up of new noise."""
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _batch(sigmas[i], x))
+        denoised = model(x, batch_sigma(sigmas[i], x))
         down, up = ancestral_step(float(sigmas[i]), float(sigmas[i + 1]), options.eta)
         callback(i, x, denoised)
-        x = x + _to_d(x, sigmas[i], denoised) * (down - sigmas[i])
+        x = x + to_d(x, sigmas[i], denoised) * (down - sigmas[i])
         if sigmas[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * options.s_noise * up
     return x
@@ -120,16 +88,16 @@ def heun(
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
             x = x + noise(sigma, sigma_hat) * options.s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = model(x, _batch(sigma_hat, x))
-        d = _to_d(x, sigma_hat, denoised)
+        denoised = model(x, batch_sigma(sigma_hat, x))
+        d = to_d(x, sigma_hat, denoised)
         callback(i, x, denoised)
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             x = x + d * dt
         else:
             x_2 = x + d * dt
-            denoised_2 = model(x_2, _batch(sigmas[i + 1], x))
-            d_2 = _to_d(x_2, sigmas[i + 1], denoised_2)
+            denoised_2 = model(x_2, batch_sigma(sigmas[i + 1], x))
+            d_2 = to_d(x_2, sigmas[i + 1], denoised_2)
             x = x + (d + d_2) / 2 * dt
     return x
 
@@ -146,7 +114,7 @@ def dpmpp_2m(
     """DPM-Solver++(2M): second-order multistep in log-σ time, first order on the first and last step."""
     old_denoised = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _batch(sigmas[i], x))
+        denoised = model(x, batch_sigma(sigmas[i], x))
         callback(i, x, denoised)
         t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
         h = t_next - t
@@ -188,8 +156,8 @@ def lms(
     grid = sigmas.detach().cpu().double().tolist()
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _batch(sigmas[i], x))
-        ds.append(_to_d(x, sigmas[i], denoised))
+        denoised = model(x, batch_sigma(sigmas[i], x))
+        ds.append(to_d(x, sigmas[i], denoised))
         if len(ds) > order:
             ds.pop(0)
         callback(i, x, denoised)
@@ -217,15 +185,15 @@ def dpm_2(
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
             x = x + noise(sigma, sigma_hat) * options.s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        denoised = model(x, _batch(sigma_hat, x))
-        d = _to_d(x, sigma_hat, denoised)
+        denoised = model(x, batch_sigma(sigma_hat, x))
+        d = to_d(x, sigma_hat, denoised)
         callback(i, x, denoised)
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
         else:
             sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sigma_hat)
-            d_2 = _to_d(x_2, sigma_mid, model(x_2, _batch(sigma_mid, x)))
+            d_2 = to_d(x_2, sigma_mid, model(x_2, batch_sigma(sigma_mid, x)))
             x = x + d_2 * (sigmas[i + 1] - sigma_hat)
     return x
 
@@ -241,17 +209,17 @@ def dpm_2_ancestral(
 ) -> torch.Tensor:
     """DPM2 ancestral: a DPM2 step to σ_down, then σ_up of fresh noise."""
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _batch(sigmas[i], x))
+        denoised = model(x, batch_sigma(sigmas[i], x))
         down, up = ancestral_step(float(sigmas[i]), float(sigmas[i + 1]), options.eta)
         callback(i, x, denoised)
-        d = _to_d(x, sigmas[i], denoised)
+        d = to_d(x, sigmas[i], denoised)
         if down == 0:
             x = x + d * (down - sigmas[i])
         else:
             sigma_down = sigmas.new_tensor(down)
             sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sigmas[i])
-            d_2 = _to_d(x_2, sigma_mid, model(x_2, _batch(sigma_mid, x)))
+            d_2 = to_d(x_2, sigma_mid, model(x_2, batch_sigma(sigma_mid, x)))
             x = x + d_2 * (sigma_down - sigmas[i])
         x = x + noise(sigmas[i], sigmas[i + 1]) * options.s_noise * up
     return x
@@ -268,17 +236,17 @@ def dpmpp_2s_ancestral(
 ) -> torch.Tensor:
     """DPM-Solver++(2S) ancestral: a single-step second-order update to σ_down, then σ_up of noise."""
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _batch(sigmas[i], x))
+        denoised = model(x, batch_sigma(sigmas[i], x))
         down, up = ancestral_step(float(sigmas[i]), float(sigmas[i + 1]), options.eta)
         callback(i, x, denoised)
         if down == 0:
-            x = x + _to_d(x, sigmas[i], denoised) * (down - sigmas[i])
+            x = x + to_d(x, sigmas[i], denoised) * (down - sigmas[i])
         else:
             t, t_next = -sigmas[i].log(), -sigmas.new_tensor(down).log()
             h = t_next - t
             s = t + h / 2
             x_2 = ((-s).exp() / (-t).exp()) * x - (-h / 2).expm1() * denoised
-            denoised_2 = model(x_2, _batch((-s).exp(), x))
+            denoised_2 = model(x_2, batch_sigma((-s).exp(), x))
             x = ((-t_next).exp() / (-t).exp()) * x - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * options.s_noise * up
@@ -301,10 +269,10 @@ def dpmpp_sde(
         return t.neg().exp()
 
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _batch(sigmas[i], x))
+        denoised = model(x, batch_sigma(sigmas[i], x))
         callback(i, x, denoised)
         if sigmas[i + 1] == 0:
-            x = x + _to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+            x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
             continue
         t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
         h = t_next - t
@@ -313,7 +281,7 @@ def dpmpp_sde(
         s_ = -sigmas.new_tensor(down).log()
         x_2 = (sigma_fn(s_) / sigma_fn(t)) * x - (t - s_).expm1() * denoised
         x_2 = x_2 + noise(sigma_fn(t), sigma_fn(s)) * options.s_noise * up
-        denoised_2 = model(x_2, _batch(sigma_fn(s), x))
+        denoised_2 = model(x_2, batch_sigma(sigma_fn(s), x))
         down, up = ancestral_step(float(sigma_fn(t)), float(sigma_fn(t_next)), options.eta)
         t_next_ = -sigmas.new_tensor(down).log()
         mixed = (1 - fac / (2 * r)) * denoised + fac / (2 * r) * denoised_2
@@ -335,7 +303,7 @@ def _dpmpp_2m_sde(heun: bool) -> SamplerFn:
         """DPM-Solver++(2M) SDE (midpoint or Heun correction), Brownian noise."""
         old_denoised, h_last = None, None
         for i in range(len(sigmas) - 1):
-            denoised = model(x, _batch(sigmas[i], x))
+            denoised = model(x, batch_sigma(sigmas[i], x))
             callback(i, x, denoised)
             h = None
             if sigmas[i + 1] == 0:
@@ -372,7 +340,7 @@ def dpmpp_3m_sde(
     denoised_1 = denoised_2 = None
     h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, _batch(sigmas[i], x))
+        denoised = model(x, batch_sigma(sigmas[i], x))
         callback(i, x, denoised)
         h = None
         if sigmas[i + 1] == 0:
@@ -413,4 +381,7 @@ SAMPLERS: dict[str, SamplerFn] = {
     "Heun": heun,
     "DPM2": dpm_2,
     "DPM2 a": dpm_2_ancestral,
+    "DPM fast": dpm_fast,
+    "DPM adaptive": dpm_adaptive,
+    "Restart": restart,
 }
