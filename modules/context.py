@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.hash_cache = HashCache(self.flags.data_dir / "cache" / "hashes.json")
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-hash")
         # --compile: inductor's caches live with the app's data, so a restart compiles from cache (unless set)
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.flags.data_dir / "cache" / "inductor"))
         self.upscalers = UpscalerRegistry(list(self.flags.upscaler_dirs))
@@ -153,8 +155,12 @@ class AppContext:
         return "sequential" if self.flags.lowvram else "model" if self.flags.medvram else "auto"
 
     def _load(self, ckpt: CheckpointInfo) -> LoadedModel:
+        """Load ``ckpt`` while its SHA-256 is computed in the background (the hash never delays the load itself)."""
         self.models.limit = self.settings.sd_checkpoints_limit
-        return self.models.get(self.hashed(ckpt), self.load_options())
+        pending = self._hasher.submit(self.hashed, ckpt)
+        model = self.models.get(ckpt, self.load_options())
+        model.checkpoint = pending.result()  # infotext needs it; usually done by now (cached on disk after once)
+        return model
 
     def submit_load(self, query: str | None = None) -> Job:
         """Queue loading a checkpoint (by alias; None = the selected one) on the worker."""
@@ -298,6 +304,7 @@ class AppContext:
     def close(self) -> None:
         """Stop the worker and free the model."""
         self.jobs.shutdown()
+        self._hasher.shutdown(wait=False, cancel_futures=True)
         self.models.unload()
 
     # ----- facades for the API (which imports no engine module but types) ------------------------------------

@@ -3,6 +3,7 @@
 import datetime
 import json
 import shutil
+import time
 
 import pytest
 from PIL import Image
@@ -221,3 +222,28 @@ def test_out_of_memory_is_a_readable_error_and_the_next_job_works(ctx, monkeypat
     assert len(calls) == 2  # retried once, in the lighter mode
     out = ctx.submit(GenerationRequest(seed=1, **FAST), save=False).wait(120)
     assert len(out.result.images) == 1 and ctx.models.current.memory_mode == "full"
+
+
+def test_hashing_runs_beside_the_load_not_before_it(ctx, monkeypatch):
+    import threading
+
+    events = []
+    real_sha, real_get = ctx.hash_cache.sha256, ctx.models.get
+    loading = threading.Event()
+
+    def slow_sha(path):
+        assert loading.wait(60), "the load did not start while the hash was running"
+        events.append(("hash done", time.monotonic()))
+        return real_sha(path)
+
+    def get(info, options):
+        events.append(("load start", time.monotonic()))
+        assert info.sha256 is None  # the load does not wait for the hash
+        loading.set()
+        return real_get(info, options)
+
+    monkeypatch.setattr(ctx.hash_cache, "sha256", slow_sha)
+    monkeypatch.setattr(ctx.models, "get", get)
+    checkpoint = ctx.submit_load("sd2v").wait(120)
+    assert [name for name, _ in events] == ["load start", "hash done"]
+    assert checkpoint.sha256 is not None and ctx.models.current.checkpoint.sha256 == checkpoint.sha256

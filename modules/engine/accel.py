@@ -192,6 +192,13 @@ def enable_cuda_graphs(unet: torch.nn.Module, *, compile: bool = False) -> bool:
     return True
 
 
+def start_queued_compiles(unet: torch.nn.Module) -> None:
+    """After a job: start the background compiles its new input sizes queued (``--compile``; else nothing)."""
+    forward = unet.__dict__.get("forward")
+    if isinstance(forward, GraphedForward) and forward.compiler is not None:
+        forward.compiler.start_queued()
+
+
 def disable_cuda_graphs(unet: torch.nn.Module) -> None:
     """Remove graph replay from ``unet`` and free its graphs."""
     forward = unet.__dict__.pop("forward", None)

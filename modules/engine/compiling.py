@@ -1,8 +1,9 @@
 """``--compile``: the UNet compiled with torch.compile (inductor) in the background, then replayed in CUDA graphs.
 
-A new input signature (image size, batch, prompt length) starts a compile in a background thread while the job goes
-on with the eager UNet under CUDA graphs; once the compile has finished, the next UNet call captures a graph of the
-compiled kernels and replays that. A compile that fails is logged and that signature stays eager: compiling never
+A new input signature (image size, batch, prompt length) queues a compile; the job goes on with the eager UNet under
+CUDA graphs, and when it ends the compile runs in a background thread (beside a job it would slow the job down by
+competing for the interpreter). Once it has finished, the next UNet call captures a graph of the compiled kernels and
+replays that. A compile that fails is logged and that signature stays eager: compiling never
 breaks a job. Inductor's on-disk caches (``TORCHINDUCTOR_CACHE_DIR``, set by the app to ``<data dir>/cache/inductor``)
 make a restart compile from cache instead of from scratch.
 """
@@ -45,6 +46,7 @@ class BackgroundCompiler:
         self._state: dict[tuple, str] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._queued: dict[tuple, dict[str, torch.Tensor]] = {}
         self.seconds: dict[tuple, float] = {}
 
     def state(self, key: tuple) -> str | None:
@@ -53,17 +55,27 @@ class BackgroundCompiler:
             return self._state.get(key)
 
     def request(self, key: tuple, inputs: dict[str, torch.Tensor]) -> None:
-        """Start compiling for ``key`` with a private copy of ``inputs`` unless already started."""
+        """Queue a compile for ``key`` with a private copy of ``inputs`` unless already queued or done.
+
+        The compile starts at ``start_queued`` (the engine calls it when a job ends): a compile running beside a
+        job would compete with it for the Python interpreter and slow it down.
+        """
         with self._lock:
             if key in self._state:
                 return
             self._state[key] = PENDING
-        shapes = {name: tuple(t.shape) for name, t in inputs.items()}
-        logger.info("Compiling the UNet for %s in the background (eager until it is ready)", shapes)
-        copies = {name: t.detach().clone() for name, t in inputs.items()}
-        thread = threading.Thread(target=self._work, args=(key, copies), name="unet-compile", daemon=True)
-        self._threads.append(thread)
-        thread.start()
+            self._queued[key] = {name: t.detach().clone() for name, t in inputs.items()}
+
+    def start_queued(self) -> None:
+        """Start a background compile for every queued signature."""
+        with self._lock:
+            queued, self._queued = self._queued, {}
+        for key, inputs in queued.items():
+            shapes = {name: tuple(t.shape) for name, t in inputs.items()}
+            logger.info("Compiling the UNet for %s in the background (eager until it is ready)", shapes)
+            thread = threading.Thread(target=self._work, args=(key, inputs), name="unet-compile", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def _work(self, key: tuple, inputs: dict[str, torch.Tensor]) -> None:
         started = time.perf_counter()
@@ -86,7 +98,8 @@ class BackgroundCompiler:
             self._state[key] = state
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for every started compile; return whether all finished within ``timeout`` seconds."""
+        """Start the queued compiles and wait for them; return whether all finished within ``timeout`` seconds."""
+        self.start_queued()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in list(self._threads):
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -124,10 +124,22 @@ class LoadedModel:
     compile: bool = False
 
     def set_memory_mode(self, mode: str) -> None:
-        """Switch to another memory mode in place (e.g. a lighter one after running out of memory)."""
-        if mode != self.memory_mode:
+        """Switch to another memory mode in place (e.g. a lighter one after running out of memory).
+
+        Raises:
+            torch.OutOfMemoryError: The models do not fit in ``mode``; they are back in the previous mode.
+        """
+        if mode == self.memory_mode:
+            return
+        try:
             offload.apply_mode(self.pipe, self.device, mode, cuda_graphs=self.cuda_graphs, compile=self.compile)
-            self.memory_mode = mode
+        except torch.OutOfMemoryError:
+            _free_memory()
+            offload.apply_mode(
+                self.pipe, self.device, self.memory_mode, cuda_graphs=self.cuda_graphs, compile=self.compile
+            )
+            raise
+        self.memory_mode = mode
 
     def derived_pipeline(self, class_name: str) -> Any:
         """Return ``diffusers.<class_name>.from_pipe(self.pipe)``: the same weights, another task, no reload."""

@@ -96,6 +96,8 @@ def apply_mode(pipe: Any, device: str, mode: str, *, cuda_graphs: bool, compile:
     else:
         pipe.to("cpu")
         pipe._sequential_offload = SequentialOffload(_models(pipe), torch.device(device))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what the previous mode held (weights, graph pools) goes back to the driver
     logger.info("Memory mode: %s on %s", mode, device)
 
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from modules.engine import hires, img2img, kloop, offload, scripts
+from modules.engine.accel import start_queued_compiles
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
@@ -54,7 +55,9 @@ def generate(
     """
     args = (model, request, options, controls, on_step, upscaler, upscaler_names, load_model)
     try:
-        return _generate(*args)
+        result = _generate(*args)
+        start_queued_compiles(model.pipe.unet)
+        return result
     except torch.OutOfMemoryError as exc:
         _free_cache()
         retry_mode = offload.lighter(model.memory_mode)
@@ -77,7 +80,11 @@ def generate(
             "Try a smaller size or batch size."
         ) from exc
     finally:
-        model.set_memory_mode(original)
+        try:
+            model.set_memory_mode(original)
+        except torch.OutOfMemoryError:
+            _free_cache()
+            logger.warning("Not enough free memory to return to %s mode; staying in %s", original, retry_mode)
 
 
 def _free_cache() -> None:

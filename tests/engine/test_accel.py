@@ -51,7 +51,9 @@ def test_background_compiler_compiles_once_per_signature_and_reports_ready():
     inputs = {"sample": torch.ones(2, 3)}
     assert compiler.state(("a",)) is None
     compiler.request(("a",), inputs)
-    compiler.request(("a",), inputs)  # already started: no second compile
+    compiler.request(("a",), inputs)  # already queued: no second compile
+    assert compiler.state(("a",)) == "pending" and not calls  # queued until the job ends
+    compiler.start_queued()
     assert compiler.wait(30)
     assert compiler.state(("a",)) == READY and len(calls) == 2  # compile call + the check call
     assert torch.equal(compiler.compiled(torch.ones(1)), torch.full((1,), 2.0))
