@@ -122,6 +122,7 @@ class LoadedModel:
     memory_mode: str = "full"
     cuda_graphs: bool = False
     compile: bool = False
+    preferred_mode: str = ""  # the mode chosen at load ("" = memory_mode); a job returns to it when it can
 
     def set_memory_mode(self, mode: str) -> None:
         """Switch to another memory mode in place (e.g. a lighter one after running out of memory).

@@ -54,6 +54,12 @@ def generate(
         OutOfMemoryError: The device ran out of memory twice; its cache was emptied so the next job can run.
     """
     args = (model, request, options, controls, on_step, upscaler, upscaler_names, load_model)
+    preferred = model.preferred_mode or model.memory_mode
+    if model.memory_mode != preferred:  # an earlier out of memory left it lighter: try the faster mode again
+        try:
+            model.set_memory_mode(preferred)
+        except torch.OutOfMemoryError:
+            _free_cache()
     try:
         result = _generate(*args)
         start_queued_compiles(model.pipe.unet)
@@ -69,6 +75,7 @@ def generate(
             "Try a smaller size or batch size."
         ) from first
     original = model.memory_mode
+    model.preferred_mode = model.preferred_mode or original
     logger.warning("Out of memory on %s (%s); retrying the job with %s offload", model.device, first, retry_mode)
     try:
         model.set_memory_mode(retry_mode)

@@ -95,11 +95,25 @@ def test_out_of_memory_twice_is_a_clear_error_and_the_next_job_works(load_tiny, 
     finally:
         handle.remove()
     model.set_memory_mode("sequential")
+    model.preferred_mode = "sequential"  # as --lowvram chooses it
     handle = model.pipe.unet.register_forward_pre_hook(InjectOOM(model, fail_calls={1}))
     try:
         with pytest.raises(OutOfMemoryError, match="every model offloaded"):
             generate(model, FAST)
     finally:
         handle.remove()
+        model.preferred_mode = ""
         model.set_memory_mode("full")
     assert generate(model, FAST).images[0].size == (64, 64)
+
+
+def test_a_job_returns_to_the_preferred_mode_when_it_can(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    model.preferred_mode = "full"
+    model.set_memory_mode("model")  # as left by an out of memory whose return to full failed
+    try:
+        generate(model, FAST)
+        assert model.memory_mode == "full"
+    finally:
+        model.set_memory_mode("full")
+        model.preferred_mode = ""
