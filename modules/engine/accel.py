@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from modules.engine import group_norm
 from modules.engine.compiling import READY, BackgroundCompiler
 from modules.engine.types import ModelType
 
@@ -165,16 +166,20 @@ class GraphedForward:
         self._graphs.clear()
 
 
-def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str) -> bool:
+def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, compile: bool = False) -> bool:
     """Put an SD1/SD2 UNet that will run on CUDA in channels_last; return whether it was changed.
 
     Measured on the H100 (tests/gpu/results/speed_probe-h100.json, one CFG step under graph replay): SD1.5 12.28 →
     10.64 ms (cuDNN's NCHW↔NHWC conversions around every conv disappear); SDXL 43.4 → 45.7 ms (its GroupNorms on
     channels_last cost more than the conversions saved), so SDXL stays contiguous. Outputs differ by fp16 round-off.
+    Their GroupNorms then run as one Triton kernel on the NHWC data (engine/group_norm.py): 10.62 → 8.92 ms per step
+    (speed_probe_gn-h100.json); SDXL gains nothing from it (43.2 ms either way).
     """
     if not device.startswith("cuda") or model_type.is_sdxl:
         return False
     unet.to(memory_format=torch.channels_last)
+    if not compile:  # inductor fuses GroupNorm itself, and cannot trace through the hand-written kernel
+        group_norm.install(unet)
     return True
 
 

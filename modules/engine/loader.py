@@ -240,7 +240,7 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     pipe = _build_pipeline(arch.pipeline_class, components, model_index(arch))
     pipe.set_progress_bar_config(disable=True)
     # 4. Device (dtypes were applied while filling the models).
-    prepare_unet(pipe.unet, model_type, options.device)
+    prepare_unet(pipe.unet, model_type, options.device, compile=options.compile)
     mode = _memory_mode(pipe, model_type, options)
     offload.apply_mode(pipe, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile)
     seconds = time.perf_counter() - started

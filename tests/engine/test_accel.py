@@ -1,3 +1,6 @@
+import os
+
+import pytest
 import torch
 
 from modules.engine.accel import GraphedForward, disable_cuda_graphs, enable_cuda_graphs
@@ -76,3 +79,42 @@ def test_compile_option_reaches_the_loader():
 
     assert LoadOptions().compile is False
     assert parse_flags(["--compile"], environ={}).compile is True
+
+
+def test_group_norm_kernel_matches_pytorch_in_tritons_interpreter():
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = """
+import torch
+from modules.engine.group_norm import group_norm_nhwc
+torch.manual_seed(0)
+worst = 0.0
+for groups, channels, shape in ((32, 320, (2, 8, 8)), (32, 960, (1, 5, 7)), (8, 40, (3, 4, 9))):
+    gn = torch.nn.GroupNorm(groups, channels)
+    torch.nn.init.normal_(gn.weight)
+    torch.nn.init.normal_(gn.bias)
+    x = (torch.randn(shape[0], channels, *shape[1:]) * 3 + 1).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = group_norm_nhwc(x, gn)
+        ref = torch.nn.functional.group_norm(x, groups, gn.weight, gn.bias, gn.eps)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    worst = max(worst, float((got - ref).abs().max()))
+print(worst)
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_group_norm_install_needs_cuda_and_leaves_cpu_modules_alone():
+    from modules.engine import group_norm
+
+    module = torch.nn.Sequential(torch.nn.GroupNorm(2, 4))
+    assert group_norm.install(module) == (0 if not torch.cuda.is_available() else 1)
+    x = torch.randn(1, 4, 3, 3).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(module(x), torch.nn.functional.group_norm(x, 2, module[0].weight, module[0].bias))
+    group_norm.uninstall(module)
+    assert "forward" not in module[0].__dict__

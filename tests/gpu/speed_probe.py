@@ -123,6 +123,27 @@ def probe(kind: str, compile_mode: str | None) -> dict[str, Any]:
     results["profile_graphs_cl_qkv"] = top_kernels(call(graphed_all))
     for g in (graphed, graphed_cl, graphed_all):
         g.clear()
+    unet.unfuse_qkv_projections()
+    from modules.engine import group_norm
+
+    gn = torch.nn.GroupNorm(32, 640).cuda().half()
+    torch.nn.init.normal_(gn.weight)
+    torch.nn.init.normal_(gn.bias)
+    for shape in ((2, 640, 64, 64), (2, 640, 17, 23)):
+        xs = torch.randn(*shape, device="cuda").half().to(memory_format=torch.channels_last) * 3 + 1
+        with torch.inference_mode():
+            ref = torch.nn.functional.group_norm(xs.float(), 32, gn.weight.float(), gn.bias.float(), gn.eps)
+            got = group_norm.group_norm_nhwc(xs, gn)
+        results[f"triton_gn_max_diff_{shape}"] = float((got.float() - ref).abs().max())
+        logger.info("triton GN %s max diff vs fp32 reference %.3e", shape, results[f"triton_gn_max_diff_{shape}"])
+    installed = group_norm.install(unet)
+    results["triton_gn_layers"] = installed
+    record("eager+channels_last+triton_gn", call(unet))
+    graphed_gn = GraphedForward(unet)
+    record("graphs+channels_last+triton_gn", call(graphed_gn))
+    results["profile_graphs_cl_triton_gn"] = top_kernels(call(graphed_gn))
+    graphed_gn.clear()
+    group_norm.uninstall(unet)
     torch.backends.cudnn.benchmark = True
     graphed_bench = GraphedForward(unet)
     record("graphs+channels_last+fused_qkv+cudnn_benchmark", call(graphed_bench))

@@ -1,0 +1,139 @@
+"""GroupNorm for channels_last activations as one Triton kernel (CUDA only; PyTorch's own kernel elsewhere).
+
+Why: with the SD1/SD2 UNet in channels_last (engine/accel.py), cuDNN's convolutions stop converting layouts, but
+PyTorch's GroupNorm on an NHWC tensor falls back to a slow strided path (on the H100 ≈2.8 ms of a 10.6 ms CFG step,
+tests/gpu/results/speed_probe-h100.json). This kernel reads an NHWC tensor where it lies: one program per
+(image, group) computes the group's mean and variance in fp32 over its ``H·W × C/G`` values, then normalises,
+applies the affine weight and bias and writes in the same layout.
+
+``install(unet)`` gives every ``torch.nn.GroupNorm`` of the module an instance ``forward`` that uses the kernel for
+CUDA channels_last inputs and PyTorch's otherwise; ``uninstall`` removes it. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _build_kernel() -> Any:
+    """Compile-on-first-use Triton kernel (None when Triton is not importable)."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def group_norm_nhwc(  # noqa: ANN202 (a Triton kernel: its arguments are typed by the launch)
+        x_ptr, y_ptr, w_ptr, b_ptr, hw, channels, cpg, eps,  # noqa: ANN001
+        block_hw: tl.constexpr, block_c: tl.constexpr,
+    ):  # fmt: skip
+        n = tl.program_id(0)
+        g = tl.program_id(1)
+        base = n * hw * channels + g * cpg
+        c = tl.arange(0, block_c)
+        c_mask = c < cpg
+        acc = tl.zeros([block_hw, block_c], dtype=tl.float32)
+        acc_sq = tl.zeros([block_hw, block_c], dtype=tl.float32)
+        for start in range(0, hw, block_hw):
+            rows = start + tl.arange(0, block_hw)
+            mask = (rows[:, None] < hw) & c_mask[None, :]
+            v = tl.load(x_ptr + base + rows[:, None] * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            acc += v
+            acc_sq += v * v
+        count = hw * cpg
+        mean = tl.sum(tl.sum(acc, axis=1), axis=0) / count
+        var = tl.sum(tl.sum(acc_sq, axis=1), axis=0) / count - mean * mean
+        rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
+        w = tl.load(w_ptr + g * cpg + c, mask=c_mask, other=1.0).to(tl.float32)
+        b = tl.load(b_ptr + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
+        scale = w * rstd
+        shift = b - mean * scale
+        for start in range(0, hw, block_hw):
+            rows = start + tl.arange(0, block_hw)
+            mask = (rows[:, None] < hw) & c_mask[None, :]
+            offsets = base + rows[:, None] * channels + c[None, :]
+            v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            out = v * scale[None, :] + shift[None, :]
+            tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+    return group_norm_nhwc
+
+
+class _Kernel:
+    """Holds the lazily built kernel (one per process)."""
+
+    fn: Any = None
+    tried = False
+
+    @classmethod
+    def get(cls) -> Any:
+        if not cls.tried:
+            cls.tried = True
+            cls.fn = _build_kernel()
+        return cls.fn
+
+
+def group_norm_nhwc(x: torch.Tensor, module: torch.nn.GroupNorm) -> torch.Tensor:
+    """``module(x)`` for a CUDA channels_last ``x`` through the Triton kernel."""
+    import triton
+
+    n, c, h, w = x.shape
+    cpg = c // module.num_groups
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    block_c = triton.next_power_of_2(cpg)
+    block_hw = max(16, min(256, 4096 // block_c))
+    _Kernel.get()[(n, module.num_groups)](
+        x, y, module.weight, module.bias, h * w, c, cpg, module.eps, block_hw=block_hw, block_c=block_c, num_warps=8
+    )
+    return y
+
+
+def _eligible(x: torch.Tensor, module: torch.nn.GroupNorm) -> bool:
+    return (
+        x.is_cuda
+        and x.dim() == 4
+        and module.affine
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and not torch.is_grad_enabled()
+    )
+
+
+class _Forward:
+    """Instance ``forward`` of one GroupNorm: the kernel when eligible, PyTorch's forward otherwise."""
+
+    def __init__(self, module: torch.nn.GroupNorm) -> None:
+        self.module = module
+        self.eager = type(module).forward.__get__(module)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if _eligible(x, self.module):
+            return group_norm_nhwc(x, self.module)
+        return self.eager(x)
+
+
+def install(module: torch.nn.Module) -> int:
+    """Route ``module``'s GroupNorms through the kernel (when Triton and CUDA are available); return how many."""
+    if not torch.cuda.is_available() or _Kernel.get() is None:
+        return 0
+    count = 0
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.GroupNorm) and "forward" not in sub.__dict__:
+            sub.forward = _Forward(sub)
+            count += 1
+    logger.info("GroupNorm: %d layers use the channels_last Triton kernel", count)
+    return count
+
+
+def uninstall(module: torch.nn.Module) -> None:
+    """Give every GroupNorm of ``module`` its own forward back."""
+    for sub in module.modules():
+        if isinstance(sub.__dict__.get("forward"), _Forward):
+            del sub.forward
