@@ -12,6 +12,7 @@ CUDA channels_last inputs and PyTorch's otherwise; ``uninstall`` removes it. Not
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -20,8 +21,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def _build_kernel() -> Any:
-    """Compile-on-first-use Triton kernel (None when Triton is not importable)."""
+@functools.cache
+def _kernel() -> Any:
+    """The Triton kernel, built once on first use (None when Triton is not importable)."""
     try:
         import triton
         import triton.language as tl
@@ -65,20 +67,6 @@ def _build_kernel() -> Any:
     return group_norm_nhwc
 
 
-class _Kernel:
-    """Holds the lazily built kernel (one per process)."""
-
-    fn: Any = None
-    tried = False
-
-    @classmethod
-    def get(cls) -> Any:
-        if not cls.tried:
-            cls.tried = True
-            cls.fn = _build_kernel()
-        return cls.fn
-
-
 def group_norm_nhwc(x: torch.Tensor, module: torch.nn.GroupNorm) -> torch.Tensor:
     """``module(x)`` for a CUDA channels_last ``x`` through the Triton kernel."""
     import triton
@@ -88,7 +76,7 @@ def group_norm_nhwc(x: torch.Tensor, module: torch.nn.GroupNorm) -> torch.Tensor
     y = torch.empty_like(x, memory_format=torch.channels_last)
     block_c = triton.next_power_of_2(cpg)
     block_hw = max(16, min(256, 4096 // block_c))
-    _Kernel.get()[(n, module.num_groups)](
+    _kernel()[(n, module.num_groups)](
         x, y, module.weight, module.bias, h * w, c, cpg, module.eps, block_hw=block_hw, block_c=block_c, num_warps=8
     )
     return y
@@ -121,7 +109,7 @@ class _Forward:
 
 def install(module: torch.nn.Module) -> int:
     """Route ``module``'s GroupNorms through the kernel (when Triton and CUDA are available); return how many."""
-    if not torch.cuda.is_available() or _Kernel.get() is None:
+    if not torch.cuda.is_available() or _kernel() is None:
         return 0
     count = 0
     for sub in module.modules():

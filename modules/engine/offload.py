@@ -18,6 +18,7 @@ memory during a job → the app context retries once in the next lighter mode (`
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ REQUESTS = ("auto", *MODES)
 GIB = 2**30
 # Working memory a job needs besides the weights (activations, VAE decode, CUDA graph pool) at the family's
 # native size: SD1.5 512² b1 peaks ~1.6 GB above its weights, SDXL 1024² ~5.7 GB (tests/gpu/results/bench-h100.json).
-WORK_BYTES = {False: 2 * GIB, True: 6 * GIB}
+WORK_BYTES = MappingProxyType({False: 2 * GIB, True: 6 * GIB})
 
 
 def module_bytes(module: torch.nn.Module) -> int:
