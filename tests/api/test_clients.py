@@ -55,7 +55,7 @@ def test_webuiapi_options_models_and_lists(server):
         api.get_prompt_styles,
     ):
         assert call() == []
-    assert api.get_scripts() == {"txt2img": [], "img2img": ["poor man's outpainting"]}
+    assert api.get_scripts() == {"txt2img": [], "img2img": ["poor man's outpainting", "outpainting mk2"]}
 
 
 def test_webuiapi_png_info_and_wait_for_ready(server):

@@ -98,7 +98,7 @@ def test_listing_contents(server):
     assert samplers["Restart"]["options"] == {"scheduler": "karras", "second_order": "True"}
     schedulers = {s["name"]: s for s in server.get("schedulers").json()}
     assert schedulers["automatic"]["label"] == "Automatic" and schedulers["karras"]["label"] == "Karras"
-    assert server.get("scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting"]}
+    assert server.get("scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting", "outpainting mk2"]}
     assert server.get("embeddings").json() == {"loaded": {}, "skipped": {}}
     memory = server.get("memory").json()
     assert memory["ram"]["total"] >= memory["ram"]["used"] > 0 and "error" in memory["cuda"]
