@@ -19,7 +19,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from modules.engine.samplers import split_sampler_name
 
@@ -239,7 +240,7 @@ def parsed_to_params(parsed: Mapping[str, object]) -> tuple[str, str, dict[str, 
 
 # Infotext key → (request field, converter). Field names are A1111's API names (GenerationRequest /
 # GenerationOptions); callers drop the fields their request type does not have.
-_FIELD_MAP: Mapping[str, tuple[str, type]] = {
+_FIELD_MAP: Mapping[str, tuple[str, Callable[[Any], object]]] = {
     "Prompt": ("prompt", str),
     "Negative prompt": ("negative_prompt", str),
     "Steps": ("steps", int),
@@ -271,10 +272,23 @@ _FIELD_MAP: Mapping[str, tuple[str, type]] = {
     "Hires negative prompt": ("hr_negative_prompt", str),
     "Mask blur": ("mask_blur", int),
     "Masked area padding": ("inpaint_full_res_padding", int),
+    "Masked content": ("inpainting_fill", lambda v: _label_index(v, _MASKED_CONTENT)),
+    "Inpaint area": ("inpaint_full_res", lambda v: _label_index(v, _INPAINT_AREAS) == 1),
+    "Mask mode": ("inpainting_mask_invert", lambda v: _label_index(v, _MASK_MODES)),
+    "Refiner": ("refiner_checkpoint", str),
+    "Refiner switch at": ("refiner_switch_at", float),
 }
+_MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+_INPAINT_AREAS = ("Whole picture", "Only masked")
+_MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 
 
-def _convert(value: object, kind: type) -> object:
+def _label_index(value: object, labels: tuple[str, ...]) -> int:
+    """The index of an A1111 radio label written in infotext (ValueError for an unknown one)."""
+    return labels.index(str(value))
+
+
+def _convert(value: object, kind: Callable[[Any], object]) -> object:
     """Convert an infotext string to ``kind``; ints written as floats (``20.0``) are accepted."""
     if kind is int:
         return int(float(str(value)))
@@ -298,7 +312,7 @@ def infotext_to_request_fields(parsed: Mapping[str, object]) -> dict[str, object
         try:
             fields[name] = _convert(parsed[key], kind)
         except (TypeError, ValueError):
-            logger.warning("Ignoring infotext %s=%r: not a valid %s", key, parsed[key], kind.__name__)
+            logger.warning("Ignoring infotext %s=%r: not a valid value for %s", key, parsed[key], name)
     if "sampler_name" in fields:
         sampler, schedule = split_sampler_name(str(fields["sampler_name"]))
         fields["sampler_name"] = sampler

@@ -151,3 +151,40 @@ def test_request_fields_legacy_sampler_and_bad_values():
     assert (f["sampler_name"], f["scheduler"]) == ("DPM++ 2M SDE", "Karras")
     assert "steps" not in f
     assert f["seed"] == 3
+
+
+REFINER_HIRES_SDXL = (
+    "a lighthouse at dusk\n"
+    "Negative prompt: text, watermark\n"
+    "Steps: 30, Sampler: DPM++ 2M SDE, Schedule type: Align Your Steps, CFG scale: 6, Seed: 77, Size: 1024x1024, "
+    "Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Denoising strength: 0.35, Hires resize: 1536x1536, "
+    "Hires steps: 12, Hires upscaler: R-ESRGAN 4x+, Hires sampler: DPM fast, Hires schedule type: Karras, "
+    "Hires checkpoint: sdxl_other, Hires negative prompt: blurry, Refiner: sd_xl_refiner_1.0 [7440042bbd], "
+    "Refiner switch at: 0.8, Version: v1.10.1"
+)
+
+PIX2PIX_INPAINT = (
+    "make it winter\n"
+    "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Image CFG scale: 1.5, Seed: 5, "
+    "Size: 512x512, Model hash: fbc31a67aa, Model: instruct-pix2pix-00-22000, Denoising strength: 1, Mask blur: 8, "
+    "Masked content: latent noise, Mask mode: Inpaint not masked, Version: v1.10.1"
+)
+
+
+@pytest.mark.parametrize("text", [REFINER_HIRES_SDXL, PIX2PIX_INPAINT])
+def test_round_trip_exact_refiner_hires_pix2pix(text):
+    assert format_infotext(*parsed_to_params(parse_infotext(text, add_defaults=False))) == text
+
+
+def test_request_fields_refiner_hires_and_inpaint_labels():
+    fields = infotext_to_request_fields(parse_infotext(REFINER_HIRES_SDXL))
+    assert fields["scheduler"] == "Align Your Steps" and fields["hr_sampler_name"] == "DPM fast"
+    assert (fields["hr_resize_x"], fields["hr_resize_y"], fields["enable_hr"]) == (1536, 1536, True)
+    assert fields["hr_checkpoint_name"] == "sdxl_other" and fields["hr_negative_prompt"] == "blurry"
+    assert fields["refiner_checkpoint"] == "sd_xl_refiner_1.0 [7440042bbd]" and fields["refiner_switch_at"] == 0.8
+    edit = infotext_to_request_fields(parse_infotext(PIX2PIX_INPAINT))
+    assert edit["image_cfg_scale"] == 1.5 and edit["mask_blur"] == 8
+    assert (edit["inpainting_fill"], edit["inpainting_mask_invert"]) == (2, 1)
+    assert infotext_to_request_fields(parse_infotext(INPAINT))["inpaint_full_res"] is True
+    bad = infotext_to_request_fields(parse_infotext(PIX2PIX_INPAINT.replace("latent noise", "glitter")))
+    assert "inpainting_fill" not in bad  # an unknown label is skipped, not guessed
