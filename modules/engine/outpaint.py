@@ -67,20 +67,37 @@ class OutpaintArgs:
 
     def validate(self) -> None:
         """Raise InvalidRequestError for out-of-range arguments."""
-        problems = []
-        if not 8 <= self.pixels <= 256:
-            problems.append(f"pixels must be between 8 and 256, got {self.pixels}")
-        if not 0 <= self.mask_blur <= 64:
-            problems.append(f"mask_blur must be between 0 and 64, got {self.mask_blur}")
+        problems = common_problems(self.pixels, self.mask_blur, self.direction)
         if self.inpainting_fill not in range(len(MASKED_CONTENT)):
             problems.append(f"masked content must be 0–3 or one of {', '.join(MASKED_CONTENT)}")
-        unknown = [d for d in self.direction if d not in DIRECTIONS]
-        if unknown or not self.direction:
-            problems.append(
-                f"direction must be a non-empty list of {', '.join(DIRECTIONS)}, got {list(self.direction)}"
-            )
         if problems:
             raise InvalidRequestError(f"script_args ({TITLE}): " + "; ".join(problems))
+
+
+def common_problems(pixels: int, mask_blur: int, direction: Sequence[str]) -> list[str]:
+    """Range problems of the arguments both outpainting scripts share (A1111's slider ranges)."""
+    problems = []
+    if not 8 <= pixels <= 256:
+        problems.append(f"pixels must be between 8 and 256, got {pixels}")
+    if not 0 <= mask_blur <= 64:
+        problems.append(f"mask_blur must be between 0 and 64, got {mask_blur}")
+    if not direction or any(d not in DIRECTIONS for d in direction):
+        problems.append(f"direction must be a non-empty list of {', '.join(DIRECTIONS)}, got {list(direction)}")
+    return problems
+
+
+def kept_rect(size: tuple[int, int], sides: tuple[int, int, int, int], inset: int) -> tuple[int, int, int, int]:
+    """The original image's rectangle on the canvas, shrunk by ``inset`` on each expanded side.
+
+    ``sides`` are the expansions (left, right, up, down); ``size`` is the canvas size.
+    """
+    (w, h), (left, right, up, down) = size, sides
+    return (
+        left + (inset if left > 0 else 0),
+        up + (inset if up > 0 else 0),
+        w - right - (inset if right > 0 else 0),
+        h - down - (inset if down > 0 else 0),
+    )
 
 
 def script_info() -> dict[str, Any]:
@@ -133,15 +150,7 @@ def expand(request: GenerationRequest, args: OutpaintArgs) -> GenerationRequest:
     canvas.paste(source, (left, up))
     mask = Image.new("L", (target_w, target_h), 255)
     inset = args.mask_blur * 2
-    ImageDraw.Draw(mask).rectangle(
-        (
-            left + (inset if left > 0 else 0),
-            up + (inset if up > 0 else 0),
-            target_w - right - (inset if right > 0 else 0),
-            target_h - down - (inset if down > 0 else 0),
-        ),
-        fill=0,
-    )
+    ImageDraw.Draw(mask).rectangle(kept_rect(mask.size, (left, right, up, down), inset), fill=0)
     return dataclasses.replace(
         request,
         init_images=(canvas,),

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from modules.engine.outpaint import DIRECTIONS, MAX_CANVAS_SIDE, OutpaintArgs, canvas_geometry
+from modules.engine.outpaint import (
+    DIRECTIONS,
+    MAX_CANVAS_SIDE,
+    OutpaintArgs,
+    canvas_geometry,
+    common_problems,
+    kept_rect,
+)
 from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
 
@@ -68,17 +75,11 @@ class Mk2Args:
 
     def validate(self) -> None:
         """Raise InvalidRequestError for out-of-range arguments (A1111's slider ranges)."""
-        problems = []
-        if not 8 <= self.pixels <= 256:
-            problems.append(f"pixels must be between 8 and 256, got {self.pixels}")
-        if not 0 <= self.mask_blur <= 64:
-            problems.append(f"mask_blur must be between 0 and 64, got {self.mask_blur}")
+        problems = common_problems(self.pixels, self.mask_blur, self.direction)
         if not 0.0 <= self.noise_q <= 4.0:
             problems.append(f"noise_q (fall-off exponent) must be between 0 and 4, got {self.noise_q}")
         if not 0.0 <= self.color_variation <= 1.0:
             problems.append(f"color_variation must be between 0 and 1, got {self.color_variation}")
-        if not self.direction or any(d not in DIRECTIONS for d in self.direction):
-            problems.append(f"direction must be a non-empty list of {', '.join(DIRECTIONS)}")
         if problems:
             raise InvalidRequestError(f"script_args ({TITLE}): " + "; ".join(problems))
 
@@ -159,17 +160,6 @@ def matched_noise(image: np.ndarray, mask: np.ndarray, noise_q: float, color_var
     return np.clip(image * (1.0 - mask_rgb) + shaped * mask_rgb, 0.0, 1.0)
 
 
-def _inner_rect(size: tuple[int, int], sides: tuple[int, int, int, int], inset: int) -> tuple[int, int, int, int]:
-    """The kept (original) rectangle of the canvas, shrunk by ``inset`` on each expanded side."""
-    (w, h), (left, right, up, down) = size, sides
-    return (
-        left + (inset if left > 0 else 0),
-        up + (inset if up > 0 else 0),
-        w - right - (inset if right > 0 else 0),
-        h - down - (inset if down > 0 else 0),
-    )
-
-
 def expand(request: GenerationRequest, args: Mk2Args) -> GenerationRequest:
     """The inpainting request over the expanded, noise-filled canvas.
 
@@ -187,9 +177,9 @@ def expand(request: GenerationRequest, args: Mk2Args) -> GenerationRequest:
     canvas.paste(source, (left, up))
     sides = (left, right, up, down)
     new_area = Image.new("L", canvas.size, 255)
-    ImageDraw.Draw(new_area).rectangle(_inner_rect(canvas.size, sides, 0), fill=0)
+    ImageDraw.Draw(new_area).rectangle(kept_rect(canvas.size, sides, 0), fill=0)
     mask = Image.new("L", canvas.size, 255)
-    ImageDraw.Draw(mask).rectangle(_inner_rect(canvas.size, sides, args.mask_blur), fill=0)
+    ImageDraw.Draw(mask).rectangle(kept_rect(canvas.size, sides, args.mask_blur), fill=0)
     pixels = np.asarray(canvas, dtype=np.float64) / 255.0
     filled = matched_noise(pixels, np.asarray(new_area, dtype=np.float64) / 255.0, args.noise_q, args.color_variation)
     canvas = Image.fromarray((filled * 255.0).astype(np.uint8), mode="RGB")

@@ -39,5 +39,8 @@ def validate_request(request: GenerationRequest) -> None:
         value = getattr(request, name)
         if not isinstance(value, (int, float)) or not lo <= value <= hi:
             problems.append(f"{name} must be between {lo:g} and {hi:g}, got {value}")
+    image_cfg = request.image_cfg_scale
+    if image_cfg is not None and (not isinstance(image_cfg, (int, float)) or not 0.0 <= image_cfg <= 100.0):
+        problems.append(f"image_cfg_scale must be between 0 and 100, got {image_cfg}")
     if problems:
         raise InvalidRequestError("; ".join(problems))

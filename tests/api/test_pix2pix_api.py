@@ -64,3 +64,9 @@ def test_a_sampler_the_edit_model_cannot_use_is_a_422(ip2p_server: LiveServer) -
     assert response.status_code == 422
     assert "instruct-pix2pix" in response.text
     assert ip2p_server.post("img2img", {**BASE, "init_images": [png_b64()]}).status_code == 200
+
+
+def test_a_negative_image_cfg_scale_is_a_422_and_the_next_request_works(ip2p_server: LiveServer) -> None:
+    bad = ip2p_server.post("img2img", {**BASE, "init_images": [png_b64()], "image_cfg_scale": -2})
+    assert bad.status_code == 422 and "image_cfg_scale" in bad.text
+    assert ip2p_server.post("img2img", {**BASE, "init_images": [png_b64()], "image_cfg_scale": 2}).status_code == 200

@@ -37,3 +37,9 @@ def test_defaults_valid():
 def test_hires_and_refiner_requests_pass_the_range_checks():
     validate_request(GenerationRequest(enable_hr=True))  # hires fix exists; its own checks are in engine/hires.py
     validate_request(GenerationRequest(refiner_checkpoint="sdxl_refiner"))  # checked in engine/refiner.py
+
+
+def test_image_cfg_scale_out_of_range_is_named():
+    with pytest.raises(InvalidRequestError, match="image_cfg_scale must be between 0 and 100, got -1"):
+        validate_request(GenerationRequest(image_cfg_scale=-1.0))
+    validate_request(GenerationRequest(image_cfg_scale=1.5))
