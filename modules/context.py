@@ -34,7 +34,7 @@ from modules.errors import CheckpointNotFoundError, InvalidRequestError
 from modules.flags import LaunchFlags
 from modules.jobs import Job, JobQueue
 from modules.outputs import ExtrasOutput, JobOutput, build_info, save_extras, save_outputs
-from modules.settings import Settings
+from modules.settings import Settings, sampler_settings
 from modules.version import INFOTEXT_VERSION
 
 logger = logging.getLogger(__name__)
@@ -199,6 +199,8 @@ class AppContext:
             emphasis=snapshot.emphasis,
             comma_padding_backtrack=snapshot.comma_padding_backtrack,
             version=INFOTEXT_VERSION,
+            use_old_scheduling=snapshot.use_old_scheduling,
+            sampler=sampler_settings(snapshot),
         )
         self.upscalers.device = model.device
         names = self.upscaler_names()

@@ -6,6 +6,7 @@ object is never mutated: a change makes a new validated object that the app cont
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modules.engine.types import SamplerSettings
 from modules.errors import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -117,23 +119,9 @@ IGNORED_A1111_OPTIONS: frozenset[str] = frozenset(
         "js_modal_lightbox",
         "js_modal_lightbox_initially_zoomed",
         "show_warnings",
-        "eta_ddim",
-        "eta_ancestral",
         "ddim_discretize",
-        "s_churn",
-        "s_tmin",
-        "s_tmax",
-        "s_noise",
         "k_sched_type",
-        "sigma_min",
-        "sigma_max",
-        "rho",
-        "always_discard_next_to_last_sigma",
         "sgm_noise_multiplier",
-        "uni_pc_variant",
-        "uni_pc_skip_type",
-        "uni_pc_order",
-        "uni_pc_lower_order_final",
         "sd_noise_schedule",
         "s_min_uncond",
         "token_merging_ratio",
@@ -167,7 +155,6 @@ IGNORED_A1111_OPTIONS: frozenset[str] = frozenset(
         "use_old_karras_scheduler_sigmas",
         "no_dpmpp_sde_batch_determinism",
         "use_old_hires_fix_width_height",
-        "use_old_scheduling",
         "sdxl_clip_l_skip",
         "outdir_init_images",
         "enable_reloading_ui_scripts",
@@ -206,6 +193,25 @@ class Settings(BaseModel):
         False, "Compile the UNet with torch.compile (CUDA; in the background, cached on disk; reloads the model)", "sd"
     )
     eta_noise_seed_delta: int = _opt(0, "Eta noise seed delta", "sampler", ge=0)
+    eta_ddim: float = _opt(0.0, "Eta for DDIM", "sampler", ge=0.0, le=1.0)
+    eta_ancestral: float = _opt(1.0, "Eta for k-diffusion samplers", "sampler", ge=0.0, le=1.0)
+    s_churn: float = _opt(0.0, "sigma churn", "sampler", ge=0.0, le=100.0)
+    s_tmin: float = _opt(0.0, "sigma tmin", "sampler", ge=0.0, le=10.0)
+    s_tmax: float = _opt(0.0, "sigma tmax (0 = infinity)", "sampler", ge=0.0, le=999.0)
+    s_noise: float = _opt(1.0, "sigma noise", "sampler", ge=0.0, le=1.1)
+    sigma_min: float = _opt(0.0, "sigma min (0 = model's)", "sampler", ge=0.0)
+    sigma_max: float = _opt(0.0, "sigma max (0 = model's)", "sampler", ge=0.0)
+    rho: float = _opt(0.0, "rho (0 = the schedule's default)", "sampler", ge=0.0)
+    always_discard_next_to_last_sigma: bool = _opt(False, "Always discard next-to-last sigma", "sampler")
+    beta_dist_alpha: float = _opt(0.6, "Beta scheduler - alpha", "sampler", gt=0.0, le=1.0)
+    beta_dist_beta: float = _opt(0.6, "Beta scheduler - beta", "sampler", gt=0.0, le=1.0)
+    uni_pc_variant: Literal["bh1", "bh2", "vary_coeff"] = _opt("bh1", "UniPC variant", "sampler")
+    uni_pc_skip_type: Literal["time_uniform", "time_quadratic", "logSNR"] = _opt(
+        "time_uniform", "UniPC skip type", "sampler"
+    )
+    uni_pc_order: int = _opt(3, "UniPC order", "sampler", ge=1, le=50)
+    uni_pc_lower_order_final: bool = _opt(True, "UniPC lower order final", "sampler")
+    use_old_scheduling: bool = _opt(False, "Use old prompt editing timelines", "compatibility")
     samples_save: bool = _opt(True, "Always save all generated images", "saving")
     samples_format: Literal["png", "jpg", "jpeg", "webp"] = _opt("png", "File format for images", "saving")
     samples_filename_pattern: str = _opt("", "Images filename pattern", "saving")
@@ -300,3 +306,9 @@ class Settings(BaseModel):
         except ValidationError as exc:
             msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise SettingsError(f"Invalid setting value: {msgs}") from exc
+
+
+def sampler_settings(settings: Settings) -> SamplerSettings:
+    """The engine's sampler parameters from the settings of the same names."""
+    names = {f.name for f in dataclasses.fields(SamplerSettings)}
+    return SamplerSettings(**{name: getattr(settings, name) for name in names})

@@ -11,6 +11,7 @@ from PIL import Image
 from modules.api.images import encode_base64
 from modules.api.schemas import GenerationFields, ImageResponse, ImageToImageRequest
 from modules.context import AppContext
+from modules.engine.infotext import SETTING_FIELDS
 from modules.errors import WebuiError
 from modules.outputs import JobOutput
 from modules.settings import Settings
@@ -35,8 +36,8 @@ class InitImageMissingError(WebuiError):
 def apply_infotext(ctx: AppContext, req: GenerationFields) -> GenerationFields:
     """Fill every field the client did not set from ``req.infotext`` (A1111's ``infotext`` request field).
 
-    Clip skip, ENSD, RNG and emphasis become override settings
-    unless ``override_settings`` already names them.
+    Clip skip, ENSD, RNG, emphasis and the sampler parameters (``Eta``, ``Sigma churn``, ``Schedule rho``…) become
+    override settings unless ``override_settings`` already names them.
     """
     if not req.infotext:
         return req
@@ -49,7 +50,7 @@ def apply_infotext(ctx: AppContext, req: GenerationFields) -> GenerationFields:
         if name in type(req).model_fields:
             update[name] = value
     overrides = dict(req.override_settings or {})
-    for name, key in _INFOTEXT_SETTINGS.items():
+    for name, key in [*_INFOTEXT_SETTINGS.items(), *((n, n) for n in SETTING_FIELDS)]:
         if name in fields and key not in overrides:
             overrides[key] = fields[name]
     if overrides:

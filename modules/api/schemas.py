@@ -125,6 +125,11 @@ class GenerationFields(BaseModel):
             "denoising_strength": self.denoising_strength,
             "refiner_checkpoint": self.refiner_checkpoint,
             "refiner_switch_at": 0.8 if self.refiner_switch_at is None else self.refiner_switch_at,
+            "eta": self.eta,
+            "s_churn": self.s_churn,
+            "s_tmin": self.s_tmin,
+            "s_tmax": self.s_tmax,
+            "s_noise": self.s_noise,
         }
 
     def echo(self) -> dict[str, Any]:

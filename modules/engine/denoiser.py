@@ -86,8 +86,117 @@ class RefinerSwitch:
         """Whether sampling at ``sigma`` has reached the switch point."""
         if self.switched:
             return False
-        t = int(torch.argmin((self.base_sigmas.to(sigma.device) - sigma.float()).abs()))
-        return (999 - t) / 1000 >= self.switch_at
+        return self.due_at(int(torch.argmin((self.base_sigmas.to(sigma.device) - sigma.float()).abs())))
+
+    def due_at(self, timestep: int) -> bool:
+        """Whether sampling at ``timestep`` has reached the switch point."""
+        return not self.switched and (999 - timestep) / 1000 >= self.switch_at
+
+
+class KSpace:
+    """k-diffusion's view of the UNet: ``x = x0 + σ·ε``; the UNet sees ``x/√(σ²+1)`` at ``t(σ)``; out comes x0."""
+
+    mask_before = False
+
+    def __init__(self, sigma_to_t: Callable[[torch.Tensor], torch.Tensor], v_prediction: bool) -> None:
+        self.sigma_to_t = sigma_to_t
+        self.v_prediction = v_prediction
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The UNet's timestep for each row's σ."""
+        return self.sigma_to_t(sigma)
+
+    def model_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The UNet's latent input (``c_in · x``)."""
+        return x * (1.0 / (sigma**2 + 1.0) ** 0.5)[:, None, None, None]
+
+    def output(self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """The denoised latent from the UNet's prediction (eps: ``x − σ·ε``; v: ``x/(σ²+1) − v·σ/√(σ²+1)``)."""
+        sig = sigma[:, None, None, None].float()
+        if self.v_prediction:
+            return x.float() / (sig**2 + 1.0) - pred * sig / (sig**2 + 1.0) ** 0.5
+        return x.float() - pred * sig
+
+    def refiner_due(self, refiner: RefinerSwitch, sigma: torch.Tensor) -> bool:
+        """Whether the refiner takes over at this noise level."""
+        return refiner.due(sigma)
+
+    def switched(self, parts: ModelParts) -> KSpace:
+        """The same view for the refiner's model."""
+        return KSpace(parts.sigma_to_t, parts.prediction_type == "v_prediction")
+
+
+class LCMSpace(KSpace):
+    """A1111's LCM denoiser: 50 timesteps (``20k + 19``), the nearest per σ, and LCM's boundary condition.
+
+    The output is ``c_skip·x + c_out·x0`` with ``c_skip = ¼/(τ²+¼)``, ``c_out = τ/√(τ²+¼)``, ``τ = 10·t``.
+
+    As in A1111, the boundary condition mixes x0 with the k-diffusion latent ``x`` (not the unit-variance one); at
+    these timesteps ``c_skip`` is below 1e-5.
+    """
+
+    def __init__(self, lcm_sigmas: torch.Tensor, v_prediction: bool, skip: int = 20) -> None:
+        super().__init__(self._timestep, v_prediction)
+        self.log_sigmas = lcm_sigmas.log()
+        self.skip = skip
+
+    def _timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        nearest = (sigma.float().log() - log_sigmas[:, None]).abs().argmin(dim=0)
+        return (nearest * self.skip + (self.skip - 1)).view(sigma.shape)
+
+    def output(self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """The LCM-scaled denoised latent."""
+        denoised = super().output(x, sigma, t, pred)
+        tau = t.float()[:, None, None, None] * 10.0
+        c_skip = 0.25 / (tau**2 + 0.25)
+        c_out = tau / (tau**2 + 0.25) ** 0.5
+        return c_out * denoised + c_skip * x.float()
+
+    def switched(self, parts: ModelParts) -> KSpace:
+        """The refiner keeps LCM's timesteps."""
+        return LCMSpace(self.log_sigmas.exp(), parts.prediction_type == "v_prediction", self.skip)
+
+
+class TimestepSpace:
+    """The view of A1111's timestep samplers (DDIM, PLMS, UniPC): ε of the variance-preserving ``x_t`` at timestep t.
+
+    The level is the (possibly fractional) timestep itself; a v model's output is turned into ε with ᾱ at ``int(t)``
+    (A1111's ``CompVisTimestepsVDenoiser``). Inpainting blends the init latent in *before* the UNet call (A1111's
+    ``mask_before_denoising`` for these samplers).
+    """
+
+    mask_before = True
+
+    def __init__(self, alphas_cumprod: torch.Tensor, v_prediction: bool) -> None:
+        self.alphas_cumprod = alphas_cumprod
+        self.v_prediction = v_prediction
+
+    def timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The level is the timestep."""
+        return t
+
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x_t`` goes in unscaled."""
+        return x
+
+    def output(self, x: torch.Tensor, t: torch.Tensor, _t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """ε (from v: ``√ᾱ·v + √(1−ᾱ)·x``)."""
+        if not self.v_prediction:
+            return pred
+        a = self.alphas_cumprod.to(x.device)[t.long()][:, None, None, None]
+        return a.sqrt() * pred + (1 - a).sqrt() * x.float()
+
+    def refiner_due(self, refiner: RefinerSwitch, t: torch.Tensor) -> bool:
+        """Whether the refiner takes over at this timestep."""
+        return refiner.due_at(int(t.max()))
+
+    def switched(self, parts: ModelParts) -> TimestepSpace:
+        """The same view for the refiner's model (SDXL models share one noise schedule)."""
+        return TimestepSpace(self.alphas_cumprod, parts.prediction_type == "v_prediction")
+
+
+Space = KSpace | TimestepSpace
 
 
 class CFGDenoiser:
@@ -105,6 +214,8 @@ class CFGDenoiser:
         mask: MaskBlend | None = None,
         refiner: RefinerSwitch | None = None,
         image_cfg_scale: float | None = None,
+        space: Space | None = None,
+        keep_uncond: bool = False,
     ) -> None:
         """Wrap ``unet``; ``step`` counts model calls from 0.
 
@@ -119,10 +230,13 @@ class CFGDenoiser:
             mask: Latent masking for inpainting.
             refiner: Switch to another model part-way (A1111's refiner).
             image_cfg_scale: instruct-pix2pix image guidance; None or 1 guides by text only (A1111).
+            space: How levels, inputs and outputs are read (default: k-diffusion over ``sigma_to_t``).
+            keep_uncond: Keep the unconditional prediction of each call in ``last_uncond`` (DDIM CFG++).
         """
         self.unet = unet
-        self.sigma_to_t = sigma_to_t
-        self.v_prediction = prediction_type == "v_prediction"
+        self.space: Space = space or KSpace(sigma_to_t, prediction_type == "v_prediction")
+        self.keep_uncond = keep_uncond
+        self.last_uncond: torch.Tensor | None = None
         self.conds = conds
         self.cfg_scale = cfg_scale
         self.image_cond = image_cond
@@ -132,9 +246,11 @@ class CFGDenoiser:
         self.step = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
-        """Denoise the batch ``x`` at noise levels ``sigma`` (one per image)."""
-        if self.refiner is not None and self.refiner.due(sigma[0]):
+        """Denoise the batch ``x`` at noise levels ``sigma`` (one per image; timesteps for a ``TimestepSpace``)."""
+        if self.refiner is not None and self.space.refiner_due(self.refiner, sigma[0]):
             self._switch(self.refiner)
+        if self.mask is not None and self.space.mask_before:
+            x = self.mask.apply(x)
         step = self.conds(self.step)
         self.step += 1
         if x.shape[0] != len(step.conds):
@@ -142,7 +258,7 @@ class CFGDenoiser:
         parts = [(i, c, w) for i, image_conds in enumerate(step.conds) for c, w in image_conds]
         # CFG 1 with one unit-weight part per image is exactly the cond prediction: the uncond pass can be skipped
         plain = self.cfg_scale == 1.0 and all(len(p) == 1 and p[0][1] == 1.0 for p in step.conds)
-        plain = plain and self.edit_scale is None
+        plain = plain and self.edit_scale is None and not self.keep_uncond
         uncond_rows = [] if plain else step.unconds
         cond_owners = [i for i, _, _ in parts]
         cond_out = self._model(x, sigma, _pad_to_longest([c for _, c, _ in parts]), cond_owners, list(uncond_rows))
@@ -159,10 +275,12 @@ class CFGDenoiser:
         else:
             uncond = cond_out[len(parts) :]
             cond_out = cond_out[: len(parts)]
+            if self.keep_uncond:
+                self.last_uncond = uncond
             denoised = uncond.clone()
             for k, (i, _, weight) in enumerate(parts):
                 denoised[i] += (cond_out[k] - uncond[i]) * (weight * self.cfg_scale)
-        return self.mask.apply(denoised) if self.mask is not None else denoised
+        return self.mask.apply(denoised) if self.mask is not None and not self.space.mask_before else denoised
 
     def _switch(self, refiner: RefinerSwitch) -> None:
         """Continue with the refiner's UNet and conditioning (the step counter and sampler state carry on)."""
@@ -170,8 +288,8 @@ class CFGDenoiser:
         parts = refiner.load()
         if parts is None:
             return
-        self.unet, self.sigma_to_t, self.conds = parts.unet, parts.sigma_to_t, parts.conds
-        self.v_prediction = parts.prediction_type == "v_prediction"
+        self.unet, self.conds = parts.unet, parts.conds
+        self.space = self.space.switched(parts)
 
     def _model(
         self, x: torch.Tensor, sigma: torch.Tensor, conds: list[TextCond], owners: list[int], unconds: list[TextCond]
@@ -204,8 +322,7 @@ class CFGDenoiser:
         """One UNet call over ``rows`` (row k denoises image ``owners[k]``; rows from ``blank_from`` get no image)."""
         x, sigma = _rows(x, owners), _rows(sigma, owners)
         dtype = next(self.unet.parameters()).dtype
-        c_in = (1.0 / (sigma**2 + 1.0) ** 0.5)[:, None, None, None]
-        model_in = x * c_in
+        model_in = self.space.model_input(x, sigma)
         if self.image_cond is not None:
             image_cond = _rows(self.image_cond, owners).to(model_in)
             if blank_from is not None:
@@ -217,13 +334,10 @@ class CFGDenoiser:
             pooled = torch.stack([r.pooled for r in rows])
             ids = torch.stack([r.time_ids.to(pooled) for r in rows])
             added = {"text_embeds": pooled.to(dtype), "time_ids": ids.to(dtype)}
-        t = self.sigma_to_t(sigma).to(x.device)
+        t = self.space.timestep(sigma).to(x.device)
         out = self.unet(model_in.to(dtype), t, encoder_hidden_states=context.to(dtype), added_cond_kwargs=added)
         pred = out.sample.float() if hasattr(out, "sample") else out[0].float()
-        sig = sigma[:, None, None, None].float()
-        if self.v_prediction:
-            return x.float() / (sig**2 + 1.0) - pred * sig / (sig**2 + 1.0) ** 0.5
-        return x.float() - pred * sig
+        return self.space.output(x, sigma, t, pred)
 
 
 def _rows(t: torch.Tensor, owners: list[int]) -> torch.Tensor:

@@ -18,7 +18,6 @@ A1111 behaviour kept here (StableDiffusionProcessingTxt2Img):
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,13 +27,12 @@ from PIL import Image
 from torch.nn import functional
 
 from modules.engine import kloop
-from modules.engine.img2img import embeds_kwargs
 from modules.engine.loader import LoadedModel
-from modules.engine.progress import JobControls, noise_spec, step_callback
-from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
+from modules.engine.progress import JobControls
 from modules.engine.refiner import RefinerRun
-from modules.engine.rng import NoiseSpec, batch_noise, make_generator
-from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
+from modules.engine.rng import NoiseSpec, batch_noise
+from modules.engine.sampler_params import resolve_params
+from modules.engine.samplers import SamplerSpec, ScheduleSpec, resolve_sampler
 from modules.engine.types import LATENT_UPSCALE_MODES, GenerationOptions, GenerationRequest, StepInfo
 from modules.engine.vae import decode_latents, encode_images
 from modules.errors import InvalidRequestError
@@ -179,52 +177,6 @@ def upscale_latents(
     return upscaled
 
 
-def second_pass(
-    model: LoadedModel,
-    request: GenerationRequest,
-    latents: torch.Tensor,
-    embeds_kwargs: dict[str, torch.Tensor],
-    scheduler: Any,
-    generators: list[torch.Generator],
-    callback: Callable[..., dict[str, Any]],
-) -> torch.Tensor:
-    """Run the img2img second pass over upscaled ``latents`` and return the new latents.
-
-    ``strength = (hires_steps + ε) / schedule_steps`` makes diffusers run exactly ``hires_steps`` steps at the end
-    of a ``schedule_steps`` schedule, as A1111 does.
-    """
-    if request.denoising_strength <= 0:
-        return latents  # nothing to denoise: the upscaled first pass is the result
-    inpaint = model.model_type.is_inpaint
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        pipe = model.inpaint() if inpaint else model.img2img()
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = scheduler
-    total = schedule_steps(request)
-    h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
-    kwargs: dict[str, Any] = {
-        "image": latents.to(pipe.unet.dtype),
-        "strength": min((hires_steps(request) + 1e-6) / total, 1.0),
-        "num_inference_steps": total,
-        "guidance_scale": request.cfg_scale,
-        "generator": generators,
-        "output_type": "latent",
-        "callback_on_step_end": callback,
-        **embeds_kwargs,
-    }
-    if inpaint:  # A1111's txt2img image conditioning: everything masked over a neutral (zero) image
-        bs = latents.shape[0]
-        kwargs.update(
-            mask_image=[Image.new("L", (w, h), 255)] * bs,
-            masked_image_latents=torch.zeros(bs, 3, h, w),
-            width=w,
-            height=h,
-        )
-    with torch.inference_mode():
-        return pipe(**kwargs).images
-
-
 def infotext_extras(
     request: GenerationRequest, sampler_label: str | None, schedule_label: str | None
 ) -> dict[str, Any]:
@@ -260,7 +212,6 @@ class HiresPass:
 
     sampler: SamplerSpec
     schedule: ScheduleSpec
-    embeds: PromptEmbeddings
     extras: dict[str, Any]
     checkpoint: str | None = None
     loader: Callable[[str], LoadedModel] | None = None
@@ -281,15 +232,12 @@ class HiresPass:
     @classmethod
     def create(
         cls,
-        model: LoadedModel,
         request: GenerationRequest,
-        options: GenerationOptions,
         sampler: SamplerSpec,
         schedule: ScheduleSpec,
-        embeds: PromptEmbeddings,
         loader: Callable[[str], LoadedModel] | None = None,
     ) -> HiresPass:
-        """Resolve the hires sampler/schedule ("Use same …" = the first pass's) and encode a hires prompt if any.
+        """Resolve the hires sampler/schedule ("Use same …" = the first pass's) and its infotext keys.
 
         Raises:
             InvalidRequestError: For an unknown hires sampler or schedule type.
@@ -304,30 +252,13 @@ class HiresPass:
             )
         sampler_label = hr_sampler.name if own_sampler and hr_sampler.name != sampler.name else None
         schedule_label = hr_schedule.label if own_schedule and request.hr_scheduler != request.scheduler else None
-        prompt = request.hr_prompt or request.prompt
-        negative = request.hr_negative_prompt or request.negative_prompt
-        if (prompt, negative) != (request.prompt, request.negative_prompt):
-            embeds = encode_prompt_pair(
-                model.pipe,
-                model.model_type,
-                [prompt],
-                [negative],
-                clip_skip=options.clip_skip,
-                emphasis=options.emphasis,
-                comma_padding_backtrack=options.comma_padding_backtrack,
-            )
         checkpoint = None
         if request.hr_checkpoint_name not in (None, *SAME_CHECKPOINT):
             checkpoint = str(request.hr_checkpoint_name)
-            problems = []
             if loader is None:
-                problems.append("hr_checkpoint_name: this caller cannot load a second checkpoint")
-            if not kloop.supported(hr_sampler, hr_schedule):
-                problems.append(f"hr_checkpoint_name needs a k-diffusion hires sampler; {hr_sampler.name} is not one")
-            if problems:
-                raise InvalidRequestError("; ".join(problems))
+                raise InvalidRequestError("hr_checkpoint_name: this caller cannot load a second checkpoint")
         extras = infotext_extras(request, sampler_label, schedule_label)
-        return cls(hr_sampler, hr_schedule, embeds, extras, checkpoint, loader)
+        return cls(hr_sampler, hr_schedule, extras, checkpoint, loader)
 
     def run(
         self,
@@ -342,26 +273,12 @@ class HiresPass:
         upscaler: ImageUpscaler | None,
         refiner: RefinerRun | None = None,
     ) -> torch.Tensor:
-        """Upscale one batch's first-pass latents and run the second pass over them (with the refiner, if any).
-
-        Raises:
-            InvalidRequestError: A refiner with a hires sampler the own loop does not run.
-        """
+        """Upscale one batch's first-pass latents and run the second pass over them (with the refiner, if any)."""
         upscaled = upscale_latents(model, request, latents, upscaler)
         model = self.model_for(model)
         if request.denoising_strength <= 0:
             return upscaled  # nothing to denoise: the upscaled first pass is the result
-        if kloop.check_supported(model, self.sampler, self.schedule):
-            return self._run_kloop(model, request, options, upscaled, seeds, subseeds, job_no, controls, refiner)
-        if refiner is not None:
-            raise InvalidRequestError(f"the refiner needs a k-diffusion hires sampler; {self.sampler.name} is not one")
-        scheduler = make_scheduler(model.pipe.scheduler.config, self.sampler, self.schedule)
-        spec = noise_spec(model, request, options)
-        generators = [make_generator(seed, spec) for seed in seeds]
-        total = request.steps + hires_steps(request)
-        callback = step_callback(controls, total, job_no, request.n_iter, None, offset=request.steps)
-        kwargs = embeds_kwargs(self.embeds, latents.shape[0])
-        return second_pass(model, request, upscaled, kwargs, scheduler, generators, callback)
+        return self._run_kloop(model, request, options, upscaled, seeds, subseeds, job_no, controls, refiner)
 
     def _run_kloop(
         self,
@@ -405,4 +322,5 @@ class HiresPass:
             controls=controls,
             progress=lambda i: StepInfo(request.steps + i + 1, total, job_no, request.n_iter),
             refiner=switch,
+            params=resolve_params(self.sampler, self.schedule, request, options.sampler, sdxl=model.model_type.is_sdxl),
         )

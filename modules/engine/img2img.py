@@ -1,4 +1,4 @@
-"""img2img and inpainting batches over the loaded model's derived diffusers pipelines (same weights, no reload).
+"""img2img and inpainting: init images, masks and latents prepared for the own sampling loop (``kloop``).
 
 A1111 behaviour kept here:
 
@@ -10,7 +10,7 @@ A1111 behaviour kept here:
 - Masked content: 0 "fill" pre-fills the masked area with the blurred surrounding colours; 1 "original" keeps it;
   2 "latent noise" / 3 "latent nothing" also pre-fill, then replace the masked part of the initial latent by
   unit noise (seeded with the image's seed) or zeros. Regular models inpaint by latent masking and 9-channel
-  inpainting models through their extra channels (both in diffusers' inpaint pipeline).
+  inpainting models through their extra channels.
 - "Only masked" (``inpaint_full_res``) generates the padded, aspect-expanded mask region at width×height and pastes
   it back into the full-size original. The result is composited with the original through the blurred mask
   (doubled and clipped for "Whole picture"), so pixels outside the blurred mask come back byte-identical.
@@ -21,8 +21,7 @@ Per-image ``torch.Generator``s seeded with each image's seed make batch image i 
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,6 @@ from modules.engine.kloop import BatchSetup
 from modules.engine.loader import LoadedModel
 from modules.engine.masking import Box, binary_mask, blur_mask, crop_region, expand_to_ratio, fill_masked, overlay_mask
 from modules.engine.offload import execution_device
-from modules.engine.prompt_encoding import PromptEmbeddings
 from modules.engine.resize import LATENT_UPSCALE, prepare_for_latent, resize_image, resize_latent
 from modules.engine.rng import Generator, NoiseSpec
 from modules.engine.rng_philox import PhiloxGenerator
@@ -141,48 +139,6 @@ def effective_steps(request: GenerationRequest) -> int:
     return min(int(request.steps * min(request.denoising_strength, 0.999)) + 1, request.steps)
 
 
-def sample_batch(
-    model: LoadedModel,
-    request: GenerationRequest,
-    embeds: PromptEmbeddings,
-    inputs: Img2ImgInputs,
-    first_index: int,
-    generators: list[torch.Generator],
-    callback: Callable[..., dict[str, Any]],
-) -> torch.Tensor:
-    """Run one img2img/inpaint batch and return its latents (image k uses its own generator).
-
-    Steps: diffusers runs ``int(num_inference_steps × strength)`` steps from the end of the full schedule, so
-    ``num_inference_steps = steps`` and ``strength = (effective_steps + ε) / steps`` execute exactly A1111's count.
-    """
-    inpaint = inputs.mask is not None or model.model_type.is_inpaint
-    with warnings.catch_warnings():  # diffusers nags about steps_offset of our A1111-style "linspace" schedules
-        warnings.simplefilter("ignore", FutureWarning)
-        pipe = model.inpaint() if inpaint else model.img2img()
-    pipe.set_progress_bar_config(disable=True)
-    bs = len(generators)
-    images = [inputs.image_for(first_index + i) for i in range(bs)]
-    kwargs: dict[str, Any] = {
-        "image": images,
-        "strength": min((effective_steps(request) + 1e-6) / request.steps, 1.0),
-        "num_inference_steps": request.steps,
-        "guidance_scale": request.cfg_scale,
-        "generator": generators,
-        "output_type": "latent",
-        "callback_on_step_end": callback,
-        **embeds_kwargs(embeds, bs),
-    }
-    if inpaint:
-        full = Image.new("L", (request.width, request.height), 255)
-        kwargs.update(mask_image=[inputs.mask or full] * bs, width=request.width, height=request.height)
-    with torch.inference_mode():
-        if inputs.needs_latents:
-            kwargs["image"] = init_latents(pipe, request, inputs, images, generators).to(pipe.unet.dtype)
-            if inpaint:  # the 9-channel conditioning still comes from the (pre-filled) pixel image
-                kwargs["masked_image_latents"] = _masked_pixels(pipe, images, kwargs["mask_image"][0])
-        return pipe(**kwargs).images
-
-
 def kloop_setup(
     model: LoadedModel,
     request: GenerationRequest,
@@ -281,18 +237,6 @@ def _masked_pixels(pipe: Any, images: list[Image.Image], mask: Image.Image) -> t
     pixels = pipe.image_processor.preprocess(images).to(torch.float32)
     keep = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255 < 0.5)
     return pixels * keep[None, None].to(pixels)
-
-
-def embeds_kwargs(embeds: PromptEmbeddings, batch_size: int) -> dict[str, torch.Tensor]:
-    """The pipeline's prompt-embedding arguments, expanded to ``batch_size`` (one prompt shared by the batch)."""
-    kwargs = {
-        "prompt_embeds": embeds.prompt_embeds.expand(batch_size, -1, -1),
-        "negative_prompt_embeds": embeds.negative_prompt_embeds.expand(batch_size, -1, -1),
-    }
-    if embeds.pooled_prompt_embeds is not None and embeds.negative_pooled_prompt_embeds is not None:
-        kwargs["pooled_prompt_embeds"] = embeds.pooled_prompt_embeds.expand(batch_size, -1)
-        kwargs["negative_pooled_prompt_embeds"] = embeds.negative_pooled_prompt_embeds.expand(batch_size, -1)
-    return kwargs
 
 
 def finish(image: Image.Image, inputs: Img2ImgInputs, index: int) -> Image.Image:

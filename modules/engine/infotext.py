@@ -277,7 +277,50 @@ _FIELD_MAP: Mapping[str, tuple[str, Callable[[Any], object]]] = {
     "Mask mode": ("inpainting_mask_invert", lambda v: _label_index(v, _MASK_MODES)),
     "Refiner": ("refiner_checkpoint", str),
     "Refiner switch at": ("refiner_switch_at", float),
+    # sampler parameters: A1111 settings (``infotext=`` options), applied as override settings when pasted
+    "Eta": ("eta_ancestral", float),
+    "Eta DDIM": ("eta_ddim", float),
+    "Sigma churn": ("s_churn", float),
+    "Sigma tmin": ("s_tmin", float),
+    "Sigma tmax": ("s_tmax", float),
+    "Sigma noise": ("s_noise", float),
+    "Schedule min sigma": ("sigma_min", float),
+    "Schedule max sigma": ("sigma_max", float),
+    "Schedule rho": ("rho", float),
+    "Beta schedule alpha": ("beta_dist_alpha", float),
+    "Beta schedule beta": ("beta_dist_beta", float),
+    "Beta scheduler alpha": ("beta_dist_alpha", float),  # what A1111 reads back (it writes "schedule")
+    "Beta scheduler beta": ("beta_dist_beta", float),
+    "Discard penultimate sigma": ("always_discard_next_to_last_sigma", lambda v: str(v).lower() == "true"),
+    "UniPC variant": ("uni_pc_variant", str),
+    "UniPC skip type": ("uni_pc_skip_type", str),
+    "UniPC order": ("uni_pc_order", int),
+    "UniPC lower order final": ("uni_pc_lower_order_final", lambda v: str(v).lower() == "true"),
+    "Old prompt editing timelines": ("use_old_scheduling", lambda v: str(v).lower() == "true"),
 }
+# Request fields above that are A1111 settings rather than request fields (pasted infotext → override_settings).
+SETTING_FIELDS: frozenset[str] = frozenset(
+    {
+        "eta_ancestral",
+        "eta_ddim",
+        "s_churn",
+        "s_tmin",
+        "s_tmax",
+        "s_noise",
+        "sigma_min",
+        "sigma_max",
+        "rho",
+        "beta_dist_alpha",
+        "beta_dist_beta",
+        "always_discard_next_to_last_sigma",
+        "uni_pc_variant",
+        "uni_pc_skip_type",
+        "uni_pc_order",
+        "uni_pc_lower_order_final",
+        "use_old_scheduling",
+    }
+)
+_VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 _MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 _INPAINT_AREAS = ("Whole picture", "Only masked")
 _MASK_MODES = ("Inpaint masked", "Inpaint not masked")
@@ -320,4 +363,7 @@ def infotext_to_request_fields(parsed: Mapping[str, object]) -> dict[str, object
             fields["scheduler"] = schedule
     if "Hires upscale" in parsed or fields.get("hr_resize_x", 0):
         fields["enable_hr"] = True
+    version = _VERSION.match(str(parsed.get("Version", "")))
+    if version and tuple(map(int, version.groups())) < (1, 6, 0) and "[" in str(parsed.get("Prompt", "")):
+        fields.setdefault("use_old_scheduling", True)  # A1111's back-compat: prompt editing before 1.6.0
     return fields

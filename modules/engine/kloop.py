@@ -1,58 +1,46 @@
 """Run one batch through the own k-diffusion loop: sigmas, A1111 noise, the CFG denoiser and a sampler step function.
 
-Used by txt2img, img2img/inpainting and the hires second pass whenever the sampler and schedule type are implemented
-in ``modules.engine.ksampling`` (``supported``); other samplers still run through the diffusers scheduler.
+Used by txt2img, img2img/inpainting and the hires second pass for every sampler: the k-diffusion samplers and LCM
+step over sigmas (``modules.engine.ksampling.samplers``), A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC)
+over timesteps in ε space (``modules.engine.ksampling.timesteps`` and ``unipc``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
 
-from modules.engine import offload
-from modules.engine.denoiser import CFGDenoiser, MaskBlend, ModelParts, RefinerSwitch, StepConds, TextCond
+from modules.engine.denoiser import (
+    CFGDenoiser,
+    LCMSpace,
+    MaskBlend,
+    ModelParts,
+    RefinerSwitch,
+    StepConds,
+    TextCond,
+    TimestepSpace,
+)
 from modules.engine.ksampling.samplers import SAMPLERS, SamplerOptions, SamplingInterrupted
-from modules.engine.ksampling.schedules import SCHEDULES, ScheduleParams, sigmas_for
+from modules.engine.ksampling.schedules import sigmas_for
+from modules.engine.ksampling.timesteps import a1111_timesteps, ddim, ddim_cfgpp, img2img_start, plms
+from modules.engine.ksampling.unipc import unipc
 from modules.engine.loader import LoadedModel
 from modules.engine.progress import JobControls
 from modules.engine.prompt_schedule import ScheduledPrompt
 from modules.engine.prompts import encode_group
 from modules.engine.rng import NoiseSpec, make_generator
+from modules.engine.sampler_params import SamplerParams
 from modules.engine.samplers import SamplerSpec, ScheduleSpec
 from modules.engine.sampling import BrownianNoise, DiscreteModel, ImageNoise, img2img_sigmas
 from modules.engine.types import GenerationOptions, ModelType, StepInfo
 from modules.engine.vae import encode_images
-from modules.errors import InvalidRequestError
 
 _SCHEDULE_OF = {"automatic": "uniform"}
-
-
-def supported(sampler: SamplerSpec, schedule: ScheduleSpec) -> bool:
-    """Whether the own loop implements this sampler with this schedule type."""
-    return sampler.name in SAMPLERS and _SCHEDULE_OF.get(schedule.name, schedule.name) in SCHEDULES
-
-
-def check_supported(model: LoadedModel, sampler: SamplerSpec, schedule: ScheduleSpec) -> bool:
-    """``supported(...)``, but where only the own loop can run (instruct-pix2pix, sequential offload) a clear error.
-
-    Raises:
-        InvalidRequestError: A sampler/schedule the own loop lacks, for a model only the own loop can run.
-    """
-    ok = supported(sampler, schedule)
-    if not ok and model.model_type.is_edit:
-        raise InvalidRequestError(
-            f"instruct-pix2pix models work with the k-diffusion samplers (Euler a, DPM++ 2M, …); "
-            f"{sampler.name!r} with schedule {schedule.label!r} is not available for them"
-        )
-    if not ok and offload.is_sequential(model.pipe):
-        raise InvalidRequestError(
-            f"with sequential offload (--lowvram, or too little free VRAM) only the k-diffusion samplers run; "
-            f"{sampler.name!r} with schedule {schedule.label!r} is not one"
-        )
-    return ok
 
 
 @dataclass(frozen=True)
@@ -105,8 +93,9 @@ def prompt_conds(
     encoded before sampling starts.
     """
     prompt, negative = prompts
-    pos = ScheduledPrompt.parse(prompt, steps, hires_steps)
-    neg = ScheduledPrompt.parse(negative, steps, hires_steps, allow_and=False)
+    old = options.use_old_scheduling
+    pos = ScheduledPrompt.parse(prompt, steps, hires_steps, old=old)
+    neg = ScheduledPrompt.parse(negative, steps, hires_steps, allow_and=False, old=old)
     kwargs = {
         "clip_skip": options.clip_skip,
         "emphasis": options.emphasis,
@@ -185,15 +174,39 @@ def txt2img_image_cond(model: LoadedModel, batch: int, height: int, width: int) 
     return torch.cat([mask, gray], dim=1).expand(batch, -1, -1, -1)
 
 
-def sampler_options(discrete: DiscreteModel, setup: BatchSetup, steps: int) -> SamplerOptions:
-    """A1111's sampler arguments for one batch.
+def sampler_options(discrete: DiscreteModel, setup: BatchSetup, steps: int, base: SamplerOptions) -> SamplerOptions:
+    """A1111's sampler arguments for one batch: ``base`` (η, churn) plus the range of the range-based samplers.
 
     txt2img gives the range-based samplers (DPM fast/adaptive) the model's σ range and ``n = steps``; img2img and
     hires leave them to the schedule's tail (its first and second-to-last σ, and its length).
     """
     if setup.init is not None:
-        return SamplerOptions()
-    return SamplerOptions(sigma_min=discrete.sigma_min, sigma_max=discrete.sigma_max, n=steps)
+        return base
+    return dataclasses.replace(base, sigma_min=discrete.sigma_min, sigma_max=discrete.sigma_max, n=steps)
+
+
+def _step_callback(
+    controls: JobControls, progress: Callable[[int], StepInfo], on_step: Callable[[StepInfo], None] | None
+) -> Callable[[int, torch.Tensor, torch.Tensor], None]:
+    """Report progress after each step; stop (with the current denoised prediction) when asked to."""
+
+    def callback(i: int, latents: torch.Tensor, denoised: torch.Tensor) -> None:
+        info = progress(i)
+        controls.report(info.step, info.total_steps, info.job_no, info.job_count)
+        if on_step is not None:
+            on_step(info)
+        if controls.should_stop() or controls.should_skip():
+            raise SamplingInterrupted(denoised)
+
+    return callback
+
+
+def _noise_source(setup: BatchSetup, device: torch.device, eta_noise_seed_delta: int) -> ImageNoise:
+    """Unit noise for the steps after the first draw: per-image generators (re-seeded ``seed + ENSD`` when set)."""
+    generators = setup.generators
+    if eta_noise_seed_delta:
+        generators = [make_generator(seed + eta_noise_seed_delta, setup.spec) for seed in setup.seeds]
+    return ImageNoise(generators, setup.spec.shape, device)
 
 
 def run_batch(
@@ -210,55 +223,122 @@ def run_batch(
     progress: Callable[[int], StepInfo],
     on_step: Callable[[StepInfo], None] | None = None,
     refiner: RefinerSwitch | None = None,
+    params: SamplerParams | None = None,
 ) -> torch.Tensor:
     """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction."""
+    params = params or SamplerParams(discard_next_to_last=sampler.options.get("discard_next_to_last_sigma") == "True")
     discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
-    discard = sampler.options.get("discard_next_to_last_sigma") == "True"
-    params = ScheduleParams(sdxl=model.model_type.is_sdxl)
+    device = torch.device(model.device)
+
+    callback = _step_callback(controls, progress, on_step)
+    denoiser_args: dict[str, Any] = {
+        "image_cond": setup.image_cond.to(device) if setup.image_cond is not None else None,
+        "mask": setup.mask,
+        "refiner": refiner,
+        "image_cfg_scale": setup.image_cfg_scale,
+    }
+    noise = _noise_source(setup, device, eta_noise_seed_delta)
+    if sampler.name in TIMESTEP_SAMPLERS:
+        run = TimestepRun(discrete.alphas_cumprod, callback, noise.next, params, setup.init is not None)
+        return _run_timesteps(model, setup, conds, sampler, steps, cfg_scale, denoiser_args, run)
+    space = None
+    if sampler.name == "LCM":
+        discrete = discrete.lcm()
+        space = LCMSpace(discrete.sigmas.to(device), model.prediction_type == "v_prediction")
     name = _SCHEDULE_OF.get(schedule.name, schedule.name)
-    sigmas = sigmas_for(name, steps, discrete, discard_next_to_last=discard, params=params)
+    sigmas = sigmas_for(name, steps, discrete, discard_next_to_last=params.discard_next_to_last, params=params.schedule)
     if setup.init is not None and setup.steps_to_run:
         sigmas = sigmas[steps - setup.steps_to_run :]
     elif setup.init is not None:
         sigmas = img2img_sigmas(sigmas, steps, setup.denoising_strength)
-    device = torch.device(model.device)
     # The sigmas stay on the CPU: the samplers' scalar math (σ ratios, ancestral steps, churn checks) then never
     # waits for the GPU, so the host queues step i+1 while step i runs.
     x = setup.noise.to(device) * sigmas[0]
     if setup.init is not None:
         x = setup.init.to(device, torch.float32) + x
-    generators = setup.generators
-    if eta_noise_seed_delta:
-        generators = [make_generator(seed + eta_noise_seed_delta, setup.spec) for seed in setup.seeds]
-    noise_fn = ImageNoise(generators, setup.spec.shape, device).sampler()
+    noise_fn = noise.sampler()
     if sampler.options.get("brownian_noise") == "True":
         noise_fn = BrownianNoise(x, sigmas, setup.seeds)
+    sigma_to_t = discrete.on(device).sigma_to_t
     denoiser = CFGDenoiser(
-        model.pipe.unet,
-        discrete.on(device).sigma_to_t,
-        model.prediction_type,
-        conds,
-        cfg_scale,
-        image_cond=setup.image_cond.to(device) if setup.image_cond is not None else None,
-        mask=setup.mask,
-        refiner=refiner,
-        image_cfg_scale=setup.image_cfg_scale,
+        model.pipe.unet, sigma_to_t, model.prediction_type, conds, cfg_scale, space=space, **denoiser_args
     )
-
-    def callback(i: int, latents: torch.Tensor, denoised: torch.Tensor) -> None:
-        info = progress(i)
-        controls.report(info.step, info.total_steps, info.job_no, info.job_count)
-        if on_step is not None:
-            on_step(info)
-        if controls.should_stop() or controls.should_skip():
-            raise SamplingInterrupted(denoised)
-
+    options = sampler_options(discrete, setup, steps, params.options)
     fn = SAMPLERS[sampler.name]
     with torch.inference_mode():
         try:
-            x = fn(
-                denoiser, x, sigmas, callback=callback, noise=noise_fn, options=sampler_options(discrete, setup, steps)
-            )
+            x = fn(denoiser, x, sigmas, callback=callback, noise=noise_fn, options=options)
+        except SamplingInterrupted as stop:
+            x = stop.latents
+        if setup.mask is not None:
+            x = setup.mask.apply(x)
+    return x
+
+
+@dataclass(frozen=True)
+class TimestepRun:
+    """What a timestep sampler needs besides the model, the start latent and its timesteps."""
+
+    alphas_cumprod: torch.Tensor
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None]
+    noise: Callable[[], torch.Tensor]
+    params: SamplerParams
+    is_img2img: bool
+
+
+TimestepSamplerFn = Callable[[CFGDenoiser, torch.Tensor, torch.Tensor, TimestepRun], torch.Tensor]
+
+TIMESTEP_SAMPLERS: dict[str, TimestepSamplerFn] = {
+    "DDIM": lambda m, x, ts, r: ddim(
+        m, x, ts, alphas_cumprod=r.alphas_cumprod, callback=r.callback, noise=r.noise, eta=r.params.options.eta
+    ),
+    "DDIM CFG++": lambda m, x, ts, r: ddim_cfgpp(
+        m, x, ts, alphas_cumprod=r.alphas_cumprod, callback=r.callback, noise=r.noise, eta=r.params.options.eta
+    ),
+    "PLMS": lambda m, x, ts, r: plms(m, x, ts, alphas_cumprod=r.alphas_cumprod, callback=r.callback),
+    "UniPC": lambda m, x, ts, r: unipc(
+        m,
+        x,
+        ts,
+        alphas_cumprod=r.alphas_cumprod,
+        callback=r.callback,
+        options=r.params.unipc,
+        is_img2img=r.is_img2img,
+    ),
+}
+
+
+def _run_timesteps(
+    model: LoadedModel,
+    setup: BatchSetup,
+    conds: Callable[[int], StepConds],
+    sampler: SamplerSpec,
+    steps: int,
+    cfg_scale: float,
+    denoiser_args: dict[str, Any],
+    run: TimestepRun,
+) -> torch.Tensor:
+    """A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC): ε space, timesteps instead of sigmas.
+
+    img2img follows A1111's ``setup_img2img_steps``: ``t_enc = int(min(d, 0.999)·steps)``, or the hires pass's
+    fixed ``steps_to_run − 1``; the init latent is noised to ``timesteps[t_enc]``. DDIM CFG++ divides the CFG scale
+    by 12.5 (A1111 maps scales 0–12.5 onto CFG++'s 0–1) and steers by the unconditional prediction.
+    """
+    cfgpp = sampler.name == "DDIM CFG++"
+    space = TimestepSpace(run.alphas_cumprod, model.prediction_type == "v_prediction")
+    scale = cfg_scale / 12.5 if cfgpp else cfg_scale
+    args = (model.pipe.unet, space.timestep, model.prediction_type, conds, scale)
+    denoiser = CFGDenoiser(*args, space=space, keep_uncond=cfgpp, **denoiser_args)
+    device = torch.device(model.device)
+    timesteps = a1111_timesteps(steps, discard_next_to_last=run.params.discard_next_to_last)
+    x = setup.noise.to(device, torch.float32)
+    if setup.init is not None:
+        t_enc = setup.steps_to_run - 1 if setup.steps_to_run else int(min(setup.denoising_strength, 0.999) * steps)
+        x, timesteps = img2img_start(setup.init.to(device, torch.float32), x, timesteps, t_enc, run.alphas_cumprod)
+    with torch.inference_mode():
+        try:
+            if len(timesteps):
+                x = TIMESTEP_SAMPLERS[sampler.name](denoiser, x, timesteps, run)
         except SamplingInterrupted as stop:
             x = stop.latents
         if setup.mask is not None:

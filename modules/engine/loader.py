@@ -40,8 +40,6 @@ from modules.errors import CheckpointLoadError
 logger = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-IMG2IMG_PIPELINES = {False: "StableDiffusionImg2ImgPipeline", True: "StableDiffusionXLImg2ImgPipeline"}
-INPAINT_PIPELINES = {False: "StableDiffusionInpaintPipeline", True: "StableDiffusionXLInpaintPipeline"}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -141,20 +139,6 @@ class LoadedModel:
             )
             raise
         self.memory_mode = mode
-
-    def derived_pipeline(self, class_name: str) -> Any:
-        """Return ``diffusers.<class_name>.from_pipe(self.pipe)``: the same weights, another task, no reload."""
-        import diffusers
-
-        return getattr(diffusers, class_name).from_pipe(self.pipe)
-
-    def img2img(self) -> Any:
-        """Return the img2img pipeline sharing this model's components."""
-        return self.derived_pipeline(IMG2IMG_PIPELINES[self.model_type.is_sdxl])
-
-    def inpaint(self) -> Any:
-        """Return the inpainting pipeline sharing this model's components (works for 4- and 9-channel UNets)."""
-        return self.derived_pipeline(INPAINT_PIPELINES[self.model_type.is_sdxl])
 
 
 def _set_offline() -> None:

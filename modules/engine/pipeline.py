@@ -19,16 +19,16 @@ from modules.engine import hires, img2img, kloop, offload, scripts
 from modules.engine.accel import start_queued_compiles
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
-from modules.engine.progress import JobControls, NoControls, noise_spec, step_callback
-from modules.engine.prompt_schedule import strip_comments
-from modules.engine.prompts import PromptEmbeddings, encode_prompt_pair
+from modules.engine.progress import JobControls, NoControls, noise_spec
+from modules.engine.prompt_schedule import old_timelines_differ, strip_comments
 from modules.engine.refiner import RefinerRun
-from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds, make_generator
-from modules.engine.samplers import SamplerSpec, ScheduleSpec, make_scheduler, resolve_sampler
+from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds
+from modules.engine.sampler_params import SamplerParams, resolve_params
+from modules.engine.samplers import SamplerSpec, ScheduleSpec, resolve_sampler
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
 from modules.engine.vae import decode_latents as _decode
 from modules.engine.validation import validate_request
-from modules.errors import InvalidRequestError, OutOfMemoryError
+from modules.errors import OutOfMemoryError
 
 logger = logging.getLogger(__name__)
 
@@ -138,28 +138,21 @@ def _generate(
         hires.validate(request, upscaler_names)
     inputs = img2img.prepare(request) if request.mode == "img2img" else None
     sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
-    pipe = model.pipe
-    _set_diffusers_scheduler(model, sampler, schedule)
-    refiner = RefinerRun.create(request, sampler, schedule, load_model)
-    kloop.check_supported(model, sampler, schedule)
-    if options.randn_source == "NV" and not kloop.supported(sampler, schedule):
-        raise InvalidRequestError(f"the NV random source needs a k-diffusion sampler; {sampler.name} is not one")
+    refiner = RefinerRun.create(request, load_model)
     # 2. Fix the seeds for every image of the job.
     seed = fix_seed(request.seed)
     subseed = fix_seed(request.subseed)
     total = request.batch_size * request.n_iter
     seeds, subseeds = job_seeds(seed, subseed, request.subseed_strength, total)
-    # 3. Encode the prompts once; every image of the job shares them.
-    embeds = encode_prompt_pair(
-        pipe,
-        model.model_type,
-        [request.prompt],
-        [request.negative_prompt],
-        clip_skip=options.clip_skip,
-        emphasis=options.emphasis,
-        comma_padding_backtrack=options.comma_padding_backtrack,
-    )
-    hr = hires.HiresPass.create(model, request, options, sampler, schedule, embeds, load_model) if use_hr else None
+    # 3. The sampler's parameters (and the infotext keys they add); the prompts are encoded per batch by the loop.
+    hr = hires.HiresPass.create(request, sampler, schedule, load_model) if use_hr else None
+    sdxl = model.model_type.is_sdxl
+    sampling = resolve_params(sampler, schedule, request, options.sampler, sdxl=sdxl)
+    sampling_extras = dict(sampling.infotext)
+    if hr is not None:
+        sampling_extras.update(resolve_params(hr.sampler, hr.schedule, request, options.sampler, sdxl=sdxl).infotext)
+    if options.use_old_scheduling and old_timelines_differ((request.prompt, request.negative_prompt), request.steps):
+        sampling_extras["Old prompt editing timelines"] = True
     width, height = hires.target(request).size if hr is not None else (request.width, request.height)
     result = GenerationResult(width=width, height=height, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
     # 4. Sample and decode each batch.
@@ -169,13 +162,9 @@ def _generate(
             break
         controls.clear_skip()
         batch = slice(n * request.batch_size, (n + 1) * request.batch_size)
-        if inputs is None:
-            first_refiner = refiner if hr is None else None  # with hires fix, the refiner runs in the second pass
-            args = (seeds[batch], subseeds[batch], n, controls, on_step, first_refiner)
-            latents = _sample_batch(model, request, options, sampler, schedule, embeds, *args)
-        else:
-            args = (seeds[batch], subseeds[batch], batch.start, n, controls, refiner)
-            latents = _img2img_batch(model, request, options, sampler, schedule, embeds, inputs, *args)
+        first_refiner = refiner if hr is None else None  # with hires fix, the refiner runs in the second pass
+        run = BatchRun(seeds[batch], subseeds[batch], batch.start, n, first_refiner, sampling)
+        latents = _sample_batch(model, request, options, sampler, schedule, inputs, run, controls, on_step)
         if hr is not None and not (controls.should_stop() or controls.should_skip()):
             hr_args = (seeds[batch], subseeds[batch], n, controls, upscaler, refiner)
             latents = hr.run(model, request, options, latents, *hr_args)
@@ -194,6 +183,8 @@ def _generate(
                 image = img2img.finish(image, inputs, k)
                 params.update(img2img.infotext_extras(request))
                 result.extra_generation_params.update(img2img.infotext_extras(request))
+            params.update(sampling_extras)
+            result.extra_generation_params.update(sampling_extras)
             result.images.append(image)
             result.seeds.append(seeds[k])
             result.subseeds.append(subseeds[k])
@@ -206,10 +197,16 @@ def _generate(
     return result
 
 
-def _set_diffusers_scheduler(model: LoadedModel, sampler: SamplerSpec, schedule: ScheduleSpec) -> None:
-    """Give the pipe the diffusers scheduler of a sampler the own loop does not run (the own loop needs none)."""
-    if not kloop.supported(sampler, schedule):
-        model.pipe.scheduler = make_scheduler(model.pipe.scheduler.config, sampler, schedule)
+@dataclasses.dataclass(frozen=True)
+class BatchRun:
+    """One batch of a job: its seeds, where it starts in the job, its number, refiner and sampler parameters."""
+
+    seeds: list[int]
+    subseeds: list[int]
+    first_index: int
+    job_no: int
+    refiner: RefinerRun | None
+    sampling: SamplerParams
 
 
 def _sample_batch(
@@ -218,104 +215,41 @@ def _sample_batch(
     options: GenerationOptions,
     sampler: SamplerSpec,
     schedule: ScheduleSpec,
-    embeds: PromptEmbeddings,
-    seeds: list[int],
-    subseeds: list[int],
-    job_no: int,
+    inputs: img2img.Img2ImgInputs | None,
+    run: BatchRun,
     controls: JobControls,
     on_step: Callable[[StepInfo], None] | None,
-    refiner: RefinerRun | None = None,
 ) -> torch.Tensor:
-    """Run the sampler for one batch and return its final latents."""
-    pipe = model.pipe
+    """Sample one batch (txt2img, or img2img/inpainting from ``inputs``) and return its final latents."""
+    bs = len(run.seeds)
     spec = noise_spec(model, request, options)
-    noise, generators = seed_noise(request, spec, seeds, subseeds)
-    if kloop.supported(sampler, schedule):
-        bs, total = len(seeds), _total_steps(request)
+    noise, generators = seed_noise(request, spec, run.seeds, run.subseeds)
+    if inputs is None:
+        total = _total_steps(request)
         image_cond = kloop.txt2img_image_cond(model, bs, request.height, request.width)
-        setup = kloop.BatchSetup(noise, generators, seeds, spec, image_cond=image_cond)
-        prompts, size = (request.prompt, request.negative_prompt), (request.height, request.width)
-        calls = kloop.model_calls(sampler, request.steps)
-        conds = kloop.prompt_conds(model, options, prompts, bs, calls, size)
-        switch = refiner.switch(model, options, prompts, bs, calls, size) if refiner is not None else None
-        return kloop.run_batch(
-            model,
-            setup,
-            conds,
-            sampler=sampler,
-            schedule=schedule,
-            steps=request.steps,
-            cfg_scale=request.cfg_scale,
-            eta_noise_seed_delta=options.eta_noise_seed_delta,
-            controls=controls,
-            progress=lambda i: StepInfo(i + 1, total, job_no, request.n_iter),
-            on_step=on_step,
-            refiner=switch,
-        )
-
-    bs = len(seeds)
-    kwargs: dict[str, Any] = {
-        **img2img.embeds_kwargs(embeds, bs),
-        "num_inference_steps": request.steps,
-        "guidance_scale": request.cfg_scale,
-        "width": request.width,
-        "height": request.height,
-        "latents": noise.to(pipe.unet.dtype),
-        "generator": generators,
-        "output_type": "latent",
-        "callback_on_step_end": step_callback(controls, _total_steps(request), job_no, request.n_iter, on_step),
-    }
-    if model.model_type.is_inpaint:
-        # txt2img on an inpainting model (A1111): the whole picture is masked over a neutral gray image.
-        kwargs["image"] = Image.new("RGB", (request.width, request.height), (128, 128, 128))
-        kwargs["mask_image"] = Image.new("L", (request.width, request.height), 255)
-        kwargs["strength"] = 1.0
-    with torch.inference_mode():
-        out = pipe(**kwargs)
-    return out.images
-
-
-def _img2img_batch(
-    model: LoadedModel,
-    request: GenerationRequest,
-    options: GenerationOptions,
-    sampler: SamplerSpec,
-    schedule: ScheduleSpec,
-    embeds: PromptEmbeddings,
-    inputs: img2img.Img2ImgInputs,
-    seeds: list[int],
-    subseeds: list[int],
-    first_index: int,
-    job_no: int,
-    controls: JobControls,
-    refiner: RefinerRun | None = None,
-) -> torch.Tensor:
-    """One img2img/inpaint batch: one generator per image seeded with its seed, progress over the executed steps."""
-    total = img2img.effective_steps(request)
-    spec = noise_spec(model, request, options)
-    if kloop.supported(sampler, schedule):
-        noise, generators = seed_noise(request, spec, seeds, subseeds)
-        setup = img2img.kloop_setup(model, request, inputs, first_index, noise, generators, seeds, spec)
-        prompts, size = (request.prompt, request.negative_prompt), (request.height, request.width)
-        calls = kloop.model_calls(sampler, request.steps)
-        conds = kloop.prompt_conds(model, options, prompts, len(seeds), calls, size)
-        switch = refiner.switch(model, options, prompts, len(seeds), calls, size) if refiner is not None else None
-        return kloop.run_batch(
-            model,
-            setup,
-            conds,
-            sampler=sampler,
-            schedule=schedule,
-            steps=request.steps,
-            cfg_scale=request.cfg_scale,
-            eta_noise_seed_delta=options.eta_noise_seed_delta,
-            controls=controls,
-            progress=lambda i: StepInfo(i + 1, total, job_no, request.n_iter),
-            refiner=switch,
-        )
-    callback = step_callback(controls, total, job_no, request.n_iter, None)
-    generators = [make_generator(seed, spec) for seed in seeds]
-    return img2img.sample_batch(model, request, embeds, inputs, first_index, generators, callback)
+        setup = kloop.BatchSetup(noise, generators, run.seeds, spec, image_cond=image_cond)
+    else:
+        total = img2img.effective_steps(request)
+        setup = img2img.kloop_setup(model, request, inputs, run.first_index, noise, generators, run.seeds, spec)
+    prompts, size = (request.prompt, request.negative_prompt), (request.height, request.width)
+    calls = kloop.model_calls(sampler, request.steps)
+    conds = kloop.prompt_conds(model, options, prompts, bs, calls, size)
+    switch = run.refiner.switch(model, options, prompts, bs, calls, size) if run.refiner is not None else None
+    return kloop.run_batch(
+        model,
+        setup,
+        conds,
+        sampler=sampler,
+        schedule=schedule,
+        steps=request.steps,
+        cfg_scale=request.cfg_scale,
+        eta_noise_seed_delta=options.eta_noise_seed_delta,
+        controls=controls,
+        progress=lambda i: StepInfo(i + 1, total, run.job_no, request.n_iter),
+        on_step=on_step,
+        refiner=switch,
+        params=run.sampling,
+    )
 
 
 def seed_noise(

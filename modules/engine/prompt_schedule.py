@@ -18,6 +18,7 @@ call counter (from 0) is ``<= end_step``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.DOTALL)
@@ -151,16 +152,25 @@ class _Parser:
         return _Alternate(tuple(options)), end + 1
 
 
-def _when_step(when: str, steps: int, int_offset: int, flt_offset: float) -> int:
+# How ``when`` becomes a step: (int offset, fraction offset) as A1111 ≥ 1.6 reads it (a ``.`` makes it a fraction,
+# hires steps count past the base steps), or None for the old timelines ("use_old_scheduling": below 1 a fraction).
+Offsets = tuple[int, float] | None
+
+
+def _when_step(when: str, steps: int, offsets: Offsets) -> int:
     value = float(when)
-    value = (value - flt_offset) * steps if "." in when else value - int_offset
+    if offsets is None:
+        value = value * steps if value < 1 else value
+    else:
+        int_offset, flt_offset = offsets
+        value = (value - flt_offset) * steps if "." in when else value - int_offset
     return min(steps, int(value))
 
 
-def _collect(nodes: tuple[object, ...], steps: int, offsets: tuple[int, float], out: set[int]) -> None:
+def _collect(nodes: tuple[object, ...], steps: int, offsets: Offsets, out: set[int]) -> None:
     for node in nodes:
         if isinstance(node, _Scheduled):
-            step = _when_step(node.when, steps, *offsets)
+            step = _when_step(node.when, steps, offsets)
             if step >= 1:
                 out.add(step)
             _collect(node.before, steps, offsets, out)
@@ -173,7 +183,7 @@ def _collect(nodes: tuple[object, ...], steps: int, offsets: tuple[int, float], 
             _collect(node.parts, steps, offsets, out)
 
 
-def _render(nodes: tuple[object, ...], step: int, steps: int, offsets: tuple[int, float]) -> str:
+def _render(nodes: tuple[object, ...], step: int, steps: int, offsets: Offsets) -> str:
     out = []
     for node in nodes:
         if isinstance(node, _Text):
@@ -181,15 +191,18 @@ def _render(nodes: tuple[object, ...], step: int, steps: int, offsets: tuple[int
         elif isinstance(node, _Group):
             out.append(_render(node.parts, step, steps, offsets))
         elif isinstance(node, _Scheduled):
-            chosen = node.before if step <= _when_step(node.when, steps, *offsets) else node.after
+            chosen = node.before if step <= _when_step(node.when, steps, offsets) else node.after
             out.append(_render(chosen, step, steps, offsets))
         elif isinstance(node, _Alternate):
             out.append(_render(node.options[(step - 1) % len(node.options)], step, steps, offsets))
     return "".join(out)
 
 
-def schedule(prompt: str, steps: int, hires_steps: int | None = None) -> list[tuple[int, str]]:
+def schedule(prompt: str, steps: int, hires_steps: int | None = None, *, old: bool = False) -> list[tuple[int, str]]:
     """A1111's ``get_learned_conditioning_prompt_schedules`` for one prompt.
+
+    ``old`` is A1111's "use old prompt editing timelines" (``use_old_scheduling``): ``when`` below 1 is a fraction
+    of the base steps, anything else a step number, and the hires pass reuses the base pass's timeline.
 
     >>> schedule("a [b:3]", 10)
     [(3, 'a '), (10, 'a b')]
@@ -198,7 +211,10 @@ def schedule(prompt: str, steps: int, hires_steps: int | None = None) -> list[tu
     >>> schedule("[fe|]male", 4)
     [(1, 'female'), (2, 'male'), (3, 'female'), (4, 'male')]
     """
-    if hires_steps is None:
+    offsets: Offsets
+    if old:
+        offsets, total = None, steps
+    elif hires_steps is None:
         offsets, total = (0, 0.0), steps
     else:
         offsets, total = (steps, 1.0), hires_steps
@@ -245,10 +261,12 @@ class ScheduledPrompt:
     parts: tuple[tuple[float, tuple[tuple[int, str], ...]], ...]
 
     @classmethod
-    def parse(cls, prompt: str, steps: int, hires_steps: int | None = None, allow_and: bool = True) -> ScheduledPrompt:
-        """Split (when ``allow_and``) and schedule ``prompt``."""
+    def parse(
+        cls, prompt: str, steps: int, hires_steps: int | None = None, allow_and: bool = True, *, old: bool = False
+    ) -> ScheduledPrompt:
+        """Split (when ``allow_and``) and schedule ``prompt`` (``old``: A1111's old prompt-editing timelines)."""
         pieces = split_and(prompt) if allow_and else [(prompt, 1.0)]
-        return cls(tuple((w, tuple(schedule(text, steps, hires_steps))) for text, w in pieces))
+        return cls(tuple((w, tuple(schedule(text, steps, hires_steps, old=old))) for text, w in pieces))
 
     def texts(self) -> set[str]:
         """Every distinct text any step uses."""
@@ -262,3 +280,11 @@ class ScheduledPrompt:
     def is_static(self) -> bool:
         """One part with one text: nothing changes from step to step."""
         return len(self.parts) == 1 and len(self.parts[0][1]) == 1 and self.parts[0][0] == 1.0
+
+
+def old_timelines_differ(prompts: Iterable[str], steps: int) -> bool:
+    """Whether the old prompt-editing timelines schedule any of ``prompts`` differently over ``steps``.
+
+    A1111 then writes ``Old prompt editing timelines: True`` into the infotext.
+    """
+    return any(schedule(p, steps) != schedule(p, steps, old=True) for p in prompts if "[" in p)

@@ -17,7 +17,6 @@ from typing import Any
 from modules.engine import kloop
 from modules.engine.denoiser import ModelParts, RefinerSwitch
 from modules.engine.loader import LoadedModel
-from modules.engine.samplers import SamplerSpec, ScheduleSpec
 from modules.engine.sampling import DiscreteModel
 from modules.engine.types import GenerationOptions, GenerationRequest
 from modules.errors import InvalidRequestError
@@ -45,23 +44,18 @@ class RefinerRun:
     def create(
         cls,
         request: GenerationRequest,
-        sampler: SamplerSpec,
-        schedule: ScheduleSpec,
         loader: Callable[[str], LoadedModel] | None,
     ) -> RefinerRun | None:
         """The job's refiner, or None without one.
 
         Raises:
-            InvalidRequestError: For a switch point outside (0, 1], a sampler the own loop does not run, or no
-                way to load checkpoints.
+            InvalidRequestError: For a switch point outside (0, 1], or no way to load checkpoints.
         """
         if not wanted(request):
             return None
         problems = []
         if not 0 < request.refiner_switch_at <= 1:
             problems.append(f"refiner_switch_at must be above 0 and at most 1, got {request.refiner_switch_at}")
-        if not kloop.supported(sampler, schedule):
-            problems.append(f"the refiner needs a k-diffusion sampler; {sampler.name} is not one")
         if loader is None:
             problems.append("refiner_checkpoint: this caller cannot load a second checkpoint")
         if problems:

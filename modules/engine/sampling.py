@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ class DiscreteModel:
     """A discrete-time diffusion model's noise levels (ascending, one per training timestep)."""
 
     sigmas: torch.Tensor
+    alphas_cumprod: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
     @classmethod
     def from_config(cls, config: Any) -> DiscreteModel:
@@ -46,11 +47,17 @@ class DiscreteModel:
                 config.get("beta_start", 0.00085), config.get("beta_end", 0.012), n, dtype=torch.float64
             )
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        return cls((((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float())
+        return cls((((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float(), alphas_cumprod.float())
 
     def on(self, device: torch.device | str) -> DiscreteModel:
         """The same table on ``device`` (σ → t then runs there without a host copy per call)."""
-        return DiscreteModel(self.sigmas.to(device))
+        return DiscreteModel(self.sigmas.to(device), self.alphas_cumprod)
+
+    def lcm(self, original_steps: int = 50) -> DiscreteModel:
+        """A1111's LCM table: the ``original_steps`` timesteps ``k·s + s − 1`` (``s = len // original_steps``)."""
+        skip = len(self.sigmas) // original_steps
+        picked = slice(skip - 1, None, skip)
+        return DiscreteModel(self.sigmas[picked].contiguous(), self.alphas_cumprod[picked].contiguous())
 
     @property
     def sigma_min(self) -> float:

@@ -142,6 +142,12 @@ class GenerationRequest:
     # SDXL refiner
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
+    # sampler parameters; None = the setting of the same name (A1111: eta_ancestral / eta_ddim for eta)
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
     # selectable img2img script (A1111's script_name / script_args), e.g. "Poor man's outpainting"
     script_name: str = ""
     script_args: tuple[object, ...] = ()
@@ -150,6 +156,39 @@ class GenerationRequest:
     def mode(self) -> str:
         """``"img2img"`` when init images are given, else ``"txt2img"``."""
         return "img2img" if self.init_images else "txt2img"
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerSettings:
+    """A1111's sampler options (Settings → Sampler parameters); a request's ``eta`` and ``s_*`` fields win over them.
+
+    Attributes:
+        eta_ddim: η of DDIM / DDIM CFG++ (0: deterministic).
+        eta_ancestral: η of the ancestral and SDE samplers.
+        s_churn, s_tmin, s_tmax, s_noise: Karras et al.'s churn parameters (``s_tmax`` 0 means infinity).
+        sigma_min, sigma_max: Schedule range overrides; 0 keeps the model's own.
+        rho: Karras / polyexponential ρ override; 0 keeps the schedule's default.
+        always_discard_next_to_last_sigma: Drop the penultimate σ for every sampler.
+        beta_dist_alpha, beta_dist_beta: Shape of the "Beta" schedule.
+        uni_pc_variant, uni_pc_skip_type, uni_pc_order, uni_pc_lower_order_final: UniPC's options.
+    """
+
+    eta_ddim: float = 0.0
+    eta_ancestral: float = 1.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0
+    s_noise: float = 1.0
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    always_discard_next_to_last_sigma: bool = False
+    beta_dist_alpha: float = 0.6
+    beta_dist_beta: float = 0.6
+    uni_pc_variant: str = "bh1"
+    uni_pc_skip_type: str = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +202,8 @@ class GenerationOptions:
         emphasis: ``"Original"``, ``"No norm"``, ``"Ignore"`` or ``"None"``.
         comma_padding_backtrack: Tokens to look back for a comma when a 75-token chunk fills up.
         version: Written as ``Version`` in the infotext.
+        use_old_scheduling: A1111's old prompt-editing timelines (``when`` below 1 is a fraction, else a step).
+        sampler: Sampler parameters from the settings.
     """
 
     clip_skip: int = 1
@@ -171,6 +212,8 @@ class GenerationOptions:
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
     version: str = ""
+    use_old_scheduling: bool = False
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,7 @@ SECTION_LABELS: Mapping[str, str] = {
     "saving": "Saving images/grids",
     "saving_paths": "Paths for saving",
     "ui": "User interface",
+    "compatibility": "Compatibility",
 }
 
 

@@ -429,5 +429,16 @@ def test_txt2img_with_a_refiner_over_http(server):
     assert pixels(body["images"][0]).std() > 0
     missing = server.post("txt2img", {**A1111_BASE, "refiner_checkpoint": "no-such-model"})
     assert missing.status_code == 404 and "no-such-model" in missing.text
-    ddim = server.post("txt2img", {**A1111_BASE, "sampler_name": "DDIM", "refiner_checkpoint": "sd2v"})
-    assert ddim.status_code == 422 and "k-diffusion sampler" in ddim.text
+    ddim = {**A1111_BASE, "sampler_name": "DDIM", "refiner_checkpoint": "sd2v", "refiner_switch_at": 0.5}
+    ddim = server.post("txt2img", ddim)
+    assert ddim.status_code == 200 and "Refiner: sd2v" in info_of(ddim.json())["infotexts"][0]
+
+
+def test_sampler_parameters_round_trip_through_the_infotext(server):
+    body = server.txt2img(**{**A1111_BASE, "sampler_name": "DDIM", "eta": 0.5, "seed": 5, "steps": 4})
+    text = info_of(body)["infotexts"][0]
+    assert "Sampler: DDIM" in text and "Eta DDIM: 0.5" in text
+    again = server.post("txt2img", {"infotext": text}).json()  # Eta DDIM comes back as the eta_ddim setting
+    assert np.array_equal(pixels(again["images"][0]), pixels(body["images"][0]))
+    plain = server.post("txt2img", {"infotext": text.replace(", Eta DDIM: 0.5", "")}).json()
+    assert not np.array_equal(pixels(plain["images"][0]), pixels(body["images"][0]))

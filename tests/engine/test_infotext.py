@@ -1,6 +1,7 @@
 import pytest
 
 from modules.engine.infotext import (
+    SETTING_FIELDS,
     format_infotext,
     infotext_to_request_fields,
     parse_infotext,
@@ -188,3 +189,30 @@ def test_request_fields_refiner_hires_and_inpaint_labels():
     assert infotext_to_request_fields(parse_infotext(INPAINT))["inpaint_full_res"] is True
     bad = infotext_to_request_fields(parse_infotext(PIX2PIX_INPAINT.replace("latent noise", "glitter")))
     assert "inpainting_fill" not in bad  # an unknown label is skipped, not guessed
+
+
+def test_sampler_parameter_keys_map_to_settings():
+    text = (
+        "a [b:c:1] cat\nSteps: 20, Sampler: UniPC, Schedule type: Beta, CFG scale: 7, Seed: 1, Size: 64x64, "
+        "Discard penultimate sigma: True, Schedule min sigma: 0.1, Schedule max sigma: 10, Schedule rho: 5, "
+        "Beta scheduler alpha: 0.4, Beta schedule beta: 0.7, Eta: 0.3, Eta DDIM: 0.2, Sigma churn: 1, "
+        "Sigma noise: 0.99, UniPC variant: bh2, UniPC order: 2, Version: v1.5.1"
+    )
+    fields = infotext_to_request_fields(parse_infotext(text))
+    assert {k: fields[k] for k in SETTING_FIELDS if k in fields} == {
+        "always_discard_next_to_last_sigma": True,
+        "sigma_min": 0.1,
+        "sigma_max": 10.0,
+        "rho": 5.0,
+        "beta_dist_alpha": 0.4,
+        "beta_dist_beta": 0.7,
+        "eta_ancestral": 0.3,
+        "eta_ddim": 0.2,
+        "s_churn": 1.0,
+        "s_noise": 0.99,
+        "uni_pc_variant": "bh2",
+        "uni_pc_order": 2,
+        "use_old_scheduling": True,  # A1111's back-compat: prompt editing in an infotext older than 1.6.0
+    }
+    newer = infotext_to_request_fields(parse_infotext(text.replace("v1.5.1", "v1.10.1")))
+    assert "use_old_scheduling" not in newer

@@ -81,8 +81,8 @@ def test_sampler_matches_k_diffusion(name):
 
 def test_every_implemented_sampler_is_compared():
     # DPM fast / DPM adaptive: tests/engine/test_ksampling_dpm_solver.py; Restart (A1111-only):
-    # tests/engine/test_ksampling_restart.py.
-    assert set(SAMPLERS) == set(K_NAMES) | {"DPM fast", "DPM adaptive", "Restart"}
+    # tests/engine/test_ksampling_restart.py; LCM (A1111-only): tests/engine/test_timestep_samplers.py.
+    assert set(SAMPLERS) == set(K_NAMES) | {"DPM fast", "DPM adaptive", "Restart", "LCM"}
 
 
 def test_brownian_noise_equals_k_diffusion_tree_per_seed():

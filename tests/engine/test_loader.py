@@ -149,14 +149,6 @@ def test_generate_one_image_per_kind(kind: str, tiny_models: dict[str, Path], op
     assert len(set(image.getdata())) > 1  # not a blank frame
 
 
-def test_derived_pipelines_share_weights(tiny_models: dict[str, Path], options: LoadOptions) -> None:
-    model = load_checkpoint(info(tiny_models["sd1"]), options)
-    img2img, inpaint = model.img2img(), model.inpaint()
-    assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
-    assert type(inpaint).__name__ == "StableDiffusionInpaintPipeline"
-    assert img2img.unet is model.pipe.unet and inpaint.vae is model.pipe.vae
-
-
 def save_modified(source: Path, dest: Path, edit) -> CheckpointInfo:
     from safetensors.torch import load_file, save_file
 

@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 
 from modules.engine.infotext import parse_infotext
 from modules.engine.pipeline import generate
-from modules.engine.prompt_schedule import ScheduledPrompt, schedule, split_and, strip_comments, text_at
+from modules.engine.prompt_schedule import (
+    ScheduledPrompt,
+    old_timelines_differ,
+    schedule,
+    split_and,
+    strip_comments,
+    text_at,
+)
 from modules.engine.types import GenerationRequest
 
 
@@ -138,3 +145,26 @@ def test_comments_are_stripped_before_generation_and_in_the_infotext(load_tiny, 
     assert np.array_equal(pixels(plain), pixels(commented))
     assert "my note" not in commented.infotexts[0]
     assert parse_infotext(commented.infotexts[0])["Prompt"].strip() == "a cat"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "new", "old"),
+    [
+        # "1.0" has a dot: a fraction (the whole run) since 1.6.0, step 1 in the old timelines
+        ("a [b:c:1.0]", [(10, "a b")], [(1, "a b"), (10, "a c")]),
+        # "0.5" is a fraction in both
+        ("a [b:c:0.5]", [(5, "a b"), (10, "a c")], [(5, "a b"), (10, "a c")]),
+        # "3" is a step in both
+        ("a [b:c:3]", [(3, "a b"), (10, "a c")], [(3, "a b"), (10, "a c")]),
+    ],
+)
+def test_old_prompt_editing_timelines(prompt, new, old):
+    assert schedule(prompt, 10) == new
+    assert schedule(prompt, 10, old=True) == old
+    assert old_timelines_differ([prompt], 10) == (new != old)
+
+
+def test_old_timelines_in_the_hires_pass_reuse_the_base_timeline():
+    # new: fractions from 1 to 2 refer to the hires pass; old: the hires pass uses the base steps' timeline
+    assert schedule("a [b:c:1.5]", 10, 4) == [(2, "a b"), (4, "a c")]
+    assert schedule("a [b:c:1.5]", 10, 4, old=True) == [(1, "a b"), (10, "a c")]

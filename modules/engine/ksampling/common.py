@@ -64,3 +64,20 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
 def batch_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """One σ per image of the batch ``x``."""
     return sigma * x.new_ones([x.shape[0]])
+
+
+def churn(
+    x: torch.Tensor, sigma: torch.Tensor, n: int, options: SamplerOptions, noise: NoiseFn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Karras et al.'s churn before a step at ``sigma`` of ``n``: raise it to σ̂ = σ(1+γ) with fresh noise.
+
+    γ = min(s_churn/n, √2−1) inside [s_tmin, s_tmax], else 0. Like k-diffusion, a churning sampler draws its noise at
+    every step, also where γ is 0, so the image's noise sequence (A1111's ImageRNG) stays the same.
+    """
+    gamma = min(options.s_churn / n, 2**0.5 - 1) if options.s_tmin <= float(sigma) <= options.s_tmax else 0.0
+    sigma_hat = sigma * (gamma + 1)
+    if options.s_churn > 0:
+        eps = noise(sigma, sigma_hat) * options.s_noise
+        if gamma > 0:
+            x = x + eps * (sigma_hat**2 - sigma**2) ** 0.5
+    return x, sigma_hat

@@ -17,6 +17,7 @@ from modules.engine.ksampling.common import (
     StepCallback,
     ancestral_step,
     batch_sigma,
+    churn,
     to_d,
 )
 from modules.engine.ksampling.dpm_solver import dpm_adaptive, dpm_fast
@@ -38,11 +39,7 @@ def euler(
     n = len(sigmas) - 1
     for i in range(n):
         sigma = sigmas[i]
-        churn = options.s_tmin <= float(sigma) <= options.s_tmax
-        gamma = min(options.s_churn / n, 2**0.5 - 1) if churn else 0.0
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            x = x + noise(sigma, sigma_hat) * options.s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        x, sigma_hat = churn(x, sigma, n, options, noise)
         denoised = model(x, batch_sigma(sigma_hat, x))
         d = to_d(x, sigma_hat, denoised)
         callback(i, x, denoised)
@@ -83,11 +80,7 @@ def heun(
     n = len(sigmas) - 1
     for i in range(n):
         sigma = sigmas[i]
-        churn = options.s_tmin <= float(sigma) <= options.s_tmax
-        gamma = min(options.s_churn / n, 2**0.5 - 1) if churn else 0.0
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            x = x + noise(sigma, sigma_hat) * options.s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        x, sigma_hat = churn(x, sigma, n, options, noise)
         denoised = model(x, batch_sigma(sigma_hat, x))
         d = to_d(x, sigma_hat, denoised)
         callback(i, x, denoised)
@@ -180,11 +173,7 @@ def dpm_2(
     n = len(sigmas) - 1
     for i in range(n):
         sigma = sigmas[i]
-        churn = options.s_tmin <= float(sigma) <= options.s_tmax
-        gamma = min(options.s_churn / n, 2**0.5 - 1) if churn else 0.0
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            x = x + noise(sigma, sigma_hat) * options.s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        x, sigma_hat = churn(x, sigma, n, options, noise)
         denoised = model(x, batch_sigma(sigma_hat, x))
         d = to_d(x, sigma_hat, denoised)
         callback(i, x, denoised)
@@ -368,6 +357,25 @@ def dpmpp_3m_sde(
     return x
 
 
+def lcm(
+    model: Model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback,
+    noise: NoiseFn,
+    options: SamplerOptions,
+) -> torch.Tensor:
+    """Latent Consistency Model sampling (A1111's ``sample_lcm``): jump to the denoised latent, re-noise to σ_next."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, batch_sigma(sigmas[i], x))
+        callback(i, x, denoised)
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+    return x
+
+
 SAMPLERS: dict[str, SamplerFn] = {
     "DPM++ 2M": dpmpp_2m,
     "DPM++ SDE": dpmpp_sde,
@@ -384,4 +392,5 @@ SAMPLERS: dict[str, SamplerFn] = {
     "DPM fast": dpm_fast,
     "DPM adaptive": dpm_adaptive,
     "Restart": restart,
+    "LCM": lcm,
 }

@@ -29,11 +29,25 @@ class ScheduleParams:
         sdxl: The model is SDXL (A1111's ``sd_model.is_sdxl``): Align Your Steps uses its SDXL list.
         beta_alpha: Beta schedule's α (A1111 option ``beta_dist_alpha``).
         beta_beta: Beta schedule's β (A1111 option ``beta_dist_beta``).
+        sigma_min: Overrides the model's σ_min where a schedule uses the range (A1111 option ``sigma_min``).
+        sigma_max: Overrides the model's σ_max likewise (``sigma_max``).
+        rho: Overrides the Karras / polyexponential ρ (``rho``).
     """
 
     sdxl: bool = False
     beta_alpha: float = 0.6
     beta_beta: float = 0.6
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    rho: float | None = None
+
+    def low(self, model: DiscreteModel) -> float:
+        """σ_min the range-based schedules use."""
+        return self.sigma_min if self.sigma_min is not None else model.sigma_min
+
+    def high(self, model: DiscreteModel) -> float:
+        """σ_max the range-based schedules use."""
+        return self.sigma_max if self.sigma_max is not None else model.sigma_max
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -58,20 +72,24 @@ def polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0
     return _append_zero(torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
 
 
-def normal(n: int, model: DiscreteModel, *, sgm: bool = False) -> torch.Tensor:
+def normal(
+    n: int, model: DiscreteModel, *, sgm: bool = False, sigma_range: tuple[float, float] | None = None
+) -> torch.Tensor:
     """A1111's "Normal": timesteps evenly spaced from σ_max's to σ_min's (both ends), mapped to σ, then 0.
 
     With ``sgm`` ("SGM Uniform"), ``n + 1`` timesteps are spaced over that range and the last is dropped.
+    ``sigma_range`` (σ_min, σ_max) replaces the model's own range.
     """
-    start = float(model.sigma_to_t(torch.tensor(model.sigma_max)))
-    end = float(model.sigma_to_t(torch.tensor(model.sigma_min)))
+    low, high = sigma_range or (model.sigma_min, model.sigma_max)
+    start = float(model.sigma_to_t(torch.tensor(high)))
+    end = float(model.sigma_to_t(torch.tensor(low)))
     ts = torch.linspace(start, end, n + 1)[:-1] if sgm else torch.linspace(start, end, n)
     return _append_zero(model.t_to_sigma(ts))
 
 
-def sgm_uniform(n: int, model: DiscreteModel) -> torch.Tensor:
+def sgm_uniform(n: int, model: DiscreteModel, sigma_range: tuple[float, float] | None = None) -> torch.Tensor:
     """A1111's "SGM Uniform": ``normal`` with its ``sgm`` flag."""
-    return normal(n, model, sgm=True)
+    return normal(n, model, sgm=True, sigma_range=sigma_range)
 
 
 def simple(n: int, model: DiscreteModel) -> torch.Tensor:
@@ -128,16 +146,16 @@ ScheduleFn = Callable[[int, DiscreteModel, ScheduleParams], torch.Tensor]
 SCHEDULES: dict[str, ScheduleFn] = {
     "automatic": lambda n, m, p: m.uniform(n),
     "uniform": lambda n, m, p: m.uniform(n),
-    "karras": lambda n, m, p: karras(n, m.sigma_min, m.sigma_max),
-    "exponential": lambda n, m, p: exponential(n, m.sigma_min, m.sigma_max),
-    "polyexponential": lambda n, m, p: polyexponential(n, m.sigma_min, m.sigma_max),
-    "sgm_uniform": lambda n, m, p: sgm_uniform(n, m),
-    "kl_optimal": lambda n, m, p: kl_optimal(n, m.sigma_min, m.sigma_max),
+    "karras": lambda n, m, p: karras(n, p.low(m), p.high(m), p.rho or 7.0),
+    "exponential": lambda n, m, p: exponential(n, p.low(m), p.high(m)),
+    "polyexponential": lambda n, m, p: polyexponential(n, p.low(m), p.high(m), p.rho or 1.0),
+    "sgm_uniform": lambda n, m, p: sgm_uniform(n, m, (p.low(m), p.high(m))),
+    "kl_optimal": lambda n, m, p: kl_optimal(n, p.low(m), p.high(m)),
     "align_your_steps": lambda n, m, p: align_your_steps(n, p.sdxl),
     "simple": lambda n, m, p: simple(n, m),
-    "normal": lambda n, m, p: normal(n, m),
+    "normal": lambda n, m, p: normal(n, m, sigma_range=(p.low(m), p.high(m))),
     "ddim": lambda n, m, p: ddim(n, m),
-    "beta": lambda n, m, p: beta(n, m.sigma_min, m.sigma_max, p.beta_alpha, p.beta_beta),
+    "beta": lambda n, m, p: beta(n, p.low(m), p.high(m), p.beta_alpha, p.beta_beta),
 }
 
 
