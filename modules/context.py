@@ -6,6 +6,7 @@ time, so a settings change never affects a running job.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -27,14 +28,20 @@ from modules.engine.pipeline import generate
 from modules.engine.prompts import count_tokens
 from modules.engine.samplers import resolve_sampler, sampler_list, schedule_list
 from modules.engine.tokenizers import clip_tokenizer
-from modules.engine.types import LATENT_UPSCALE_MODES, CheckpointInfo, GenerationOptions, GenerationRequest
+from modules.engine.types import (
+    LATENT_UPSCALE_MODES,
+    CheckpointInfo,
+    GenerationOptions,
+    GenerationRequest,
+    SamplerSettings,
+)
 from modules.engine.upscalers import UpscalerRegistry
 from modules.engine.validation import validate_request
 from modules.errors import CheckpointNotFoundError, InvalidRequestError
 from modules.flags import LaunchFlags
 from modules.jobs import Job, JobQueue
 from modules.outputs import ExtrasOutput, JobOutput, build_info, save_extras, save_outputs
-from modules.settings import Settings, sampler_settings
+from modules.settings import Settings
 from modules.version import INFOTEXT_VERSION
 
 logger = logging.getLogger(__name__)
@@ -394,3 +401,8 @@ class AppContext:
 
 def _elapsed(job: Job) -> float:
     return 0.0 if job.started_at is None else time.time() - job.started_at
+
+
+def sampler_settings(settings: Settings) -> SamplerSettings:
+    """The engine's sampler parameters from the settings of the same names."""
+    return SamplerSettings(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(SamplerSettings)})

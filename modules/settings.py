@@ -6,7 +6,6 @@ object is never mutated: a change makes a new validated object that the app cont
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modules.engine.types import SamplerSettings
 from modules.errors import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -306,9 +304,3 @@ class Settings(BaseModel):
         except ValidationError as exc:
             msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise SettingsError(f"Invalid setting value: {msgs}") from exc
-
-
-def sampler_settings(settings: Settings) -> SamplerSettings:
-    """The engine's sampler parameters from the settings of the same names."""
-    names = {f.name for f in dataclasses.fields(SamplerSettings)}
-    return SamplerSettings(**{name: getattr(settings, name) for name in names})

@@ -11,7 +11,6 @@ from PIL import Image
 from modules.api.images import encode_base64
 from modules.api.schemas import GenerationFields, ImageResponse, ImageToImageRequest
 from modules.context import AppContext
-from modules.engine.infotext import SETTING_FIELDS
 from modules.errors import WebuiError
 from modules.outputs import JobOutput
 from modules.settings import Settings
@@ -50,9 +49,10 @@ def apply_infotext(ctx: AppContext, req: GenerationFields) -> GenerationFields:
         if name in type(req).model_fields:
             update[name] = value
     overrides = dict(req.override_settings or {})
-    for name, key in [*_INFOTEXT_SETTINGS.items(), *((n, n) for n in SETTING_FIELDS)]:
-        if name in fields and key not in overrides:
-            overrides[key] = fields[name]
+    for name, value in fields.items():
+        key = _INFOTEXT_SETTINGS.get(name, name)
+        if name not in type(req).model_fields and key in Settings.model_fields and key not in overrides:
+            overrides[key] = value
     if overrides:
         update["override_settings"] = overrides
     logger.debug("Fields taken from infotext: %s", ", ".join(sorted(update)))

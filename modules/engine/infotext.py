@@ -277,7 +277,7 @@ _FIELD_MAP: Mapping[str, tuple[str, Callable[[Any], object]]] = {
     "Mask mode": ("inpainting_mask_invert", lambda v: _label_index(v, _MASK_MODES)),
     "Refiner": ("refiner_checkpoint", str),
     "Refiner switch at": ("refiner_switch_at", float),
-    # sampler parameters: A1111 settings (``infotext=`` options), applied as override settings when pasted
+    # sampler parameters: A1111 settings (``infotext=`` options); callers apply them as override settings
     "Eta": ("eta_ancestral", float),
     "Eta DDIM": ("eta_ddim", float),
     "Sigma churn": ("s_churn", float),
@@ -298,28 +298,6 @@ _FIELD_MAP: Mapping[str, tuple[str, Callable[[Any], object]]] = {
     "UniPC lower order final": ("uni_pc_lower_order_final", lambda v: str(v).lower() == "true"),
     "Old prompt editing timelines": ("use_old_scheduling", lambda v: str(v).lower() == "true"),
 }
-# Request fields above that are A1111 settings rather than request fields (pasted infotext → override_settings).
-SETTING_FIELDS: frozenset[str] = frozenset(
-    {
-        "eta_ancestral",
-        "eta_ddim",
-        "s_churn",
-        "s_tmin",
-        "s_tmax",
-        "s_noise",
-        "sigma_min",
-        "sigma_max",
-        "rho",
-        "beta_dist_alpha",
-        "beta_dist_beta",
-        "always_discard_next_to_last_sigma",
-        "uni_pc_variant",
-        "uni_pc_skip_type",
-        "uni_pc_order",
-        "uni_pc_lower_order_final",
-        "use_old_scheduling",
-    }
-)
 _VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 _MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 _INPAINT_AREAS = ("Whole picture", "Only masked")

@@ -1,7 +1,6 @@
 import pytest
 
 from modules.engine.infotext import (
-    SETTING_FIELDS,
     format_infotext,
     infotext_to_request_fields,
     parse_infotext,
@@ -199,7 +198,10 @@ def test_sampler_parameter_keys_map_to_settings():
         "Sigma noise: 0.99, UniPC variant: bh2, UniPC order: 2, Version: v1.5.1"
     )
     fields = infotext_to_request_fields(parse_infotext(text))
-    assert {k: fields[k] for k in SETTING_FIELDS if k in fields} == {
+    sampler_keys = {"always_discard_next_to_last_sigma", "sigma_min", "sigma_max", "rho", "beta_dist_alpha"}
+    sampler_keys |= {"beta_dist_beta", "eta_ancestral", "eta_ddim", "s_churn", "s_noise", "uni_pc_variant"}
+    sampler_keys |= {"uni_pc_order", "use_old_scheduling"}
+    assert {k: fields[k] for k in sampler_keys if k in fields} == {
         "always_discard_next_to_last_sigma": True,
         "sigma_min": 0.1,
         "sigma_max": 10.0,

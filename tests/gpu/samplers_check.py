@@ -1,4 +1,4 @@
-"""Every own-loop sampler on CUDA fp16 with a real-size random SD1.5 (and SDXL) checkpoint, plus prompt editing.
+"""Every sampler (all run in the own loop) on CUDA fp16 with a real-size random SD1.5 (and SDXL) checkpoint, plus prompt editing.
 
 Run on the GPU machine: ``python -m tests.gpu.samplers_check [--skip-sdxl]``. For each sampler: seconds for 512²
 20 steps (after a warm-up), finiteness, and batch image 1 == a single job with seed+1 (max pixel difference).
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modules.engine.ksampling.samplers import SAMPLERS
 from modules.engine.loader import LoadOptions, ModelManager, select_device
 from modules.engine.pipeline import generate
+from modules.engine.samplers import SAMPLERS
 from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest
 from tests.support.tiny_checkpoints import write_checkpoint
 
@@ -55,13 +55,14 @@ def run(workdir: Path, skip_sdxl: bool) -> dict[str, object]:
     manager = ModelManager()
     results: dict[str, object] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     sd15 = _load(manager, write_checkpoint("sd1", workdir / "sd15.safetensors", size="full", write_yaml=False))
-    results["sd15"] = {name: _check(sd15, 512, name, "a photo of a cat") for name in SAMPLERS}
+    results["sd15"] = {s.name: _check(sd15, 512, s.name, "a photo of a cat") for s in SAMPLERS}
     results["sd15_prompt_editing"] = _check(sd15, 512, "DPM++ 2M", "a [cat:dog:0.4] AND [red|blue] sky :0.6")
     del sd15
     if not skip_sdxl:
         sdxl = _load(manager, write_checkpoint("sdxl", workdir / "sdxl.safetensors", size="full", write_yaml=False))
         results["sdxl"] = {
-            name: _check(sdxl, 1024, name, "a [cat:dog:0.4] AND sky :0.6") for name in ("DPM++ 2M", "DPM++ 2M SDE")
+            name: _check(sdxl, 1024, name, "a [cat:dog:0.4] AND sky :0.6")
+            for name in ("DPM++ 2M", "DPM++ 2M SDE", "DDIM", "UniPC", "LCM")
         }
     return results
 

@@ -1,0 +1,49 @@
+"""Where a fresh process spends its time before the first image (W6): cProfile of import + load + first image.
+
+Run on the GPU machine: ``python -m tests.gpu.startup_profile CHECKPOINT`` (twice: the first run also compiles
+bytecode and fills the Triton cache, the second is what a restarted UI sees). Prints the phases and the functions
+with the largest cumulative time.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    path = Path(sys.argv[1])
+    profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    profiler.enable()
+    import torch
+
+    from modules.engine.loader import LoadOptions, ModelManager, select_device
+    from modules.engine.pipeline import generate
+    from modules.engine.types import CheckpointInfo, GenerationRequest
+
+    t_import = time.perf_counter() - t0
+    device, dtype, vae_dtype = select_device(
+        use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast"
+    )
+    model = ModelManager().get(
+        CheckpointInfo(path, path.name), LoadOptions(device=device, dtype=dtype, vae_dtype=vae_dtype)
+    )
+    torch.cuda.synchronize()
+    t_load = time.perf_counter() - t0
+    generate(model, GenerationRequest(prompt="x", steps=20, width=512, height=512, seed=1, sampler_name="Euler"))
+    t_first = time.perf_counter() - t0
+    profiler.disable()
+    print(json.dumps({"import_s": t_import, "load_done_s": t_load, "first_image_s": t_first}))
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
+    print(out.getvalue()[-9000:])
+
+
+if __name__ == "__main__":
+    main()
