@@ -1,4 +1,4 @@
-"""Every sampler (all run in the own loop) on CUDA fp16 with a real-size random SD1.5 (and SDXL) checkpoint, plus prompt editing.
+"""Every sampler (all run in the own loop) on CUDA fp16 with real-size random SD1.5 and SDXL checkpoints.
 
 Run on the GPU machine: ``python -m tests.gpu.samplers_check [--skip-sdxl]``. For each sampler: seconds for 512²
 20 steps (after a warm-up), finiteness, and batch image 1 == a single job with seed+1 (max pixel difference).
