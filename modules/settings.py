@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -304,3 +305,22 @@ class Settings(BaseModel):
         except ValidationError as exc:
             msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise SettingsError(f"Invalid setting value: {msgs}") from exc
+
+
+# Infotext fields (``infotext_to_request_fields`` names) whose setting has another name; the rest share the name.
+INFOTEXT_SETTING_NAMES: Mapping[str, str] = MappingProxyType({"clip_skip": "CLIP_stop_at_last_layers"})
+
+
+def infotext_settings(fields: Mapping[str, Any], request_fields: Collection[str]) -> dict[str, Any]:
+    """The settings a pasted infotext carries (A1111's "override settings"), by setting key.
+
+    Every field that is not one of ``request_fields`` and names a setting counts: ``clip_skip`` as
+    ``CLIP_stop_at_last_layers``, and ``eta_noise_seed_delta``, ``randn_source``, ``eta_ancestral``, ``s_churn``,
+    ``uni_pc_order``… as they are.
+    """
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        key = INFOTEXT_SETTING_NAMES.get(name, name)
+        if name not in request_fields and key in Settings.model_fields:
+            out[key] = value
+    return out

@@ -13,17 +13,9 @@ from modules.api.schemas import GenerationFields, ImageResponse, ImageToImageReq
 from modules.context import AppContext
 from modules.errors import WebuiError
 from modules.outputs import JobOutput
-from modules.settings import Settings
+from modules.settings import Settings, infotext_settings
 
 logger = logging.getLogger(__name__)
-
-# Infotext-derived fields that map to settings rather than request fields (a1111-compat.md §5.2 step 8).
-_INFOTEXT_SETTINGS = {
-    "clip_skip": "CLIP_stop_at_last_layers",
-    "eta_noise_seed_delta": "eta_noise_seed_delta",
-    "randn_source": "randn_source",
-    "emphasis": "emphasis",
-}
 
 
 class InitImageMissingError(WebuiError):
@@ -49,10 +41,8 @@ def apply_infotext(ctx: AppContext, req: GenerationFields) -> GenerationFields:
         if name in type(req).model_fields:
             update[name] = value
     overrides = dict(req.override_settings or {})
-    for name, value in fields.items():
-        key = _INFOTEXT_SETTINGS.get(name, name)
-        if name not in type(req).model_fields and key in Settings.model_fields and key not in overrides:
-            overrides[key] = value
+    for key, value in infotext_settings(fields, type(req).model_fields).items():
+        overrides.setdefault(key, value)
     if overrides:
         update["override_settings"] = overrides
     logger.debug("Fields taken from infotext: %s", ", ".join(sorted(update)))

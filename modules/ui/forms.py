@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import gradio as gr
 
 from modules.engine.types import GenerationRequest
+from modules.errors import SettingsError
 from modules.settings import Settings
 
 if TYPE_CHECKING:
@@ -205,6 +206,46 @@ def paste_values(fields: Mapping[str, Any], settings: Settings, choices: Mapping
     if float(out.get("subseed_strength", 0) or 0) > 0 or min(resize) > 0:
         out["subseed_show"] = True
     return out
+
+
+def override_entries(pasted: Mapping[str, Any], settings: Settings) -> list[str]:
+    """``"Label: value"`` for each pasted setting that differs from the current one (A1111's "Override settings").
+
+    Args:
+        pasted: Setting key → value, as ``modules.settings.infotext_settings`` finds them in an infotext.
+        settings: The current settings; equal values and values the setting does not accept are left out.
+    """
+    entries = []
+    for key, value in pasted.items():
+        try:
+            wanted = getattr(settings.with_overrides({key: value}), key)
+        except SettingsError:
+            logger.info("Not offering %s=%r as an override: not a valid value", key, value)
+            continue
+        if wanted != getattr(settings, key):
+            entries.append(f"{_setting_label(key)}: {wanted}")
+    return entries
+
+
+def overrides_from_entries(entries: Iterable[str] | None) -> dict[str, str]:
+    """The per-job settings chosen in "Override settings" (entries as ``override_entries`` writes them).
+
+    Raises:
+        gr.Error: For an entry that names no setting.
+    """
+    by_label = {_setting_label(key): key for key in Settings.model_fields}
+    out = {}
+    for entry in entries or ():
+        label, _, value = str(entry).partition(": ")
+        if label not in by_label:
+            raise gr.Error(f"Override settings: {label!r} is not a setting.")
+        out[by_label[label]] = value
+    return out
+
+
+def _setting_label(key: str) -> str:
+    """The label a setting shows in the UI (its description), or its key."""
+    return Settings.model_fields[key].description or key
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from modules.errors import WebuiError
+from modules.settings import infotext_settings
 from modules.ui import hires
-from modules.ui.forms import paste_values, to_request
+from modules.ui.forms import override_entries, overrides_from_entries, paste_values, to_request
 from modules.ui.views import infotext_html, progress_html, token_counter_html
 
 if TYPE_CHECKING:
@@ -99,6 +100,9 @@ def paste_updates(ctx: AppContext, t: GenerationTab, text: str | None) -> dict[C
     choices = {"sampler_name": ctx.sampler_names(), "scheduler": ctx.schedule_labels()}
     values = paste_values(fields, ctx.settings, choices)
     updates: dict[Component, Any] = {t.fields[k]: v for k, v in values.items() if k in t.fields}
+    if "override_settings" in t.fields:
+        entries = override_entries(infotext_settings(fields, t.fields), ctx.settings)
+        updates[t.fields["override_settings"]] = gr.update(choices=entries, value=entries, visible=bool(entries))
     if values.get("subseed_show") and t.subseed_row is not None:
         updates[t.subseed_row] = gr.update(visible=True)
     return updates
@@ -115,7 +119,7 @@ def _run_generation(ctx: AppContext, t: GenerationTab, values: dict[str, Any]) -
         request = dataclasses.replace(request, **t.extra_values(values))
     started = time.time()
     try:
-        job = ctx.submit(request)
+        job = ctx.submit(request, overrides_from_entries(values.get("override_settings")) or None)
     except WebuiError as exc:
         raise gr.Error(str(exc)) from exc
     for html in watch(ctx, job):

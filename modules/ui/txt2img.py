@@ -134,6 +134,7 @@ def build_settings_column(
     (dimensions or build_dimensions)(t)
     t.fields["cfg_scale"] = _slider(tab, "cfg_scale", _DEFAULTS.cfg_scale, 0.5)
     build_seed_rows(t)
+    build_override_row(t)
 
 
 def build_dimensions(t: GenerationTab) -> None:
@@ -171,6 +172,20 @@ def build_seed_rows(t: GenerationTab) -> None:
             t.fields["seed_resize_from_w"] = _slider(tab, "seed_resize_from_w", 0, 8)
             t.fields["seed_resize_from_h"] = _slider(tab, "seed_resize_from_h", 0, 8)
     t.subseed_row = extras
+
+
+def build_override_row(t: GenerationTab) -> None:
+    """A1111's "Override settings": settings a pasted infotext carries (Clip skip, Eta…), applied to the next jobs."""
+    tab = t.tabname
+    with gr.Row(elem_id=f"{tab}_override_settings_row"):
+        t.fields["override_settings"] = gr.Dropdown(
+            label="Override settings",
+            choices=[],
+            value=[],
+            multiselect=True,
+            visible=False,
+            elem_id=f"{tab}_override_settings",
+        )
 
 
 def build_output_column(t: GenerationTab) -> None:

@@ -175,3 +175,18 @@ def test_settings_changes_and_description():
     assert forms.describe_changes(changes) == "2 settings changed: CLIP_stop_at_last_layers, outdir_save."
     assert forms.describe_changes({"a": 1}) == "1 setting changed: a."
     assert forms.describe_changes({}) == "Nothing changed."
+
+
+def test_override_entries_round_trip_to_settings():
+    from modules.settings import Settings, infotext_settings
+    from modules.ui.forms import override_entries, overrides_from_entries
+
+    fields = {"steps": 20, "clip_skip": 2, "eta_ddim": 0.3, "s_noise": 1.0, "uni_pc_variant": "nope", "seed": 1}
+    pasted = infotext_settings(fields, {"steps", "seed"})
+    assert pasted == {"CLIP_stop_at_last_layers": 2, "eta_ddim": 0.3, "s_noise": 1.0, "uni_pc_variant": "nope"}
+    entries = override_entries(pasted, Settings())  # s_noise is the default already; "nope" is not a variant
+    assert entries == ["Clip skip: 2", "Eta for DDIM: 0.3"]
+    overrides = overrides_from_entries(entries)
+    assert overrides == {"CLIP_stop_at_last_layers": "2", "eta_ddim": "0.3"}
+    applied = Settings().with_overrides(overrides)
+    assert (applied.CLIP_stop_at_last_layers, applied.eta_ddim) == (2, 0.3)

@@ -164,3 +164,33 @@ def test_watch_shows_queue_position():
     ctx = SimpleNamespace(jobs=SimpleNamespace(pending=[FakeJob(1), job], current=running))
     first = next(generation.watch(ctx, job, interval=0))
     assert "Waiting in queue (2 jobs ahead)" in first
+
+
+def test_pasted_settings_are_offered_as_overrides_and_apply_to_that_job_only(tmp_path, tiny_models_dir):
+    from tests.ui.conftest import make_context
+
+    ctx = make_context(tmp_path, "--ckpt-dir", str(tiny_models_dir))
+    try:
+        ctx.update_settings({"sd_model_checkpoint": "sd1"})
+        with gr.Blocks():
+            t = txt2img.build_tab(ctx)
+        text = (
+            "a cat\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 7, Size: 64x64, Clip skip: 2, ENSD: 31337, "
+            "Eta: 0.5, Sigma noise: 1"
+        )
+        dropdown = generation.paste_updates(ctx, t, text)[t.fields["override_settings"]]
+        # Sigma noise 1 equals the current setting: not offered
+        expected = ["Clip skip: 2", "Eta noise seed delta: 31337", "Eta for k-diffusion samplers: 0.5"]
+        assert (dropdown["value"], dropdown["choices"], dropdown["visible"]) == (expected, expected, True)
+        values = {"prompt": "a cat", "steps": 3, "sampler_name": "Euler a", "cfg_scale": 5, "seed": 7}
+        values.update(width=64, height=64, override_settings=dropdown["value"])
+        outputs = list(generation._run_generation(ctx, t, values))
+        infotext = json.loads(outputs[-1][t.generation_info])["infotexts"][0]
+        assert "Clip skip: 2" in infotext and "ENSD: 31337" in infotext and "Eta: 0.5" in infotext
+        assert ctx.settings.CLIP_stop_at_last_layers == 1 and ctx.settings.eta_ancestral == 1.0
+        nothing = generation.paste_updates(ctx, t, "a cat\nSteps: 3, Sampler: Euler a, Seed: 7, Size: 64x64")
+        assert nothing[t.fields["override_settings"]]["visible"] is False
+        with pytest.raises(gr.Error, match="not a setting"):
+            list(generation._run_generation(ctx, t, {**values, "override_settings": ["Nope: 1"]}))
+    finally:
+        ctx.close()
