@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -147,22 +149,64 @@ def _set_offline() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-def read_state_dict(path: Path, *, allow_unsafe: bool = False) -> dict[str, torch.Tensor]:
-    """Read every tensor of a checkpoint (safetensors, or the safe ``.ckpt`` loader).
+# The LDM key prefixes the components are built from; everything else in a file (EMA copies, schedule buffers) is
+# not read.
+MODEL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+
+
+def read_state_dict(
+    path: Path,
+    *,
+    allow_unsafe: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    vae_dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors (safetensors, or the safe ``.ckpt`` loader).
+
+    A safetensors file is read tensor by tensor, memory-mapped, straight to ``device``, only the keys under
+    :data:`MODEL_PREFIXES`, each floating tensor cast on arrival (``first_stage_model.*`` to ``vae_dtype``, the rest
+    to ``dtype``; None keeps the file's). A ``.ckpt`` is unpickled whole to the CPU.
 
     Raises:
         CheckpointLoadError: The file is corrupt or truncated (or an unsafe pickle, as UnsafeCheckpointError).
     """
     if path.suffix.lower() != ".safetensors":
         return load_ckpt_state_dict(path, allow_unsafe=allow_unsafe)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
+    tensors: dict[str, torch.Tensor] = {}
     try:
-        return load_file(path, device="cpu")
+        with safe_open(str(path), framework="pt", device=device) as file:
+            for key in file.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                if not key.startswith(MODEL_PREFIXES):
+                    continue
+                tensor = file.get_tensor(key)
+                target = vae_dtype if key.startswith("first_stage_model.") else dtype
+                if target is not None and tensor.is_floating_point() and tensor.dtype != target:
+                    tensor = tensor.to(target)
+                tensors[key] = tensor
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointLoadError(f"{path.name}: cannot read tensors ({reason})") from error
+    return tensors
+
+
+def direct_mode(shapes: Mapping[str, tuple[int, ...]], model_type: ModelType, options: LoadOptions) -> str | None:
+    """``"full"`` when a safetensors file can be read straight into VRAM, else None (read to RAM, decide later).
+
+    Straight to VRAM: a CUDA device and full GPU mode, forced or automatic with the weights (in the target dtype)
+    plus the work memory within the free memory.
+    """
+    if not options.device.startswith("cuda"):
+        return None
+    requested = options.memory_sdxl if model_type.is_sdxl else options.memory
+    if requested != "auto":
+        return "full" if requested == "full" else None
+    size = DTYPES[options.dtype].itemsize
+    weights = sum(math.prod(shape) * size for key, shape in shapes.items() if key.startswith(MODEL_PREFIXES))
+    free, _ = torch.cuda.mem_get_info(torch.device(options.device))
+    return "full" if weights + offload.WORK_BYTES[model_type.is_sdxl] <= free else None
 
 
 def _build_pipeline(class_name: str, components: dict[str, Any], flags: dict[str, Any]) -> Any:
@@ -200,17 +244,25 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     started = time.perf_counter()
     path, source = Path(checkpoint.filename), Path(checkpoint.filename).name
     # 1. Tensors (safetensors: header first, so a LoRA or VAE is refused before reading gigabytes).
+    #    A safetensors file whose weights fit in the free VRAM is read straight to the GPU in the target dtypes.
     is_safetensors = path.suffix.lower() == ".safetensors"
     shapes = read_header(path) if is_safetensors else None
     model_type = detect_model_type(shapes, source=path) if shapes is not None else None
-    state_dict = read_state_dict(path, allow_unsafe=options.allow_unsafe_pickle)
+    _check_dtypes(options)
+    direct = direct_mode(shapes, model_type, options) if shapes is not None and model_type is not None else None
+    state_dict = read_state_dict(
+        path,
+        allow_unsafe=options.allow_unsafe_pickle,
+        device=options.device if direct else "cpu",
+        dtype=DTYPES[options.dtype],
+        vae_dtype=DTYPES[options.vae_dtype],
+    )
     shapes = shapes or {k: tuple(v.shape) for k, v in state_dict.items()}
     model_type = model_type or detect_model_type(shapes, source=path)
     # 2. Architecture and its config folder.
     arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
     folder = write_config_folder(arch, options.config_cache_dir or default_cache_dir())
     # 3. Components from the one state dict, then the pipeline.
-    _check_dtypes(options)
     components = build_components(
         state_dict, arch, folder, source=source, dtype=DTYPES[options.dtype], vae_dtype=DTYPES[options.vae_dtype]
     )
@@ -225,7 +277,7 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     pipe.set_progress_bar_config(disable=True)
     # 4. Device (dtypes were applied while filling the models).
     prepare_unet(pipe.unet, model_type, options.device, compile=options.compile)
-    mode = _memory_mode(pipe, model_type, options)
+    mode = direct or _memory_mode(pipe, model_type, options)
     offload.apply_mode(pipe, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile)
     seconds = time.perf_counter() - started
     logger.info("Loaded %s (%s, %s) in %.1f s on %s", source, model_type.value, prediction, seconds, options.device)

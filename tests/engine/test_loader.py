@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, load_checkpoint, select_device
+from modules.engine.loader import (
+    LoadedModel,
+    LoadOptions,
+    ModelManager,
+    direct_mode,
+    load_checkpoint,
+    read_state_dict,
+    select_device,
+)
 from modules.engine.prediction import probe_mean_difference, probe_prediction_type
 from modules.engine.types import CheckpointInfo, ModelType
 from modules.errors import CheckpointLoadError, UnknownModelTypeError, UnsafeCheckpointError
@@ -277,3 +285,24 @@ def test_select_device(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_dtype_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(CheckpointLoadError, match="unknown dtype"):
         load_checkpoint(info(tiny_models["sd1"]), LoadOptions(dtype="float8", config_cache_dir=tmp_path))
+
+
+def test_read_state_dict_reads_only_model_keys_cast_on_arrival(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "mixed.safetensors"
+    tensors = {
+        "model.diffusion_model.w": torch.ones(2, 3, dtype=torch.float16),
+        "first_stage_model.v": torch.ones(4, dtype=torch.float16),
+        "cond_stage_model.t": torch.arange(3),  # integer: never cast
+        "model_ema.w": torch.ones(1000),  # an EMA copy: not read
+        "alphas_cumprod": torch.ones(1000),
+    }
+    save_file(tensors, path)
+    state = read_state_dict(path, dtype=torch.float32, vae_dtype=torch.bfloat16)
+    assert sorted(state) == ["cond_stage_model.t", "first_stage_model.v", "model.diffusion_model.w"]
+    assert state["model.diffusion_model.w"].dtype == torch.float32
+    assert state["first_stage_model.v"].dtype == torch.bfloat16
+    assert state["cond_stage_model.t"].dtype == torch.int64
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    assert direct_mode(shapes, ModelType.SD1, LoadOptions(device="cpu")) is None  # only CUDA reads to VRAM
