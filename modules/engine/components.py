@@ -8,6 +8,7 @@ and filled with ``load_state_dict(assign=True)``. That reports missing and unexp
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from diffusers.loaders.single_file_utils import (
     convert_open_clip_checkpoint,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers.initialization import no_init_weights
 
 from modules.engine.architecture import ENCODER_FAMILIES, ModelArchitecture, TextEncoderSpec
 from modules.engine.config_folder import MODEL_MAX_LENGTH, component_subfolders
@@ -127,10 +129,16 @@ def build_text_encoder(
 ) -> torch.nn.Module:
     """Build one CLIP text encoder from ``folder/<subfolder>`` and its weights in the file."""
     config = CLIPTextConfig.from_pretrained(folder / subfolder, local_files_only=True)
-    with init_empty_weights():
+    with init_empty_weights(), no_init_weights():  # no random init of weights the file replaces anyway
         model = TEXT_MODEL_CLASSES[spec.model_class](config)
     fill_model(model, _text_weights(state_dict, spec, model), f"{subfolder} ({spec.family})", source, dtype)
     return model
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: Path) -> CLIPTokenizer:
+    """The CLIP tokenizer in ``path``, built once per process (its files are the same for every model family)."""
+    return CLIPTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def load_tokenizer(folder: Path, subfolder: str, source: str) -> CLIPTokenizer:
@@ -139,7 +147,7 @@ def load_tokenizer(folder: Path, subfolder: str, source: str) -> CLIPTokenizer:
     Raises:
         CheckpointLoadError: The tokenizer files are incomplete (transformers would silently build a 2-token one).
     """
-    tokenizer = CLIPTokenizer.from_pretrained(folder / subfolder, local_files_only=True)
+    tokenizer = _tokenizer(folder / subfolder)
     if len(tokenizer) != VOCAB_SIZE or tokenizer.model_max_length != MODEL_MAX_LENGTH:
         raise CheckpointLoadError(
             f"{source}: broken {subfolder}: {len(tokenizer)} tokens, model_max_length {tokenizer.model_max_length} "
