@@ -81,23 +81,24 @@ def fill_model(
     model.eval()
 
 
-def empty_models(arch: ModelArchitecture, folder: Path) -> dict[str, torch.nn.Module]:
-    """The UNet, VAE and text encoders of ``arch`` (configs from ``folder``) on the meta device, not initialised.
+def build_unet(
+    state_dict: Mapping[str, torch.Tensor], folder: Path, source: str, dtype: torch.dtype
+) -> UNet2DConditionModel:
+    """Build the UNet from ``folder/unet`` and the file's ``model.diffusion_model.*`` weights."""
+    config = UNet2DConditionModel.load_config(folder, subfolder="unet", local_files_only=True)
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    fill_model(unet, convert_ldm_unet_checkpoint(dict(state_dict), unet.config), "UNet", source, dtype)
+    return unet
 
-    Keyed by the pipeline's argument names; ``build_components`` fills them. Building them costs no memory and can
-    run while the file is read.
-    """
-    unet_config = UNet2DConditionModel.load_config(folder, subfolder="unet", local_files_only=True)
-    vae_config = AutoencoderKL.load_config(folder, subfolder="vae", local_files_only=True)
-    with init_empty_weights(), no_init_weights():  # no random init of weights the file replaces anyway
-        models: dict[str, torch.nn.Module] = {
-            "unet": UNet2DConditionModel.from_config(unet_config),
-            "vae": AutoencoderKL.from_config(vae_config),
-        }
-        for te_dir, _, spec in component_subfolders(arch):
-            config = CLIPTextConfig.from_pretrained(folder / te_dir, local_files_only=True)
-            models[te_dir] = TEXT_MODEL_CLASSES[spec.model_class](config)
-    return models
+
+def build_vae(state_dict: Mapping[str, torch.Tensor], folder: Path, source: str, dtype: torch.dtype) -> AutoencoderKL:
+    """Build the VAE from ``folder/vae`` and the file's ``first_stage_model.*`` weights."""
+    config = AutoencoderKL.load_config(folder, subfolder="vae", local_files_only=True)
+    with init_empty_weights():
+        vae = AutoencoderKL.from_config(config)
+    fill_model(vae, convert_ldm_vae_checkpoint(dict(state_dict), vae.config), "VAE", source, dtype)
+    return vae
 
 
 def _text_weights(state_dict: Mapping[str, torch.Tensor], spec: TextEncoderSpec, model: Any) -> dict[str, Any]:
@@ -116,6 +117,22 @@ def _text_weights(state_dict: Mapping[str, torch.Tensor], spec: TextEncoderSpec,
     if not hasattr(model, "text_model"):  # transformers >= 5.6 flattens CLIPTextModel
         weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
     return weights
+
+
+def build_text_encoder(
+    state_dict: Mapping[str, torch.Tensor],
+    spec: TextEncoderSpec,
+    folder: Path,
+    subfolder: str,
+    source: str,
+    dtype: torch.dtype,
+) -> torch.nn.Module:
+    """Build one CLIP text encoder from ``folder/<subfolder>`` and its weights in the file."""
+    config = CLIPTextConfig.from_pretrained(folder / subfolder, local_files_only=True)
+    with init_empty_weights(), no_init_weights():  # no random init of weights the file replaces anyway
+        model = TEXT_MODEL_CLASSES[spec.model_class](config)
+    fill_model(model, _text_weights(state_dict, spec, model), f"{subfolder} ({spec.family})", source, dtype)
+    return model
 
 
 @functools.lru_cache(maxsize=8)
@@ -147,37 +164,28 @@ def build_components(
     source: str,
     dtype: torch.dtype = torch.float32,
     vae_dtype: torch.dtype = torch.float32,
-    models: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Build every pipeline component, keyed by the pipeline's ``__init__`` argument names.
 
     Args:
-        state_dict: The checkpoint's model tensors, LDM key layout.
+        state_dict: The whole checkpoint, LDM key layout.
         arch: Its architecture (already checked against the shapes).
         folder: The config folder written for ``arch``.
         source: File name for messages.
         dtype: Dtype of the UNet and text encoders.
         vae_dtype: Dtype of the VAE.
-        models: ``empty_models(arch, folder)`` when already built; built here otherwise.
 
     Raises:
         CheckpointLoadError: A component's weights are missing or misshapen.
     """
-    models = models if models is not None else empty_models(arch, folder)
-    unet, vae = models["unet"], models["vae"]
     try:
-        fill_model(unet, convert_ldm_unet_checkpoint(dict(state_dict), unet.config), "UNet", source, dtype)
-        fill_model(vae, convert_ldm_vae_checkpoint(dict(state_dict), vae.config), "VAE", source, vae_dtype)
         components: dict[str, Any] = {
-            "unet": unet,
-            "vae": vae,
+            "unet": build_unet(state_dict, folder, source, dtype),
+            "vae": build_vae(state_dict, folder, source, vae_dtype),
             "scheduler": EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True),
         }
         for te_dir, tok_dir, spec in component_subfolders(arch):
-            encoder = models[te_dir]
-            what = f"{te_dir} ({spec.family})"
-            fill_model(encoder, _text_weights(state_dict, spec, encoder), what, source, dtype)
-            components[te_dir] = encoder
+            components[te_dir] = build_text_encoder(state_dict, spec, folder, te_dir, source, dtype)
             components[tok_dir] = load_tokenizer(folder, tok_dir, source)
     except KeyError as error:  # diffusers' LDM converters index keys they require
         raise CheckpointLoadError(f"{source}: required tensor {error} is missing from the file") from error

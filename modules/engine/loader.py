@@ -3,9 +3,7 @@
 Loading is offline (``HF_HUB_OFFLINE``; ``local_files_only`` everywhere) and follows one route for ``.safetensors``
 and ``.ckpt``: read the header (safetensors) or the safe pickle (ckpt), detect the type, build the architecture from
 the yaml beside the file or from the shapes, write/reuse its config folder, read the weights once and build the
-components from that state dict (:mod:`modules.engine.components`). For a safetensors file the empty (meta) modules
-are built in a second thread while its tensors are read, tensor by tensor, only the model's keys, cast to the target
-dtype on arrival and, when the weights fit in the free VRAM, straight into the GPU.
+components from that state dict (:mod:`modules.engine.components`).
 
 Device/dtype policy (:func:`select_device`), following A1111:
 
@@ -26,7 +24,6 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -241,48 +238,33 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
         UnknownModelTypeError: The file is not a supported Stable Diffusion checkpoint.
     """
     _set_offline()  # before diffusers/huggingface_hub are first imported (they read it at import time)
-    from modules.engine.components import build_components, empty_models
+    from modules.engine.components import build_components
     from modules.engine.prediction import probe_prediction_type
 
     started = time.perf_counter()
     path, source = Path(checkpoint.filename), Path(checkpoint.filename).name
-    # 1. What the file holds: a safetensors header is read first, so a LoRA or VAE is refused before reading
-    #    gigabytes, and its architecture is known before its tensors: the empty modules are built meanwhile.
+    # 1. Tensors (safetensors: header first, so a LoRA or VAE is refused before reading gigabytes).
+    #    A safetensors file whose weights fit in the free VRAM is read straight to the GPU in the target dtypes.
     is_safetensors = path.suffix.lower() == ".safetensors"
     shapes = read_header(path) if is_safetensors else None
     model_type = detect_model_type(shapes, source=path) if shapes is not None else None
     _check_dtypes(options)
-    arch = folder = models = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="build-models") as pool:
-        pending = None
-        if shapes is not None and model_type is not None:
-            arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
-            folder = write_config_folder(arch, options.config_cache_dir or default_cache_dir())
-            pending = pool.submit(empty_models, arch, folder)
-        # 2. The tensors; a safetensors file whose weights fit in the free VRAM goes straight to the GPU, cast.
-        direct = direct_mode(shapes, model_type, options) if shapes is not None and model_type is not None else None
-        state_dict = read_state_dict(
-            path,
-            allow_unsafe=options.allow_unsafe_pickle,
-            device=options.device if direct else "cpu",
-            dtype=DTYPES[options.dtype],
-            vae_dtype=DTYPES[options.vae_dtype],
-        )
-        if arch is None or folder is None:  # a .ckpt: the architecture comes from the tensors themselves
-            shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-            model_type = detect_model_type(shapes, source=path)
-            arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
-            folder = write_config_folder(arch, options.config_cache_dir or default_cache_dir())
-        models = pending.result() if pending is not None else None
-    # 3. Components from the one state dict, then the pipeline.
-    components = build_components(
-        state_dict,
-        arch,
-        folder,
-        source=source,
+    direct = direct_mode(shapes, model_type, options) if shapes is not None and model_type is not None else None
+    state_dict = read_state_dict(
+        path,
+        allow_unsafe=options.allow_unsafe_pickle,
+        device=options.device if direct else "cpu",
         dtype=DTYPES[options.dtype],
         vae_dtype=DTYPES[options.vae_dtype],
-        models=models,
+    )
+    shapes = shapes or {k: tuple(v.shape) for k, v in state_dict.items()}
+    model_type = model_type or detect_model_type(shapes, source=path)
+    # 2. Architecture and its config folder.
+    arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
+    folder = write_config_folder(arch, options.config_cache_dir or default_cache_dir())
+    # 3. Components from the one state dict, then the pipeline.
+    components = build_components(
+        state_dict, arch, folder, source=source, dtype=DTYPES[options.dtype], vae_dtype=DTYPES[options.vae_dtype]
     )
     del state_dict
     prediction = arch.scheduler["prediction_type"]
