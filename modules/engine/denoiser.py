@@ -184,7 +184,7 @@ class TimestepSpace:
         """ε (from v: ``√ᾱ·v + √(1−ᾱ)·x``)."""
         if not self.v_prediction:
             return pred
-        a = self.alphas_cumprod.to(x.device)[t.long()][:, None, None, None]
+        a = self.alphas_cumprod[t.long().to(self.alphas_cumprod.device)][:, None, None, None].to(x.device)
         return a.sqrt() * pred + (1 - a).sqrt() * x.float()
 
     def refiner_due(self, refiner: RefinerSwitch, t: torch.Tensor) -> bool:

@@ -325,7 +325,8 @@ def _run_timesteps(
     by 12.5 (A1111 maps scales 0–12.5 onto CFG++'s 0–1) and steers by the unconditional prediction.
     """
     cfgpp = sampler.name == "DDIM CFG++"
-    space = TimestepSpace(run.alphas_cumprod, model.prediction_type == "v_prediction")
+    # the space's ᾱ table lives on the device (v → ε indexes it per step without a host copy)
+    space = TimestepSpace(run.alphas_cumprod.to(model.device), model.prediction_type == "v_prediction")
     scale = cfg_scale / 12.5 if cfgpp else cfg_scale
     args = (model.pipe.unet, space.timestep, model.prediction_type, conds, scale)
     denoiser = CFGDenoiser(*args, space=space, keep_uncond=cfgpp, **denoiser_args)
