@@ -122,7 +122,6 @@ IGNORED_A1111_OPTIONS: frozenset[str] = frozenset(
         "k_sched_type",
         "sgm_noise_multiplier",
         "sd_noise_schedule",
-        "s_min_uncond",
         "token_merging_ratio",
         "token_merging_ratio_img2img",
         "token_merging_ratio_hr",
@@ -210,6 +209,8 @@ class Settings(BaseModel):
     )
     uni_pc_order: int = _opt(3, "UniPC order", "sampler", ge=1, le=50)
     uni_pc_lower_order_final: bool = _opt(True, "UniPC lower order final", "sampler")
+    s_min_uncond: float = _opt(0.0, "Negative Guidance minimum sigma", "sampler", ge=0.0, le=15.0)
+    s_min_uncond_all: bool = _opt(False, "Negative Guidance minimum sigma all steps", "sampler")
     use_old_scheduling: bool = _opt(False, "Use old prompt editing timelines", "compatibility")
     samples_save: bool = _opt(True, "Always save all generated images", "saving")
     samples_format: Literal["png", "jpg", "jpeg", "webp"] = _opt("png", "File format for images", "saving")

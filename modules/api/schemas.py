@@ -130,6 +130,7 @@ class GenerationFields(BaseModel):
             "s_tmin": self.s_tmin,
             "s_tmax": self.s_tmax,
             "s_noise": self.s_noise,
+            "s_min_uncond": self.s_min_uncond,
         }
 
     def echo(self) -> dict[str, Any]:

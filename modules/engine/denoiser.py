@@ -69,6 +69,18 @@ class ModelParts:
     conds: Callable[[int], StepConds]
 
 
+@dataclass(frozen=True)
+class SkipUncond:
+    """A1111's "Negative Guidance minimum sigma" (NGMS, ``s_min_uncond``).
+
+    Below ``min_sigma`` the uncond pass is skipped on every other model call (every call with ``all_steps``) and the
+    cond prediction stands in for it. For A1111's timestep samplers the level compared is the timestep, as in A1111.
+    """
+
+    min_sigma: float = 0.0
+    all_steps: bool = False
+
+
 @dataclass
 class RefinerSwitch:
     """A1111's refiner: once ``(999 − t(σ)) / 1000 >= switch_at``, the rest of sampling uses another model.
@@ -216,6 +228,7 @@ class CFGDenoiser:
         image_cfg_scale: float | None = None,
         space: Space | None = None,
         keep_uncond: bool = False,
+        skip_uncond: SkipUncond | None = None,
     ) -> None:
         """Wrap ``unet``; ``step`` counts model calls from 0.
 
@@ -232,11 +245,13 @@ class CFGDenoiser:
             image_cfg_scale: instruct-pix2pix image guidance; None or 1 guides by text only (A1111).
             space: How levels, inputs and outputs are read (default: k-diffusion over ``sigma_to_t``).
             keep_uncond: Keep the unconditional prediction of each call in ``last_uncond`` (DDIM CFG++).
+            skip_uncond: NGMS: when to skip the uncond pass at low noise.
         """
         self.unet = unet
         self.space: Space = space or KSpace(sigma_to_t, prediction_type == "v_prediction")
         self.keep_uncond = keep_uncond
         self.last_uncond: torch.Tensor | None = None
+        self.skip_uncond = skip_uncond or SkipUncond()
         self.conds = conds
         self.cfg_scale = cfg_scale
         self.image_cond = image_cond
@@ -251,11 +266,14 @@ class CFGDenoiser:
             self._switch(self.refiner)
         if self.mask is not None and self.space.mask_before:
             x = self.mask.apply(x)
-        step = self.conds(self.step)
+        call = self.step
+        step = self.conds(call)
         self.step += 1
         if x.shape[0] != len(step.conds):
             raise ValueError(f"conditioning for {len(step.conds)} images, latents for {x.shape[0]}")
         parts = [(i, c, w) for i, image_conds in enumerate(step.conds) for c, w in image_conds]
+        if self._skips_uncond(call, sigma):
+            return self._without_uncond(x, sigma, parts)
         # CFG 1 with one unit-weight part per image is exactly the cond prediction: the uncond pass can be skipped
         plain = self.cfg_scale == 1.0 and all(len(p) == 1 and p[0][1] == 1.0 for p in step.conds)
         plain = plain and self.edit_scale is None and not self.keep_uncond
@@ -280,6 +298,29 @@ class CFGDenoiser:
             denoised = uncond.clone()
             for k, (i, _, weight) in enumerate(parts):
                 denoised[i] += (cond_out[k] - uncond[i]) * (weight * self.cfg_scale)
+        return self.mask.apply(denoised) if self.mask is not None and not self.space.mask_before else denoised
+
+    def _skips_uncond(self, call: int, sigma: torch.Tensor) -> bool:
+        """A1111's NGMS test for model call ``call`` (not for instruct-pix2pix guidance)."""
+        skip = self.skip_uncond
+        if skip.min_sigma <= 0 or self.edit_scale is not None or not (call % 2 or skip.all_steps):
+            return False
+        return float(sigma[0]) < skip.min_sigma
+
+    def _without_uncond(
+        self, x: torch.Tensor, sigma: torch.Tensor, parts: list[tuple[int, TextCond, float]]
+    ) -> torch.Tensor:
+        """Cond rows only; each image's first part stands in for its uncond, combined at scale 1 (A1111)."""
+        cond_out = self._model(x, sigma, _pad_to_longest([c for _, c, _ in parts]), [i for i, _, _ in parts], [])
+        first = {}
+        for k, (i, _, _) in enumerate(parts):
+            first.setdefault(i, k)
+        stand_in = torch.stack([cond_out[first[i]] for i in range(x.shape[0])])
+        if self.keep_uncond:
+            self.last_uncond = stand_in
+        denoised = stand_in.clone()
+        for k, (i, _, weight) in enumerate(parts):
+            denoised[i] += (cond_out[k] - stand_in[i]) * weight
         return self.mask.apply(denoised) if self.mask is not None and not self.space.mask_before else denoised
 
     def _switch(self, refiner: RefinerSwitch) -> None:

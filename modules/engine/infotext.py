@@ -297,6 +297,8 @@ _FIELD_MAP: Mapping[str, tuple[str, Callable[[Any], object]]] = {
     "UniPC order": ("uni_pc_order", int),
     "UniPC lower order final": ("uni_pc_lower_order_final", lambda v: str(v).lower() == "true"),
     "Old prompt editing timelines": ("use_old_scheduling", lambda v: str(v).lower() == "true"),
+    "NGMS": ("s_min_uncond", float),
+    "NGMS all steps": ("s_min_uncond_all", lambda v: str(v).lower() == "true"),
 }
 _VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 _MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")

@@ -236,6 +236,7 @@ def run_batch(
         "mask": setup.mask,
         "refiner": refiner,
         "image_cfg_scale": setup.image_cfg_scale,
+        "skip_uncond": params.skip_uncond,
     }
     noise = _noise_source(setup, device, eta_noise_seed_delta)
     if sampler.name in TIMESTEP_SAMPLERS:

@@ -10,6 +10,8 @@ A1111 (``sd_samplers_common.Sampler.initialize``, ``KDiffusionSampler.get_sigmas
   [Deviation] A1111 lets a non-default setting win over the request field; here the request field wins.
 - ``sigma_min`` / ``sigma_max`` settings (0 = the model's) override the schedule's range (``Schedule min/max sigma``);
   ``rho`` (0 = default) applies to the schedules that have one (``Schedule rho``); the Beta schedule writes its shape.
+- NGMS (``s_min_uncond``, request or setting) skips the uncond pass below that σ on every other model call
+  (``s_min_uncond_all``: every call); ``NGMS`` / ``NGMS all steps`` are written.
 - ``always_discard_next_to_last_sigma`` drops the penultimate σ (or adds a timestep for the timestep samplers) when
   the sampler does not already (``Discard penultimate sigma``).
 """
@@ -20,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from modules.engine.denoiser import SkipUncond
 from modules.engine.ksampling.common import SamplerOptions
 from modules.engine.ksampling.schedules import ScheduleParams
 from modules.engine.ksampling.unipc import UniPCOptions
@@ -64,6 +67,7 @@ class SamplerParams:
         schedule: What the σ schedule needs besides the model (family, Beta shape, range and ρ overrides).
         discard_next_to_last: Drop the penultimate σ (timestep samplers: sample one extra timestep).
         unipc: UniPC's settings.
+        skip_uncond: Negative Guidance minimum sigma (NGMS).
         infotext: The keys A1111 adds for these parameters, in its order.
     """
 
@@ -71,6 +75,7 @@ class SamplerParams:
     schedule: ScheduleParams = field(default_factory=ScheduleParams)
     discard_next_to_last: bool = False
     unipc: UniPCOptions = field(default_factory=UniPCOptions)
+    skip_uncond: SkipUncond = field(default_factory=SkipUncond)
     infotext: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,30 +89,51 @@ def resolve_params(
 ) -> SamplerParams:
     """The parameters ``sampler`` with ``schedule`` runs with for ``request`` (see the module docstring)."""
     info: dict[str, Any] = {}
+    ngms = request.s_min_uncond if request.s_min_uncond is not None else settings.s_min_uncond
+    if ngms:
+        info["NGMS"] = ngms
+        if settings.s_min_uncond_all:
+            info["NGMS all steps"] = True
     own_discard = sampler.options.get("discard_next_to_last_sigma") == "True"
     discard = own_discard or settings.always_discard_next_to_last_sigma
     if discard and not own_discard:
         info["Discard penultimate sigma"] = True
-    schedule_params = ScheduleParams(sdxl=sdxl, beta_alpha=settings.beta_dist_alpha, beta_beta=settings.beta_dist_beta)
-    if not sampler.timestep_sampler:
-        if settings.sigma_min:
-            info["Schedule min sigma"] = settings.sigma_min
-        if settings.sigma_max:
-            info["Schedule max sigma"] = settings.sigma_max
-        rho = settings.rho if schedule.default_rho != -1 and settings.rho else None
-        if rho is not None:
-            info["Schedule rho"] = rho
-        if schedule.name == "beta":
-            info["Beta schedule alpha"] = settings.beta_dist_alpha
-            info["Beta schedule beta"] = settings.beta_dist_beta
-        schedule_params = ScheduleParams(
-            sdxl=sdxl,
-            beta_alpha=settings.beta_dist_alpha,
-            beta_beta=settings.beta_dist_beta,
-            sigma_min=settings.sigma_min or None,
-            sigma_max=settings.sigma_max or None,
-            rho=rho,
-        )
+    schedule_params = _schedule_params(sampler, schedule, settings, sdxl, info)
+    options = _sampler_options(sampler, request, settings, info)
+    unipc = UniPCOptions(
+        variant=settings.uni_pc_variant,
+        skip_type=settings.uni_pc_skip_type,
+        order=settings.uni_pc_order,
+        lower_order_final=settings.uni_pc_lower_order_final,
+    )
+    skip = SkipUncond(ngms, settings.s_min_uncond_all)
+    return SamplerParams(options, schedule_params, discard, unipc, skip, info)
+
+
+def _schedule_params(
+    sampler: SamplerSpec, schedule: ScheduleSpec, settings: SamplerSettings, sdxl: bool, info: dict[str, Any]
+) -> ScheduleParams:
+    """σ-schedule overrides (none for the timestep samplers), adding their infotext keys to ``info``."""
+    shape = {"sdxl": sdxl, "beta_alpha": settings.beta_dist_alpha, "beta_beta": settings.beta_dist_beta}
+    if sampler.timestep_sampler:
+        return ScheduleParams(**shape)
+    if settings.sigma_min:
+        info["Schedule min sigma"] = settings.sigma_min
+    if settings.sigma_max:
+        info["Schedule max sigma"] = settings.sigma_max
+    rho = settings.rho if schedule.default_rho != -1 and settings.rho else None
+    if rho is not None:
+        info["Schedule rho"] = rho
+    if schedule.name == "beta":
+        info["Beta schedule alpha"] = settings.beta_dist_alpha
+        info["Beta schedule beta"] = settings.beta_dist_beta
+    return ScheduleParams(**shape, sigma_min=settings.sigma_min or None, sigma_max=settings.sigma_max or None, rho=rho)
+
+
+def _sampler_options(
+    sampler: SamplerSpec, request: GenerationRequest, settings: SamplerSettings, info: dict[str, Any]
+) -> SamplerOptions:
+    """η and the churn parameters for ``sampler``, adding their infotext keys to ``info``."""
     eta, eta_default, eta_key = (
         (settings.eta_ddim, 0.0, "Eta DDIM") if sampler.timestep_sampler else (settings.eta_ancestral, 1.0, "Eta")
     )
@@ -128,20 +154,13 @@ def resolve_params(
     for name, default in (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", 0.0), ("s_noise", 1.0)):
         if values[name] != default:
             info[labels[name]] = values[name]
-    options = SamplerOptions(
+    return SamplerOptions(
         eta=eta,
         s_churn=values["s_churn"],
         s_tmin=values["s_tmin"],
         s_tmax=values["s_tmax"] or math.inf,
         s_noise=values["s_noise"],
     )
-    unipc = UniPCOptions(
-        variant=settings.uni_pc_variant,
-        skip_type=settings.uni_pc_skip_type,
-        order=settings.uni_pc_order,
-        lower_order_final=settings.uni_pc_lower_order_final,
-    )
-    return SamplerParams(options, schedule_params, discard, unipc, info)
 
 
 def _pick(requested: float | None, setting: float, default: float, used: bool) -> float:

@@ -148,6 +148,7 @@ class GenerationRequest:
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    s_min_uncond: float | None = None
     # selectable img2img script (A1111's script_name / script_args), e.g. "Poor man's outpainting"
     script_name: str = ""
     script_args: tuple[object, ...] = ()
@@ -171,6 +172,8 @@ class SamplerSettings:
         always_discard_next_to_last_sigma: Drop the penultimate σ for every sampler.
         beta_dist_alpha, beta_dist_beta: Shape of the "Beta" schedule.
         uni_pc_variant, uni_pc_skip_type, uni_pc_order, uni_pc_lower_order_final: UniPC's options.
+        s_min_uncond: Negative Guidance minimum sigma (NGMS; 0 = off).
+        s_min_uncond_all: NGMS skips the uncond pass on every step below it, not every other one.
     """
 
     eta_ddim: float = 0.0
@@ -189,6 +192,8 @@ class SamplerSettings:
     uni_pc_skip_type: str = "time_uniform"
     uni_pc_order: int = 3
     uni_pc_lower_order_final: bool = True
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,12 +195,12 @@ def test_sampler_parameter_keys_map_to_settings():
         "a [b:c:1] cat\nSteps: 20, Sampler: UniPC, Schedule type: Beta, CFG scale: 7, Seed: 1, Size: 64x64, "
         "Discard penultimate sigma: True, Schedule min sigma: 0.1, Schedule max sigma: 10, Schedule rho: 5, "
         "Beta scheduler alpha: 0.4, Beta schedule beta: 0.7, Eta: 0.3, Eta DDIM: 0.2, Sigma churn: 1, "
-        "Sigma noise: 0.99, UniPC variant: bh2, UniPC order: 2, Version: v1.5.1"
+        "Sigma noise: 0.99, UniPC variant: bh2, UniPC order: 2, NGMS: 0.8, NGMS all steps: True, Version: v1.5.1"
     )
     fields = infotext_to_request_fields(parse_infotext(text))
     sampler_keys = {"always_discard_next_to_last_sigma", "sigma_min", "sigma_max", "rho", "beta_dist_alpha"}
     sampler_keys |= {"beta_dist_beta", "eta_ancestral", "eta_ddim", "s_churn", "s_noise", "uni_pc_variant"}
-    sampler_keys |= {"uni_pc_order", "use_old_scheduling"}
+    sampler_keys |= {"uni_pc_order", "use_old_scheduling", "s_min_uncond", "s_min_uncond_all"}
     assert {k: fields[k] for k in sampler_keys if k in fields} == {
         "always_discard_next_to_last_sigma": True,
         "sigma_min": 0.1,
@@ -214,6 +214,8 @@ def test_sampler_parameter_keys_map_to_settings():
         "s_noise": 0.99,
         "uni_pc_variant": "bh2",
         "uni_pc_order": 2,
+        "s_min_uncond": 0.8,
+        "s_min_uncond_all": True,
         "use_old_scheduling": True,  # A1111's back-compat: prompt editing in an infotext older than 1.6.0
     }
     newer = infotext_to_request_fields(parse_infotext(text.replace("v1.5.1", "v1.10.1")))

@@ -155,3 +155,38 @@ def test_old_prompt_editing_timelines_change_the_image_and_are_written(load_tiny
     assert "Old prompt editing timelines: True" in old.infotexts[0]
     assert "Old prompt editing timelines" not in new.infotexts[0]
     assert not np.array_equal(np.asarray(new.images[0]), np.asarray(old.images[0]))
+
+
+def count_rows(model, monkeypatch):
+    rows = []
+    forward = model.pipe.unet.forward
+
+    def counting(sample, *args, **kwargs):
+        rows.append(sample.shape[0])
+        return forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(model.pipe.unet, "forward", counting)
+    return rows
+
+
+def test_ngms_skips_the_uncond_pass_below_its_sigma(load_tiny, tiny_models, monkeypatch):
+    model = load_tiny(tiny_models["sd1"])
+    req = GenerationRequest(**BASE, sampler_name="Euler", seed=8)
+    cond_only = generate(model, dataclasses.replace(req, cfg_scale=1.0)).images[0]
+    rows = count_rows(model, monkeypatch)
+    all_steps = GenerationOptions(sampler=SamplerSettings(s_min_uncond_all=True))
+    every = generate(model, dataclasses.replace(req, s_min_uncond=100.0), all_steps)
+    # above every σ, on every step: the cond prediction alone (CFG scale 1), one row per UNet call
+    assert rows == [1] * 5
+    assert np.array_equal(np.asarray(every.images[0]), np.asarray(cond_only))
+    assert "NGMS: 100.0, NGMS all steps: True" in every.infotexts[0]
+    rows.clear()
+    alternate = generate(model, dataclasses.replace(req, s_min_uncond=100.0))
+    assert rows == [2, 1, 2, 1, 2]  # A1111 skips on odd model calls only
+    plain = generate(model, req).images[0]
+    arrays = [np.asarray(im, dtype=int) for im in (alternate.images[0], plain, cond_only)]
+    assert not np.array_equal(arrays[0], arrays[1]) and not np.array_equal(arrays[0], arrays[2])
+    rows.clear()
+    # σ = 14.6, 4.09, 1.62, 0.695, 0.029: below 1.0 are calls 3 and 4, and only the odd one skips
+    generate(model, dataclasses.replace(req, s_min_uncond=1.0))
+    assert rows == [2, 2, 2, 1, 2]
