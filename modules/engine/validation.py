@@ -19,6 +19,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "denoising_strength": (0.0, 1.0),
     "subseed_strength": (0.0, 1.0),
 }
+# Optional fields (None = the setting of the same name), with the ranges of those settings: an η above 1 would
+# ask DDIM for more noise than the step has (NaN images).
+_OPTIONAL_RANGES: dict[str, tuple[float, float]] = {
+    "image_cfg_scale": (0.0, 100.0),
+    "eta": (0.0, 1.0),
+    "s_churn": (0.0, 100.0),
+    "s_tmin": (0.0, 10.0),
+    "s_tmax": (0.0, 999.0),
+    "s_noise": (0.0, 1.1),
+    "s_min_uncond": (0.0, 15.0),
+}
 
 
 def validate_request(request: GenerationRequest) -> None:
@@ -39,8 +50,9 @@ def validate_request(request: GenerationRequest) -> None:
         value = getattr(request, name)
         if not isinstance(value, (int, float)) or not lo <= value <= hi:
             problems.append(f"{name} must be between {lo:g} and {hi:g}, got {value}")
-    image_cfg = request.image_cfg_scale
-    if image_cfg is not None and (not isinstance(image_cfg, (int, float)) or not 0.0 <= image_cfg <= 100.0):
-        problems.append(f"image_cfg_scale must be between 0 and 100, got {image_cfg}")
+    for name, (lo, hi) in _OPTIONAL_RANGES.items():
+        value = getattr(request, name)
+        if value is not None and (not isinstance(value, (int, float)) or not lo <= value <= hi):
+            problems.append(f"{name} must be between {lo:g} and {hi:g}, got {value}")
     if problems:
         raise InvalidRequestError("; ".join(problems))

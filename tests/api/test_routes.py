@@ -442,3 +442,13 @@ def test_sampler_parameters_round_trip_through_the_infotext(server):
     assert np.array_equal(pixels(again["images"][0]), pixels(body["images"][0]))
     plain = server.post("txt2img", {"infotext": text.replace(", Eta DDIM: 0.5", "")}).json()
     assert not np.array_equal(pixels(plain["images"][0]), pixels(body["images"][0]))
+
+
+def test_out_of_range_sampler_parameters_are_a_422_and_the_next_request_works(server):
+    bad = server.post("txt2img", {**A1111_BASE, "sampler_name": "DDIM", "eta": 5, "s_noise": -1})
+    assert bad.status_code == 422
+    assert "eta must be between 0 and 1, got 5" in bad.text and "s_noise must be between 0 and 1.1" in bad.text
+    options = server.post("options", {"uni_pc_variant": "nope"})
+    assert options.status_code == 422 and "uni_pc_variant" in options.text
+    ok = server.post("txt2img", {**A1111_BASE, "sampler_name": "UniPC", "steps": 3})
+    assert ok.status_code == 200 and "Sampler: UniPC" in info_of(ok.json())["infotexts"][0]

@@ -17,6 +17,7 @@ from modules.engine.sampling import DiscreteModel
 from modules.engine.types import GenerationOptions, GenerationRequest, SamplerSettings
 from tests.support.kdiffusion_ref import load_sampling
 from tests.support.toy_denoiser import SD_CONFIG
+from tests.support.unet_calls import record_unet_calls
 
 K = load_sampling()
 MODEL = DiscreteModel.from_config(SD_CONFIG)
@@ -157,23 +158,11 @@ def test_old_prompt_editing_timelines_change_the_image_and_are_written(load_tiny
     assert not np.array_equal(np.asarray(new.images[0]), np.asarray(old.images[0]))
 
 
-def count_rows(model, monkeypatch):
-    rows = []
-    forward = model.pipe.unet.forward
-
-    def counting(sample, *args, **kwargs):
-        rows.append(sample.shape[0])
-        return forward(sample, *args, **kwargs)
-
-    monkeypatch.setattr(model.pipe.unet, "forward", counting)
-    return rows
-
-
 def test_ngms_skips_the_uncond_pass_below_its_sigma(load_tiny, tiny_models, monkeypatch):
     model = load_tiny(tiny_models["sd1"])
     req = GenerationRequest(**BASE, sampler_name="Euler", seed=8)
     cond_only = generate(model, dataclasses.replace(req, cfg_scale=1.0)).images[0]
-    rows = count_rows(model, monkeypatch)
+    rows = record_unet_calls(model, monkeypatch).rows
     all_steps = GenerationOptions(sampler=SamplerSettings(s_min_uncond_all=True))
     every = generate(model, dataclasses.replace(req, s_min_uncond=100.0), all_steps)
     # above every σ, on every step: the cond prediction alone (CFG scale 1), one row per UNet call

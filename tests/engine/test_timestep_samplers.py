@@ -18,6 +18,7 @@ from modules.engine.rng import NoiseSpec, batch_noise
 from modules.engine.sampling import DiscreteModel
 from modules.engine.types import GenerationOptions, GenerationRequest, SamplerSettings
 from tests.support.kdiffusion_ref import load_sampling
+from tests.support.unet_calls import record_unet_calls
 
 K = load_sampling()
 
@@ -190,23 +191,11 @@ def test_ddim_with_eta_batch_equals_single_jobs(load_tiny, tiny_models):
         assert np.abs(np.asarray(image, dtype=int) - np.asarray(single, dtype=int)).max() <= 1
 
 
-def count_unet_calls(model, monkeypatch):
-    calls = []
-    forward = model.pipe.unet.forward
-
-    def counting(sample, timestep, *args, **kwargs):
-        calls.append(timestep.flatten()[0].item())
-        return forward(sample, timestep, *args, **kwargs)
-
-    monkeypatch.setattr(model.pipe.unet, "forward", counting)
-    return calls
-
-
 def test_img2img_with_ddim_runs_a1111s_steps(load_tiny, tiny_models, monkeypatch):
     from PIL import Image
 
     model = load_tiny(tiny_models["sd1"])
-    calls = count_unet_calls(model, monkeypatch)
+    calls = record_unet_calls(model, monkeypatch).timesteps
     init = Image.new("RGB", (64, 64), (200, 30, 30))
     req = GenerationRequest(**{**BASE, "steps": 10}, sampler_name="DDIM", seed=3, init_images=(init,))
     req = __import__("dataclasses").replace(req, denoising_strength=0.5)
@@ -234,7 +223,7 @@ def test_every_new_sampler_generates_finite_distinct_reproducible_images(load_ti
 def test_lcm_runs_a1111s_lcm_denoiser(load_tiny, tiny_models, monkeypatch):
     """LCM: timesteps 999 … 19 on the 50-step grid, and the output is its boundary-condition step."""
     model = load_tiny(tiny_models["sd1"])
-    calls = count_unet_calls(model, monkeypatch)
+    calls = record_unet_calls(model, monkeypatch).timesteps
     req = GenerationRequest(**{**BASE, "steps": 4}, sampler_name="LCM", seed=9)
     generate(model, req)
     # uniform over the LCM grid: t = 999, 679, 339, 19 (nearest of 20k + 19 for linspace(49, 0, 4) = 49, 32.67, …)
