@@ -150,7 +150,6 @@ class AppContext:
             dtype=dtype,
             vae_dtype=vae_dtype,
             allow_unsafe_pickle=self.flags.disable_safe_unpickle,
-            config_cache_dir=self.flags.data_dir / "cache" / "model-configs",
             cuda_graphs=not self.flags.disable_cuda_graphs,
             memory=self._memory_flag(),
             compile=self.flags.compile or self.settings.compile_unet,
@@ -256,7 +255,7 @@ class AppContext:
     def count_tokens(self, text: str) -> tuple[int, int]:
         """Token count of ``text`` and the chunk limit it falls in (the UI's ``N/75`` counter)."""
         current = self.models.current
-        tokenizer = current.pipe.tokenizer if current is not None else clip_tokenizer()
+        tokenizer = current.components.tokenizer if current is not None else clip_tokenizer()
         return count_tokens(tokenizer, text)
 
     @staticmethod

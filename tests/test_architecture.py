@@ -12,7 +12,11 @@ WEB = {"gradio", "fastapi", "starlette", "uvicorn"}
 
 # layer → (banned third-party roots, banned modules.* prefixes, allowed modules.* prefixes or None = any)
 RULES = {
-    "engine": (WEB, ("modules.settings", "modules.jobs", "modules.context", "modules.ui", "modules.api")),
+    # the engine runs its own networks: diffusers (and accelerate) are test/benchmark references only
+    "engine": (
+        WEB | {"diffusers", "accelerate"},
+        ("modules.settings", "modules.jobs", "modules.context", "modules.ui", "modules.api"),
+    ),
     "ui": (HEAVY, ("modules.api",)),
     "api": (HEAVY | {"gradio"}, ("modules.ui",)),
     "jobs": (HEAVY | WEB, ("modules.engine", "modules.context", "modules.ui", "modules.api")),
@@ -86,5 +90,29 @@ def test_engine_importable_without_web_stack():
     code = (
         "import sys; import modules.engine.pipeline, modules.engine.loader;"
         "bad = [m for m in ('gradio', 'fastapi', 'uvicorn') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+
+
+def test_loading_and_generating_import_no_model_library(tmp_path):
+    """A load and a generated image use the own networks only: diffusers and transformers' models stay unimported
+    (importing them cost ~9 s of the first image after a restart; README "Benchmarks", W6)."""
+    import subprocess
+    import sys
+
+    from tests.support.tiny_checkpoints import write_checkpoint
+
+    path = write_checkpoint("sdxl", tmp_path / "tiny.safetensors", write_yaml=False)
+    code = (
+        "import sys; from pathlib import Path;"
+        "from modules.engine.loader import LoadOptions, load_checkpoint;"
+        "from modules.engine.pipeline import generate;"
+        "from modules.engine.types import CheckpointInfo, GenerationRequest;"
+        f"m = load_checkpoint(CheckpointInfo(Path({str(path)!r}), 'tiny'), LoadOptions());"
+        "r = generate(m, GenerationRequest(prompt='a cat', steps=2, width=64, height=64));"
+        "assert r.images[0].size == (64, 64);"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('diffusers', 'accelerate', 'peft')"
+        " or n.startswith(('transformers.models.clip.modeling', 'transformers.modeling_utils'))];"
+        "assert not bad, bad[:10]"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})

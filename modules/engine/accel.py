@@ -104,9 +104,9 @@ class GraphedForward:
                 sample, timestep, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, return_dict=return_dict
             )
         if return_dict:
-            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+            from modules.engine.nets.unet import UNetOutput
 
-            return UNet2DConditionOutput(sample=out)
+            return UNetOutput(sample=out)
         return (out,)
 
     def _replay(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -189,7 +189,7 @@ def enable_cuda_graphs(unet: torch.nn.Module, *, compile: bool = False) -> bool:
     Returns whether it was installed.
     """
     param = next(unet.parameters(), None)
-    if param is None or param.device.type != "cuda" or hasattr(unet, "_hf_hook"):
+    if param is None or param.device.type != "cuda" or "_offload_device" in unet.__dict__:
         return False  # not on CUDA, or offloaded (weights move, graphs would replay stale pointers)
     unet.forward = GraphedForward(unet, compile=compile)
     how = "compiled (torch.compile, in the background) and " if compile else ""

@@ -114,11 +114,11 @@ class TextEncoderSpec:
 
 @dataclass(frozen=True)
 class ModelArchitecture:
-    """Everything needed to build a diffusers pipeline for a checkpoint, without its weights.
+    """Everything needed to build a checkpoint's networks, without its weights.
 
     Attributes:
         model_type: The detected family.
-        pipeline_class: diffusers pipeline class name.
+        pipeline_class: The matching diffusers pipeline class name (the reference tests and benchmark use it).
         unet: ``UNet2DConditionModel`` config.
         vae: ``AutoencoderKL`` config.
         text_encoders: In pipeline order (``text_encoder``, ``text_encoder_2``).

@@ -1,45 +1,73 @@
-"""Build the pipeline components (UNet, VAE, text encoders, tokenizers, scheduler) from one LDM state dict.
+"""Build a checkpoint's networks (UNet, VAE, text encoders) and tokenizers from its one LDM state dict.
 
-This is the "component route" of offline-loading.md §3, used for both ``.safetensors`` and ``.ckpt``: the file is
-read once, keys are renamed with diffusers' own LDM converters, and each model is built empty from the config folder
-and filled with ``load_state_dict(assign=True)``. That reports missing and unexpected keys exactly, which diffusers'
-``from_single_file`` does not (it leaves missing weights on the meta device and drops unexpected ones silently).
+The networks are our own (:mod:`modules.engine.nets`) and keep the file's key layout, so each is built empty on the
+meta device (no random init, no memory) and filled by name with ``load_state_dict(assign=True)``: the tensors the
+file holds become the model's parameters as they are (already in the target dtype and, when it fits, already on the
+GPU; see ``loader.read_state_dict``). Missing or misshapen weights are reported exactly; unexpected ones are logged.
+Nothing here imports diffusers or transformers' models (importing them cost seconds per process start).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_unet_checkpoint,
-    convert_ldm_vae_checkpoint,
-    convert_open_clip_checkpoint,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-from transformers.initialization import no_init_weights
 
-from modules.engine.architecture import ENCODER_FAMILIES, ModelArchitecture, TextEncoderSpec
-from modules.engine.config_folder import MODEL_MAX_LENGTH, component_subfolders
+from modules.engine.architecture import UNET, VAE, ModelArchitecture, TextEncoderSpec
+from modules.engine.nets.clip import MissingWeightsError, TextEncoder, convert_weights
+from modules.engine.nets.unet import UNet
+from modules.engine.nets.vae import AutoencoderKL
+from modules.engine.tokenizers import CLIP_PAD, OPENCLIP_PAD, clip_tokenizer
 from modules.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
 
-VOCAB_SIZE = 49408
 MAX_LISTED = 10
-TEXT_MODEL_CLASSES: dict[str, type[torch.nn.Module]] = {
-    "CLIPTextModel": CLIPTextModel,
-    "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
-}
-# Converted keys that are expected leftovers, never weights of the built model.
-IGNORED_KEYS = re.compile(r"(^|\.)position_ids$|(^|\.)logit_scale$")
+# File keys that are never weights of the built networks (schedule buffers and the like live outside the prefixes).
+IGNORED_KEYS = re.compile(r"(^|\.)position_ids$|(^|\.)logit_scale$|(^|\.)attn_mask$")
+
+
+@dataclass
+class ModelComponents:
+    """The networks and tokenizers of one loaded checkpoint (what a diffusers pipeline would hold, and no more).
+
+    SDXL keeps the base model's names: ``text_encoder`` is CLIP-L, ``text_encoder_2`` OpenCLIP bigG; the refiner
+    has only ``text_encoder_2``.
+
+    Attributes:
+        unet: The denoising UNet.
+        vae: The autoencoder.
+        offload_hooks: The hooks of the memory mode, when it offloads (set by ``offload.apply_mode``).
+        schedule: The noise schedule (``num_train_timesteps``, ``beta_start``/``beta_end``, ``beta_schedule``,
+            ``prediction_type``), read by ``sampling.DiscreteModel.from_config``.
+    """
+
+    unet: UNet
+    vae: AutoencoderKL
+    schedule: dict[str, Any]
+    text_encoder: TextEncoder | None = None
+    text_encoder_2: TextEncoder | None = None
+    tokenizer: Any = field(default=None, repr=False)
+    tokenizer_2: Any = field(default=None, repr=False)
+    offload_hooks: Any = field(default=None, repr=False)  # engine/offload.py's ModelOffload / SequentialOffload
+
+    def models(self) -> dict[str, torch.nn.Module]:
+        """The networks by name, in the order a job uses them (text encoders, UNet, VAE)."""
+        named = {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2, "unet": self.unet}
+        return {name: m for name, m in {**named, "vae": self.vae}.items() if m is not None}
+
+    def to(self, device: torch.device | str) -> ModelComponents:
+        """Move every network to ``device`` (dtypes unchanged)."""
+        for model in self.models().values():
+            model.to(device)
+        return self
+
+    def __iter__(self) -> Iterator[torch.nn.Module]:
+        return iter(self.models().values())
 
 
 def _examples(keys: list[str]) -> str:
@@ -48,145 +76,115 @@ def _examples(keys: list[str]) -> str:
     return shown + (f" (+{len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else "")
 
 
-def meta_tensors(model: torch.nn.Module) -> list[str]:
-    """Return the names of parameters and buffers still on the meta device (i.e. never loaded)."""
-    named = [*model.named_parameters(), *model.named_buffers()]
-    return [name for name, tensor in named if tensor.device.type == "meta"]
-
-
 def fill_model(
-    model: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str, source: str, dtype: torch.dtype
+    model: torch.nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    what: str,
+    source: str,
+    dtype: torch.dtype,
+    prefix: str = "",
 ) -> None:
-    """Load converted weights (cast to ``dtype``) into an empty model; fail on missing keys, warn on unexpected ones.
+    """Assign ``weights`` (cast to ``dtype`` where they are not yet) to an empty model.
+
+    Messages name the file's keys (``prefix`` + the model's key).
 
     Raises:
         CheckpointLoadError: A weight is missing or has the wrong shape.
     """
-    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items() if not IGNORED_KEYS.search(k)}
+    weights = {
+        k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v
+        for k, v in weights.items()
+        if not IGNORED_KEYS.search(k)
+    }
     try:
         result = model.load_state_dict(weights, strict=False, assign=True)
     except RuntimeError as error:
         reason = " ".join(str(error).split())[:400]
         raise CheckpointLoadError(f"{source}: {what} weights do not fit the architecture: {reason}") from error
-    missing = sorted(set(result.missing_keys) | set(meta_tensors(model)))
+    named = [*model.named_parameters(), *model.named_buffers()]
+    missing = sorted(prefix + k for k in set(result.missing_keys) | {n for n, t in named if t.device.type == "meta"})
     if missing:
-        reason = f"{len(missing)} {what} weights missing from the file: {_examples(missing)}"
-        raise CheckpointLoadError(f"{source}: {reason}")
+        raise CheckpointLoadError(
+            f"{source}: {len(missing)} {what} weights missing from the file: {_examples(missing)}"
+        )
     if result.unexpected_keys:
         logger.warning(
             "%s: %d unexpected %s keys ignored, e.g. %s",
-            source, len(result.unexpected_keys), what, _examples(sorted(result.unexpected_keys)),
+            source, len(result.unexpected_keys), what, _examples(sorted(prefix + k for k in result.unexpected_keys)),
         )  # fmt: skip
     model.requires_grad_(False)
     model.eval()
 
 
+def _under(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def build_unet(
-    state_dict: Mapping[str, torch.Tensor], folder: Path, source: str, dtype: torch.dtype
-) -> UNet2DConditionModel:
-    """Build the UNet from ``folder/unet`` and the file's ``model.diffusion_model.*`` weights."""
-    config = UNet2DConditionModel.load_config(folder, subfolder="unet", local_files_only=True)
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(config)
-    fill_model(unet, convert_ldm_unet_checkpoint(dict(state_dict), unet.config), "UNet", source, dtype)
+    state_dict: Mapping[str, torch.Tensor], arch: ModelArchitecture, source: str, dtype: torch.dtype
+) -> UNet:
+    """The UNet from the file's ``model.diffusion_model.*`` tensors."""
+    with torch.device("meta"):
+        unet = UNet(arch.unet)
+    fill_model(unet, _under(state_dict, UNET), "UNet", source, dtype, UNET)
     return unet
 
 
-def build_vae(state_dict: Mapping[str, torch.Tensor], folder: Path, source: str, dtype: torch.dtype) -> AutoencoderKL:
-    """Build the VAE from ``folder/vae`` and the file's ``first_stage_model.*`` weights."""
-    config = AutoencoderKL.load_config(folder, subfolder="vae", local_files_only=True)
-    with init_empty_weights():
-        vae = AutoencoderKL.from_config(config)
-    fill_model(vae, convert_ldm_vae_checkpoint(dict(state_dict), vae.config), "VAE", source, dtype)
+def build_vae(
+    state_dict: Mapping[str, torch.Tensor], arch: ModelArchitecture, source: str, dtype: torch.dtype
+) -> AutoencoderKL:
+    """The VAE from the file's ``first_stage_model.*`` tensors."""
+    with torch.device("meta"):
+        vae = AutoencoderKL(arch.vae)
+    fill_model(vae, _under(state_dict, VAE), "VAE", source, dtype, VAE)
     return vae
 
 
-def _text_weights(state_dict: Mapping[str, torch.Tensor], spec: TextEncoderSpec, model: Any) -> dict[str, Any]:
-    """Rename one text encoder's LDM keys to the transformers layout of ``model``."""
-    family = ENCODER_FAMILIES[spec.family]
-    if family.layout == "hf":
-        weights = {"text_model." + k[len(spec.prefix) :]: v for k, v in state_dict.items() if k.startswith(spec.prefix)}
-    else:
-        weights = convert_open_clip_checkpoint(model, state_dict, prefix=spec.prefix)
-    layers = int(spec.config["num_hidden_layers"])
-    layer_key = re.compile(r"text_model\.encoder\.layers\.(\d+)\.")
-    if family.drop_last_layer:  # penultimate-layer encoders: the saved last layer is unused by design
-        weights = {k: v for k, v in weights.items() if not ((m := layer_key.match(k)) and int(m.group(1)) >= layers)}
-    if not hasattr(model, "text_projection"):
-        weights.pop("text_projection.weight", None)
-    if not hasattr(model, "text_model"):  # transformers >= 5.6 flattens CLIPTextModel
-        weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
-    return weights
-
-
 def build_text_encoder(
-    state_dict: Mapping[str, torch.Tensor],
-    spec: TextEncoderSpec,
-    folder: Path,
-    subfolder: str,
-    source: str,
-    dtype: torch.dtype,
-) -> torch.nn.Module:
-    """Build one CLIP text encoder from ``folder/<subfolder>`` and its weights in the file."""
-    config = CLIPTextConfig.from_pretrained(folder / subfolder, local_files_only=True)
-    with init_empty_weights(), no_init_weights():  # no random init of weights the file replaces anyway
-        model = TEXT_MODEL_CLASSES[spec.model_class](config)
-    fill_model(model, _text_weights(state_dict, spec, model), f"{subfolder} ({spec.family})", source, dtype)
+    state_dict: Mapping[str, torch.Tensor], spec: TextEncoderSpec, source: str, dtype: torch.dtype
+) -> TextEncoder:
+    """One CLIP text encoder from its tensors in the file (CLIP-L's transformers layout or OpenCLIP's)."""
+    with torch.device("meta"):
+        model = TextEncoder.from_spec(spec)
+    try:
+        weights = convert_weights(_under(state_dict, spec.prefix), spec)
+    except MissingWeightsError as error:
+        what = f"{len(error.missing)} text encoder ({spec.family}) weights missing from the file"
+        raise CheckpointLoadError(f"{source}: {what}: {_examples(list(error.missing))}") from error
+    fill_model(model, weights, f"text encoder ({spec.family})", source, dtype, spec.prefix)
     return model
-
-
-@functools.lru_cache(maxsize=8)
-def _tokenizer(path: Path) -> CLIPTokenizer:
-    """The CLIP tokenizer in ``path``, built once per process (its files are the same for every model family)."""
-    return CLIPTokenizer.from_pretrained(path, local_files_only=True)
-
-
-def load_tokenizer(folder: Path, subfolder: str, source: str) -> CLIPTokenizer:
-    """Load a CLIP tokenizer from the config folder and check it is the full 49,408-token, 77-position one.
-
-    Raises:
-        CheckpointLoadError: The tokenizer files are incomplete (transformers would silently build a 2-token one).
-    """
-    tokenizer = _tokenizer(folder / subfolder)
-    if len(tokenizer) != VOCAB_SIZE or tokenizer.model_max_length != MODEL_MAX_LENGTH:
-        raise CheckpointLoadError(
-            f"{source}: broken {subfolder}: {len(tokenizer)} tokens, model_max_length {tokenizer.model_max_length} "
-            f"(expected {VOCAB_SIZE} and {MODEL_MAX_LENGTH}); check configs/tokenizer"
-        )
-    return tokenizer
 
 
 def build_components(
     state_dict: Mapping[str, torch.Tensor],
     arch: ModelArchitecture,
-    folder: Path,
     *,
     source: str,
     dtype: torch.dtype = torch.float32,
     vae_dtype: torch.dtype = torch.float32,
-) -> dict[str, Any]:
-    """Build every pipeline component, keyed by the pipeline's ``__init__`` argument names.
+) -> ModelComponents:
+    """Build every network of ``arch`` from the whole checkpoint (LDM key layout) and attach the tokenizers.
 
     Args:
-        state_dict: The whole checkpoint, LDM key layout.
+        state_dict: The checkpoint's tensors.
         arch: Its architecture (already checked against the shapes).
-        folder: The config folder written for ``arch``.
         source: File name for messages.
         dtype: Dtype of the UNet and text encoders.
         vae_dtype: Dtype of the VAE.
 
     Raises:
-        CheckpointLoadError: A component's weights are missing or misshapen.
+        CheckpointLoadError: A network's weights are missing or misshapen.
     """
-    try:
-        components: dict[str, Any] = {
-            "unet": build_unet(state_dict, folder, source, dtype),
-            "vae": build_vae(state_dict, folder, source, vae_dtype),
-            "scheduler": EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True),
-        }
-        for te_dir, tok_dir, spec in component_subfolders(arch):
-            components[te_dir] = build_text_encoder(state_dict, spec, folder, te_dir, source, dtype)
-            components[tok_dir] = load_tokenizer(folder, tok_dir, source)
-    except KeyError as error:  # diffusers' LDM converters index keys they require
-        raise CheckpointLoadError(f"{source}: required tensor {error} is missing from the file") from error
-    return components
+    parts = ModelComponents(
+        unet=build_unet(state_dict, arch, source, dtype),
+        vae=build_vae(state_dict, arch, source, vae_dtype),
+        schedule=dict(arch.scheduler),
+    )
+    specs = list(arch.text_encoders)
+    names = ["text_encoder_2"] if arch.model_type.is_sdxl and len(specs) == 1 else ["text_encoder", "text_encoder_2"]
+    for name, spec in zip(names, specs, strict=False):
+        setattr(parts, name, build_text_encoder(state_dict, spec, source, dtype))
+        pad = OPENCLIP_PAD if spec.pad_token == OPENCLIP_PAD else CLIP_PAD
+        setattr(parts, name.replace("text_encoder", "tokenizer"), clip_tokenizer(pad))
+    return parts

@@ -212,7 +212,7 @@ Space = KSpace | TimestepSpace
 
 
 class CFGDenoiser:
-    """k-diffusion-style model wrapper over a diffusers UNet (see the module docstring)."""
+    """k-diffusion-style model wrapper over the UNet (see the module docstring)."""
 
     def __init__(
         self,

@@ -164,7 +164,7 @@ def upscale_latents(
     else:
         if upscaler is None:
             raise InvalidRequestError(f"hr_upscaler {request.hr_upscaler!r} needs the app's upscalers")
-        vae = model.pipe.vae
+        vae = model.components.vae
         images = [
             upscaler.upscale(image, up_w * 8, up_h * 8, request.hr_upscaler) for image in decode_latents(vae, latents)
         ]
@@ -298,7 +298,7 @@ class HiresPass:
         noise, generators = batch_noise(seeds, spec, subseeds=subseeds, subseed_strength=request.subseed_strength)
         image_cond = kloop.txt2img_image_cond(model, bs, h, w)
         if model.model_type.is_edit:  # A1111: the upscaled first pass is the source image (its unscaled latents)
-            image_cond = upscaled.float() / model.pipe.vae.config.scaling_factor
+            image_cond = upscaled.float() / model.components.vae.config.scaling_factor
         setup = kloop.BatchSetup(
             noise, generators, seeds, spec, init=upscaled, image_cond=image_cond, steps_to_run=hires_steps(request)
         )

@@ -38,7 +38,7 @@ from modules.engine.resize import LATENT_UPSCALE, prepare_for_latent, resize_ima
 from modules.engine.rng import Generator, NoiseSpec
 from modules.engine.rng_philox import PhiloxGenerator
 from modules.engine.types import GenerationRequest
-from modules.engine.vae import encode_pixels
+from modules.engine.vae import encode_pixels, pixels_from_images
 from modules.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Img2ImgInputs:
 
     @property
     def needs_latents(self) -> bool:
-        """Whether the initial latents are built here instead of by the diffusers pipeline."""
+        """Whether the initial latents are built here instead of from noise."""
         latent_fill = self.mask is not None and self.masked_content in (_LATENT_NOISE, _LATENT_NOTHING)
         return self.latent_upscale or latent_fill
 
@@ -154,11 +154,11 @@ def kloop_setup(
     A1111: the latent mask keeps ``init`` outside the (rounded) mask after every step and at the end; 9-channel
     models get the rounded mask + the masked image's latents (everything masked when there is no mask).
     """
-    pipe = model.pipe
+    parts = model.components
     bs = len(seeds)
     images = [inputs.image_for(first_index + i) for i in range(bs)]
     with torch.inference_mode():
-        init = init_latents(pipe, request, inputs, images, generators).float()
+        init = init_latents(parts, request, inputs, images, generators).float()
         h, w = init.shape[-2:]
         mask = None
         if inputs.mask is not None:
@@ -167,12 +167,12 @@ def kloop_setup(
         image_cond = None
         if model.model_type.is_inpaint:
             full = inputs.mask or Image.new("L", (request.width, request.height), 255)
-            masked = encode_pixels(pipe.vae, _masked_pixels(pipe, images, full)).float()
+            masked = encode_pixels(parts.vae, _masked_pixels(images, full)).float()
             cond_mask = latent_mask(full, w, h, True).to(masked).expand(bs, -1, -1, -1)
             image_cond = torch.cat([cond_mask, masked], dim=1)
         elif model.model_type.is_edit:  # A1111's edit_image_conditioning: the source image's unscaled latents
-            image_cond = torch.cat([encode_pixels(pipe.vae, pipe.image_processor.preprocess(im)) for im in images])
-            image_cond = image_cond.float() / pipe.vae.config.scaling_factor
+            image_cond = torch.cat([encode_pixels(parts.vae, pixels_from_images(im)) for im in images])
+            image_cond = image_cond.float() / parts.vae.config.scaling_factor
             if image_cond.shape[-2:] != init.shape[-2:]:  # "Just resize (latent upscale)"
                 image_cond = resize_latent(image_cond, request.width, request.height)
     return BatchSetup(
@@ -189,7 +189,7 @@ def kloop_setup(
 
 
 def init_latents(
-    pipe: Any,
+    parts: Any,
     request: GenerationRequest,
     inputs: Img2ImgInputs,
     images: list[Image.Image],
@@ -200,10 +200,10 @@ def init_latents(
     "latent noise" draws unit noise from a copy of each image's generator (same seed, so the sampler's own
     draws are unchanged); "latent nothing" zeroes the masked latent cells.
     """
-    vae = pipe.vae
+    vae = parts.vae
     latents = []
     for image, gen in zip(images, generators, strict=True):
-        pixels = pipe.image_processor.preprocess(image).to(execution_device(vae), vae.dtype)
+        pixels = pixels_from_images(image).to(execution_device(vae), vae.dtype)
         latent = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
         if inputs.latent_upscale:
             latent = resize_latent(latent, request.width, request.height)
@@ -232,9 +232,9 @@ def latent_mask(mask: Image.Image, width: int, height: int, round_mask: bool) ->
     return torch.round(tensor) if round_mask else tensor
 
 
-def _masked_pixels(pipe: Any, images: list[Image.Image], mask: Image.Image) -> torch.Tensor:
+def _masked_pixels(images: list[Image.Image], mask: Image.Image) -> torch.Tensor:
     """The init images in -1…1 with the masked pixels zeroed (the 9-channel UNet's masked-image input)."""
-    pixels = pipe.image_processor.preprocess(images).to(torch.float32)
+    pixels = pixels_from_images(images)
     keep = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255 < 0.5)
     return pixels * keep[None, None].to(pixels)
 

@@ -104,7 +104,7 @@ def prompt_conds(
 
     def encoded(entries: tuple[tuple[int, str], ...], negative_side: bool) -> list[tuple[int, TextCond]]:
         texts = [text for _, text in entries]
-        rows = encode_group(model.pipe, model.model_type, texts, negative=negative_side, **kwargs)
+        rows = encode_group(model.components, model.model_type, texts, negative=negative_side, **kwargs)
         ids = sdxl_time_ids(model, *size, negative=negative_side)
         ids = ids.to(model.device) if ids is not None else None  # once, not a host copy per step
         return [(end, TextCond(ctx, pooled, ids)) for (end, _), (ctx, pooled) in zip(entries, rows, strict=True)]
@@ -153,9 +153,9 @@ def refiner_parts(
     hires_steps: int | None = None,
 ) -> ModelParts:
     """The refiner's UNet, σ → t and conditioning, for a switch in the middle of sampling."""
-    discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
+    discrete = DiscreteModel.from_config(model.components.schedule)
     conds = prompt_conds(model, options, prompts, batch, steps, size, hires_steps)
-    return ModelParts(model.pipe.unet, discrete.on(model.device).sigma_to_t, model.prediction_type, conds)
+    return ModelParts(model.components.unet, discrete.on(model.device).sigma_to_t, model.prediction_type, conds)
 
 
 def txt2img_image_cond(model: LoadedModel, batch: int, height: int, width: int) -> torch.Tensor | None:
@@ -168,7 +168,7 @@ def txt2img_image_cond(model: LoadedModel, batch: int, height: int, width: int) 
         return torch.zeros(batch, 4, height // 8, width // 8, device=model.device)
     if not model.model_type.is_inpaint:
         return None
-    vae = model.pipe.vae
+    vae = model.components.vae
     gray = encode_images(vae, [Image.new("RGB", (width, height), (127, 127, 127))]).float()
     mask = torch.ones(1, 1, *gray.shape[-2:], device=gray.device)
     return torch.cat([mask, gray], dim=1).expand(batch, -1, -1, -1)
@@ -227,7 +227,7 @@ def run_batch(
 ) -> torch.Tensor:
     """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction."""
     params = params or SamplerParams(discard_next_to_last=sampler.options.get("discard_next_to_last_sigma") == "True")
-    discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
+    discrete = DiscreteModel.from_config(model.components.schedule)
     device = torch.device(model.device)
 
     callback = _step_callback(controls, progress, on_step)
@@ -262,7 +262,7 @@ def run_batch(
         noise_fn = BrownianNoise(x, sigmas, setup.seeds)
     sigma_to_t = discrete.on(device).sigma_to_t
     denoiser = CFGDenoiser(
-        model.pipe.unet, sigma_to_t, model.prediction_type, conds, cfg_scale, space=space, **denoiser_args
+        model.components.unet, sigma_to_t, model.prediction_type, conds, cfg_scale, space=space, **denoiser_args
     )
     options = sampler_options(discrete, setup, steps, params.options)
     fn = SAMPLERS[sampler.name]
@@ -329,7 +329,7 @@ def _run_timesteps(
     # the space's ᾱ table lives on the device (v → ε indexes it per step without a host copy)
     space = TimestepSpace(run.alphas_cumprod.to(model.device), model.prediction_type == "v_prediction")
     scale = cfg_scale / 12.5 if cfgpp else cfg_scale
-    args = (model.pipe.unet, space.timestep, model.prediction_type, conds, scale)
+    args = (model.components.unet, space.timestep, model.prediction_type, conds, scale)
     denoiser = CFGDenoiser(*args, space=space, keep_uncond=cfgpp, **denoiser_args)
     device = torch.device(model.device)
     timesteps = a1111_timesteps(steps, discard_next_to_last=run.params.discard_next_to_last)

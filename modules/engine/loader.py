@@ -1,15 +1,14 @@
-"""ModelManager: checkpoint → diffusers pipeline (class + config dir per ModelType), dtype/device policy, eviction.
+"""ModelManager: checkpoint → our own networks (engine/nets) on the device, dtype/device policy, eviction.
 
-Loading is offline (``HF_HUB_OFFLINE``; ``local_files_only`` everywhere) and follows one route for ``.safetensors``
-and ``.ckpt``: read the header (safetensors) or the safe pickle (ckpt), detect the type, build the architecture from
-the yaml beside the file or from the shapes, write/reuse its config folder, read the weights once and build the
-components from that state dict (:mod:`modules.engine.components`).
+Loading needs no network and follows one route for ``.safetensors`` and ``.ckpt``: read the header (safetensors) or
+the safe pickle (ckpt), detect the type, build the architecture from the yaml beside the file or from the shapes,
+read the weights once and assign them to the networks by their original key names (:mod:`modules.engine.components`).
 
 Device/dtype policy (:func:`select_device`), following A1111:
 
 - CUDA: UNet and text encoders fp16 (fp32 with ``--no-half`` / ``--precision full``); VAE fp16 unless
-  ``--no-half-vae``. The SDXL pipelines upcast an fp16 VAE to fp32 for decoding by themselves (``force_upcast``,
-  the AutoencoderKL default), because the SDXL 1.0 VAE overflows in fp16.
+  ``--no-half-vae``. An fp16 VAE that produces NaNs (the SDXL 1.0 VAE overflows in fp16) switches itself to fp32
+  (engine/vae.py, A1111's automatic VAE precision).
 - MPS: fp16 UNet/text, fp32 VAE (as A1111 on macOS).
 - CPU: fp32 always (fp16 on CPU is ~10× slower and not supported by every op).
 """
@@ -32,7 +31,7 @@ import torch
 
 from modules.engine import offload
 from modules.engine.accel import disable_cuda_graphs, prepare_unet
-from modules.engine.config_folder import default_cache_dir, model_index, write_config_folder
+from modules.engine.components import ModelComponents, build_components
 from modules.engine.detection import detect_model_type, read_header
 from modules.engine.ldm_yaml import build_architecture
 from modules.engine.safe_load import load_ckpt_state_dict
@@ -54,7 +53,6 @@ class LoadOptions:
         dtype: UNet and text-encoder dtype name (a key of :data:`DTYPES`).
         vae_dtype: VAE dtype name.
         allow_unsafe_pickle: ``--disable-safe-unpickle``: unpickle ``.ckpt`` files without restriction.
-        config_cache_dir: Where config folders are cached (default: a folder in the system temp dir).
         cuda_graphs: Replay the UNet through CUDA graphs on CUDA devices (engine/accel.py).
         memory: ``auto`` (by free memory), ``full``, ``model`` (``--medvram``) or ``sequential`` (``--lowvram``).
         memory_sdxl: The same for SDXL models (``--medvram-sdxl``).
@@ -65,7 +63,6 @@ class LoadOptions:
     dtype: str = "float32"
     vae_dtype: str = "float32"
     allow_unsafe_pickle: bool = False
-    config_cache_dir: Path | None = None
     cuda_graphs: bool = True
     memory: str = "auto"
     memory_sdxl: str = "auto"
@@ -104,9 +101,9 @@ class LoadedModel:
         checkpoint: The file it came from.
         model_type: The detected family.
         prediction_type: ``"epsilon"`` or ``"v_prediction"`` (also set on the scheduler).
-        pipe: The diffusers pipeline.
+        components: Its networks and tokenizers.
         device: Where its weights live.
-        dtype: UNet/text-encoder dtype name (the VAE may differ: ``pipe.vae.dtype``).
+        dtype: UNet/text-encoder dtype name (the VAE may differ: ``components.vae.dtype``).
         load_seconds: Wall time of the load.
         memory_mode: ``full``, ``model`` or ``sequential`` (engine/offload.py).
         cuda_graphs: Whether the UNet replays CUDA graphs in ``full`` mode.
@@ -115,7 +112,7 @@ class LoadedModel:
     checkpoint: CheckpointInfo
     model_type: ModelType
     prediction_type: str
-    pipe: Any = field(repr=False)
+    components: ModelComponents = field(repr=False)
     device: str
     dtype: str
     load_seconds: float
@@ -133,11 +130,11 @@ class LoadedModel:
         if mode == self.memory_mode:
             return
         try:
-            offload.apply_mode(self.pipe, self.device, mode, cuda_graphs=self.cuda_graphs, compile=self.compile)
+            offload.apply_mode(self.components, self.device, mode, cuda_graphs=self.cuda_graphs, compile=self.compile)
         except torch.OutOfMemoryError:
             _free_memory()
             offload.apply_mode(
-                self.pipe, self.device, self.memory_mode, cuda_graphs=self.cuda_graphs, compile=self.compile
+                self.components, self.device, self.memory_mode, cuda_graphs=self.cuda_graphs, compile=self.compile
             )
             raise
         self.memory_mode = mode
@@ -209,26 +206,6 @@ def direct_mode(shapes: Mapping[str, tuple[int, ...]], model_type: ModelType, op
     return "full" if weights + offload.WORK_BYTES[model_type.is_sdxl] <= free else None
 
 
-def _build_pipeline(class_name: str, components: dict[str, Any], flags: dict[str, Any]) -> Any:
-    """Instantiate the pipeline, passing None for optional components we do not use (safety checker…).
-
-    ``flags`` are the non-component entries of ``model_index.json`` (``requires_aesthetics_score``…); those the
-    class accepts are passed on.
-    """
-    import inspect
-
-    import diffusers
-
-    cls = getattr(diffusers, class_name)
-    parameters = inspect.signature(cls.__init__).parameters
-    kwargs = {name: components.get(name) for name in parameters if name != "self" and name in components}
-    for name, parameter in parameters.items():
-        if name not in kwargs and name != "self" and parameter.default is inspect.Parameter.empty:
-            kwargs[name] = None  # safety_checker, feature_extractor, text_encoder of the refiner…
-    kwargs.update({k: v for k, v in flags.items() if k in parameters and not isinstance(v, list)})
-    return cls(**kwargs)
-
-
 def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedModel:
     """Load one checkpoint into a ready pipeline (steps in the module docstring).
 
@@ -237,8 +214,7 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
         UnsafeCheckpointError: A ``.ckpt`` pickle was refused.
         UnknownModelTypeError: The file is not a supported Stable Diffusion checkpoint.
     """
-    _set_offline()  # before diffusers/huggingface_hub are first imported (they read it at import time)
-    from modules.engine.components import build_components
+    _set_offline()  # nothing here reaches the Hub; this guards what a tokenizer import might pull in
     from modules.engine.prediction import probe_prediction_type
 
     started = time.perf_counter()
@@ -259,33 +235,28 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     )
     shapes = shapes or {k: tuple(v.shape) for k, v in state_dict.items()}
     model_type = model_type or detect_model_type(shapes, source=path)
-    # 2. Architecture and its config folder.
+    # 2. Architecture (from the yaml beside the file, or the shapes).
     arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
-    folder = write_config_folder(arch, options.config_cache_dir or default_cache_dir())
-    # 3. Components from the one state dict, then the pipeline.
-    components = build_components(
-        state_dict, arch, folder, source=source, dtype=DTYPES[options.dtype], vae_dtype=DTYPES[options.vae_dtype]
+    # 3. Networks from the one state dict (tensors assigned as they are: already in their dtype and place).
+    parts = build_components(
+        state_dict, arch, source=source, dtype=DTYPES[options.dtype], vae_dtype=DTYPES[options.vae_dtype]
     )
     del state_dict
     prediction = arch.scheduler["prediction_type"]
     if not arch.prediction_known:
-        prediction = probe_prediction_type(components["unet"])
-    components["scheduler"] = type(components["scheduler"]).from_config(
-        components["scheduler"].config, prediction_type=prediction
-    )
-    pipe = _build_pipeline(arch.pipeline_class, components, model_index(arch))
-    pipe.set_progress_bar_config(disable=True)
-    # 4. Device (dtypes were applied while filling the models).
-    prepare_unet(pipe.unet, model_type, options.device, compile=options.compile)
-    mode = direct or _memory_mode(pipe, model_type, options)
-    offload.apply_mode(pipe, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile)
+        prediction = probe_prediction_type(parts.unet)
+    parts.schedule["prediction_type"] = prediction
+    # 4. Device and memory mode.
+    prepare_unet(parts.unet, model_type, options.device, compile=options.compile)
+    mode = direct or _memory_mode(parts, model_type, options)
+    offload.apply_mode(parts, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile)
     seconds = time.perf_counter() - started
     logger.info("Loaded %s (%s, %s) in %.1f s on %s", source, model_type.value, prediction, seconds, options.device)
     return LoadedModel(
         checkpoint,
         model_type,
         prediction,
-        pipe,
+        parts,
         options.device,
         options.dtype,
         seconds,
@@ -295,10 +266,10 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     )
 
 
-def _memory_mode(pipe: Any, model_type: ModelType, options: LoadOptions) -> str:
+def _memory_mode(parts: Any, model_type: ModelType, options: LoadOptions) -> str:
     """The memory mode for this model (``offload.choose_mode`` over the option that applies to its family)."""
     requested = options.memory_sdxl if model_type.is_sdxl else options.memory
-    return offload.choose_mode(pipe, options.device, requested, sdxl=model_type.is_sdxl)
+    return offload.choose_mode(parts, options.device, requested, sdxl=model_type.is_sdxl)
 
 
 def _check_dtypes(options: LoadOptions) -> None:
@@ -344,9 +315,9 @@ class ModelManager:
         self._retire_current()
         if cached is not None:
             started = time.perf_counter()
-            mode = _memory_mode(cached.pipe, cached.model_type, options)
+            mode = _memory_mode(cached.components, cached.model_type, options)
             offload.apply_mode(  # no copy when it stayed on the device
-                cached.pipe, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile
+                cached.components, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile
             )
             logger.info("Moved %s from RAM to %s in %.2f s", path.name, options.device, time.perf_counter() - started)
             loaded = replace(cached, checkpoint=checkpoint, memory_mode=mode)
@@ -361,12 +332,12 @@ class ModelManager:
         self._current = self._options = None
         if current is None or options is None:
             return
-        disable_cuda_graphs(current.pipe.unet)
+        disable_cuda_graphs(current.components.unet)
         if self.limit > 1:
             if current.memory_mode != "full" or (
-                options.device != "cpu" and not _room_to_stay(current.pipe, options.device)
+                options.device != "cpu" and not _room_to_stay(current.components, options.device)
             ):
-                offload.release(current.pipe)
+                offload.release(current.components)
             self._cache[(Path(current.checkpoint.filename), options)] = current
         del current
         while len(self._cache) > max(self.limit - 1, 0):
@@ -378,9 +349,9 @@ class ModelManager:
         if self._current is None and not self._cache:
             return
         if self._current is not None:
-            disable_cuda_graphs(self._current.pipe.unet)
+            disable_cuda_graphs(self._current.components.unet)
         name = self._current.checkpoint.name if self._current is not None else "the cached models"
-        pipe_ref = weakref.ref(self._current.pipe) if self._current is not None else None
+        pipe_ref = weakref.ref(self._current.components) if self._current is not None else None
         self._current, self._options = None, None
         self._cache.clear()
         _free_memory()
@@ -388,12 +359,12 @@ class ModelManager:
         logger.info("Unloaded %s%s", name, " (still referenced elsewhere)" if still else "")
 
 
-def _pipe_bytes(pipe: Any) -> int:
+def _pipe_bytes(parts: Any) -> int:
     """Bytes of every parameter and buffer of the pipeline's models."""
-    return sum(offload.module_bytes(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
+    return sum(offload.module_bytes(c) for c in parts.models().values())
 
 
-def _room_to_stay(pipe: Any, device: str) -> bool:
+def _room_to_stay(parts: Any, device: str) -> bool:
     """Whether a retired model may stay in VRAM: room is left for another as large plus 4 GiB of work memory.
 
     Switching back is then free; otherwise the model moves to RAM (A1111's ``sd_checkpoints_keep_in_cpu``).
@@ -401,7 +372,7 @@ def _room_to_stay(pipe: Any, device: str) -> bool:
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return False
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return free >= _pipe_bytes(pipe) + 4 * 2**30
+    return free >= _pipe_bytes(parts) + 4 * 2**30
 
 
 def _free_memory() -> None:

@@ -4,12 +4,10 @@ Modes, lightest last:
 
 - ``full``: every model of the pipeline lives on the GPU (fastest; the UNet runs through CUDA graphs).
 - ``model``: the models live in RAM and move to the GPU one at a time when called (text encoders → UNet → VAE), as
-  A1111's ``--medvram`` does; diffusers' ``enable_model_cpu_offload`` (accelerate hooks on ``forward``, and on the
-  VAE's ``encode``/``decode``) does the moving.
+  A1111's ``--medvram`` does (:class:`ModelOffload`: a hook on each model and its direct children brings that model
+  over and sends the previous one back).
 - ``sequential``: weights stay in RAM (pinned) and each layer's own tensors are copied over for its call and dropped
-  after it (A1111's ``--lowvram``; slow, but runs in a few hundred MB). Hooks of this module do it (accelerate's
-  sequential offload breaks on transformers 5's CLIP); the diffusers-scheduler samplers are refused in this mode
-  (their pipeline would place tensors by the weights' device, which is then the CPU).
+  after it (A1111's ``--lowvram``; slow, but runs in a few hundred MB; :class:`SequentialOffload`).
 
 ``choose_mode`` picks the fastest that fits from the free memory and the model sizes; the flags force one. Out of
 memory during a job → the app context retries once in the next lighter mode (``lighter``).
@@ -17,6 +15,7 @@ memory during a job → the app context retries once in the next lighter mode (`
 
 from __future__ import annotations
 
+import functools
 import logging
 from types import MappingProxyType
 from typing import Any
@@ -40,12 +39,8 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
-def _models(pipe: Any) -> dict[str, torch.nn.Module]:
-    return {name: c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
-
-
-def choose_mode(pipe: Any, device: str, requested: str, *, sdxl: bool, free_bytes: int | None = None) -> str:
-    """The memory mode for ``pipe`` on ``device``: ``requested`` unless it is ``auto``.
+def choose_mode(parts: Any, device: str, requested: str, *, sdxl: bool, free_bytes: int | None = None) -> str:
+    """The memory mode for ``parts`` on ``device``: ``requested`` unless it is ``auto``.
 
     Auto: ``full`` when all weights plus the work memory fit in the free memory, else ``model`` when the largest
     model plus the work memory fit, else ``sequential``. Devices other than CUDA always run ``full``.
@@ -61,7 +56,7 @@ def choose_mode(pipe: Any, device: str, requested: str, *, sdxl: bool, free_byte
         return "full"
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
-    sizes = [module_bytes(m) for m in _models(pipe).values()]
+    sizes = [module_bytes(m) for m in parts.models().values()]
     work = WORK_BYTES[sdxl]
     if sum(sizes) + work <= free_bytes:
         return "full"
@@ -82,58 +77,54 @@ def lighter(mode: str) -> str | None:
     return MODES[index + 1] if index + 1 < len(MODES) else None
 
 
-def apply_mode(pipe: Any, device: str, mode: str, *, cuda_graphs: bool, compile: bool = False) -> None:
-    """Put ``pipe`` in ``mode`` on ``device`` (from any mode; hooks of the previous one are removed first)."""
+def apply_mode(parts: Any, device: str, mode: str, *, cuda_graphs: bool, compile: bool = False) -> None:
+    """Put ``parts`` in ``mode`` on ``device`` (from any mode; hooks of the previous one are removed first)."""
     if mode not in MODES:
         raise ValueError(f"unknown memory mode {mode!r}")
-    disable_cuda_graphs(pipe.unet)  # graphs hold device pointers: moving weights would invalidate them
-    _remove_hooks(pipe)
+    disable_cuda_graphs(parts.unet)  # graphs hold device pointers: moving weights would invalidate them
+    _remove_hooks(parts)
     if mode == "full":
-        pipe.to(device)
+        parts.to(device)
         if cuda_graphs:
-            enable_cuda_graphs(pipe.unet, compile=compile)
+            enable_cuda_graphs(parts.unet, compile=compile)
     elif mode == "model":
-        pipe.enable_model_cpu_offload(device=device)
+        parts.to("cpu")
+        parts.offload_hooks = ModelOffload(parts.models(), torch.device(device))
     else:
-        pipe.to("cpu")
-        pipe._sequential_offload = SequentialOffload(_models(pipe), torch.device(device))
+        parts.to("cpu")
+        parts.offload_hooks = SequentialOffload(parts.models(), torch.device(device))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # what the previous mode held (weights, graph pools) goes back to the driver
     logger.info("Memory mode: %s on %s", mode, device)
 
 
-def release(pipe: Any) -> None:
+def release(parts: Any) -> None:
     """Remove offload hooks and bring every model to the CPU (before caching or dropping the pipeline)."""
-    disable_cuda_graphs(pipe.unet)
-    _remove_hooks(pipe)
-    pipe.to("cpu")
+    disable_cuda_graphs(parts.unet)
+    _remove_hooks(parts)
+    parts.to("cpu")
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:
     """Where ``module`` computes: its weights' device, or the GPU its offload hooks bring it to.
 
-    Inputs must go there: the VAE's ``encode``/``decode`` under model offload move the weights, not the inputs.
+    Inputs must go there: the VAE's ``encode``/``decode`` under offload move the weights, not the inputs.
     """
-    hook = getattr(module, "_hf_hook", None)
-    if getattr(hook, "execution_device", None) is not None:
-        return torch.device(hook.execution_device)
-    device = getattr(module, "_sequential_device", None)
+    device = module.__dict__.get("_offload_device")
     if device is not None:
         return device
     return next(module.parameters()).device
 
 
-def is_sequential(pipe: Any) -> bool:
-    """Whether ``pipe`` runs with sequential offload (the diffusers-scheduler samplers cannot run then)."""
-    return getattr(pipe, "_sequential_offload", None) is not None
+def is_offloaded(module: torch.nn.Module) -> bool:
+    """Whether offload hooks move ``module``'s weights (CUDA graphs would then replay stale pointers)."""
+    return "_offload_device" in module.__dict__
 
 
-def _remove_hooks(pipe: Any) -> None:
-    pipe.remove_all_hooks()
-    sequential = getattr(pipe, "_sequential_offload", None)
-    if sequential is not None:
-        sequential.remove()
-        pipe._sequential_offload = None
+def _remove_hooks(parts: Any) -> None:
+    if parts.offload_hooks is not None:
+        parts.offload_hooks.remove()
+        parts.offload_hooks = None
 
 
 def _to(value: Any, device: torch.device) -> Any:
@@ -145,6 +136,46 @@ def _to(value: Any, device: torch.device) -> Any:
     if isinstance(value, dict):
         return {k: _to(v, device) for k, v in value.items()}
     return value
+
+
+class ModelOffload:
+    """Whole-model offload (A1111's ``--medvram``): one model at a time on the GPU.
+
+    A model moves to ``device`` when it (or one of its direct children) is called, and the model used before it
+    goes back to the CPU.
+
+    Hooks sit on each model and its direct children because the VAE is used through ``encode``/``decode``, which
+    call its children, not its ``forward``; call arguments are moved to ``device`` too.
+    """
+
+    def __init__(self, models: dict[str, torch.nn.Module], device: torch.device) -> None:
+        self.device = device
+        self.models = list(models.values())
+        self.active: torch.nn.Module | None = None
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        for model in self.models:
+            model._offload_device = device
+            hook = functools.partial(self._enter, model)
+            for module in (model, *model.children()):
+                self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _enter(self, model: torch.nn.Module, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if self.active is not model:
+            if self.active is not None:
+                self.active.to("cpu")
+            model.to(self.device)
+            self.active = model
+        return _to(args, self.device), _to(kwargs, self.device)
+
+    def remove(self) -> None:
+        """Remove every hook and bring the models back to the CPU."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        for model in self.models:
+            model.__dict__.pop("_offload_device", None)
+            model.to("cpu")
+        self.active = None
 
 
 class SequentialOffload:
@@ -162,7 +193,7 @@ class SequentialOffload:
         pin = device.type == "cuda" and torch.cuda.is_available()
         self.masters: dict[int, dict[str, torch.Tensor]] = {}
         for model in models.values():
-            model._sequential_device = device
+            model._offload_device = device
             for module in (model, *model.children()):
                 self.handles.append(module.register_forward_pre_hook(self._inputs, with_kwargs=True))
             for module in model.modules():
@@ -197,4 +228,4 @@ class SequentialOffload:
             handle.remove()
         self.handles.clear()
         for model in self.models:
-            model.__dict__.pop("_sequential_device", None)
+            model.__dict__.pop("_offload_device", None)

@@ -1,4 +1,4 @@
-"""generate(model, request, options, controls) → GenerationResult: txt2img over a loaded diffusers pipeline.
+"""generate(model, request, options, controls) → GenerationResult: txt2img over a loaded model.
 
 Pure compute: no disk writes, no settings lookup, no globals. Saving happens in the app context.
 """
@@ -62,7 +62,7 @@ def generate(
             _free_cache()
     try:
         result = _generate(*args)
-        start_queued_compiles(model.pipe.unet)
+        start_queued_compiles(model.components.unet)
         return result
     except torch.OutOfMemoryError as exc:
         _free_cache()
@@ -280,7 +280,7 @@ def _total_steps(request: GenerationRequest) -> int:
 
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
     """Decode each latent alone with the model's VAE (see ``modules.engine.vae.decode_latents``)."""
-    return _decode(model.pipe.vae, latents)
+    return _decode(model.components.vae, latents)
 
 
 def _num(x: float) -> float | int:

@@ -33,7 +33,7 @@ def probe_mean_difference(
     """Run the probe and return ``mean(output - input)``.
 
     Args:
-        unet_call: ``f(latents, timesteps, context) -> prediction`` (a diffusers UNet adapted by :func:`unet_caller`).
+        unet_call: ``f(latents, timesteps, context) -> prediction`` (the UNet adapted by :func:`unet_caller`).
         in_channels: Latent channels the UNet takes.
         context_dim: Width of the cross-attention context.
         device: Where to run.
@@ -49,7 +49,7 @@ def probe_mean_difference(
 
 
 def unet_caller(unet: torch.nn.Module) -> UNetCall:
-    """Adapt a diffusers ``UNet2DConditionModel`` to the probe's call signature (no added conditioning)."""
+    """Adapt the UNet to the probe's call signature (no added conditioning)."""
 
     def call(latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return unet(latents, timesteps, encoder_hidden_states=context, return_dict=False)[0]

@@ -51,7 +51,7 @@ class NoControls:
 def noise_spec(model: LoadedModel, request: GenerationRequest, options: GenerationOptions) -> NoiseSpec:
     """Latent noise shape (4 channels, also for 9-channel inpainting and 8-channel instruct-pix2pix UNets)."""
     kind = model.model_type
-    channels = model.pipe.unet.config.in_channels if not (kind.is_inpaint or kind.is_edit) else 4
+    channels = model.components.unet.config.in_channels if not (kind.is_inpaint or kind.is_edit) else 4
     shape = (channels, request.height // 8, request.width // 8)
     return NoiseSpec(shape, torch.device(model.device), options.randn_source)
 
@@ -64,7 +64,7 @@ def step_callback(
     on_step: Callable[[StepInfo], None] | None,
     offset: int = 0,
 ) -> Callable[..., dict[str, Any]]:
-    """Build diffusers' ``callback_on_step_end``: report progress, stop the pipe on interrupt or skip.
+    """Build the per-step callback (``callback_on_step_end``'s signature): report progress, stop on interrupt or skip.
 
     ``offset`` counts steps already done in this batch (the first pass, when this is the hires pass).
     """

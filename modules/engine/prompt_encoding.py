@@ -23,7 +23,7 @@ EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 
 @dataclass(frozen=True, slots=True)
 class PromptEmbeddings:
-    """Text conditioning for one batch, ready for a diffusers pipeline call.
+    """Text conditioning for one batch, ready for the UNet.
 
     Attributes:
         prompt_embeds: ``(B, 77·k, C)``.
@@ -38,7 +38,7 @@ class PromptEmbeddings:
     negative_pooled_prompt_embeds: torch.Tensor | None = None
 
     def as_pipeline_kwargs(self) -> dict[str, torch.Tensor]:
-        """Return the keyword arguments for ``pipe(...)``; the pooled ones only when present."""
+        """Return the keyword arguments for ``parts(...)``; the pooled ones only when present."""
         kwargs = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
         if self.pooled_prompt_embeds is not None and self.negative_pooled_prompt_embeds is not None:
             kwargs["pooled_prompt_embeds"] = self.pooled_prompt_embeds
@@ -72,32 +72,27 @@ def _num_layers(text_encoder: Any) -> int:
     return int(text_encoder.config.num_hidden_layers)
 
 
-def _encoders(pipe: Any, model_type: ModelType, clip_skip: int) -> list[_Encoder]:
-    """Describe the encoders of ``pipe`` for ``model_type`` (a1111-compat.md §6, clip skip)."""
+def _encoders(parts: Any, model_type: ModelType, clip_skip: int) -> list[_Encoder]:
+    """Describe the encoders of ``parts`` for ``model_type`` (a1111-compat.md §6, clip skip)."""
     if model_type.is_sdxl:
         # Both encoders: penultimate hidden state, no final norm; pooled from the second. Clip skip is ignored.
         out = []
-        if getattr(pipe, "text_encoder", None) is not None:
-            tok = pipe.tokenizer
-            out.append(_Encoder(pipe.text_encoder, -2, False, False, _pad_id(tok), tok.eos_token_id))
-        tok2 = pipe.tokenizer_2
-        out.append(_Encoder(pipe.text_encoder_2, -2, False, True, _pad_id(tok2), tok2.eos_token_id))
+        if getattr(parts, "text_encoder", None) is not None:
+            tok = parts.tokenizer
+            out.append(_Encoder(parts.text_encoder, -2, False, False, _pad_id(tok), tok.eos_token_id))
+        tok2 = parts.tokenizer_2
+        out.append(_Encoder(parts.text_encoder_2, -2, False, True, _pad_id(tok2), tok2.eos_token_id))
         return out
-    tok = pipe.tokenizer
+    tok = parts.tokenizer
     if model_type in (ModelType.SD2, ModelType.SD2_INPAINT):
-        # diffusers loads SD2's encoder with 23 layers: last_hidden_state is A1111's penultimate + ln_final.
-        return [_Encoder(pipe.text_encoder, None, False, False, _pad_id(tok), tok.eos_token_id)]
-    layers = _num_layers(pipe.text_encoder)
+        # SD2's encoder is built with 23 layers (the saved 24th is unused): last_hidden_state is A1111's
+        # penultimate layer + ln_final.
+        return [_Encoder(parts.text_encoder, None, False, False, _pad_id(tok), tok.eos_token_id)]
+    layers = _num_layers(parts.text_encoder)
     if not 1 <= clip_skip <= layers:
         raise InvalidRequestError(f"Clip skip must be between 1 and {layers}, got {clip_skip}")
     layer = None if clip_skip == 1 else -clip_skip
-    return [_Encoder(pipe.text_encoder, layer, clip_skip > 1, False, _pad_id(tok), tok.eos_token_id)]
-
-
-def _final_layer_norm(text_encoder: Any) -> torch.nn.Module:
-    """Return the encoder's final layer norm (transformers 5 flattens ``CLIPTextModel``)."""
-    norm = getattr(text_encoder, "final_layer_norm", None)
-    return norm if norm is not None else text_encoder.text_model.final_layer_norm
+    return [_Encoder(parts.text_encoder, layer, clip_skip > 1, False, _pad_id(tok), tok.eos_token_id)]
 
 
 def _pad_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
@@ -116,7 +111,7 @@ def _run(encoder: _Encoder, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.T
     out = te(input_ids=ids, output_hidden_states=encoder.layer is not None)
     hidden = out.last_hidden_state if encoder.layer is None else out.hidden_states[encoder.layer]
     if encoder.final_norm:
-        hidden = _final_layer_norm(te)(hidden)
+        hidden = te.final_layer_norm(hidden)
     return hidden, (out.text_embeds if encoder.pooled else None)
 
 
@@ -169,7 +164,7 @@ def _chunk_row(chunk: PromptChunk) -> tuple[tuple[int, ...], tuple[float, ...]]:
 
 
 def encode_chunks(
-    pipe: Any,
+    parts: Any,
     model_type: ModelType,
     cond: Sequence[TokenizedPrompt],
     uncond: Sequence[TokenizedPrompt],
@@ -182,7 +177,7 @@ def encode_chunks(
     """Encode tokenized prompts and negative prompts, each padded to ``n_chunks`` with empty chunks.
 
     Args:
-        pipe: Holder of ``tokenizer``/``text_encoder`` (and ``tokenizer_2``/``text_encoder_2`` for SDXL).
+        parts: Holder of ``tokenizer``/``text_encoder`` (and ``tokenizer_2``/``text_encoder_2`` for SDXL).
         model_type: Selects the layer recipe.
         cond: Tokenized prompts.
         uncond: Tokenized negative prompts (same count).
@@ -197,8 +192,8 @@ def encode_chunks(
     Raises:
         InvalidRequestError: Clip skip out of range.
     """
-    encoders = _encoders(pipe, model_type, clip_skip)
-    bos = (pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2).bos_token_id
+    encoders = _encoders(parts, model_type, clip_skip)
+    bos = (parts.tokenizer if getattr(parts, "tokenizer", None) is not None else parts.tokenizer_2).bos_token_id
     with torch.no_grad():
         embeds, pooled = _encode_side(encoders, cond, n_chunks, emphasis, bos)
         if zero_uncond:
@@ -211,7 +206,7 @@ def encode_chunks(
 
 
 def encode_one_side(
-    pipe: Any,
+    parts: Any,
     model_type: ModelType,
     prompts: Sequence[TokenizedPrompt],
     n_chunks: int,
@@ -220,7 +215,7 @@ def encode_one_side(
     emphasis: str,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Encode tokenized prompts (one side only), padded to ``n_chunks``: (embeddings, SDXL pooled or None)."""
-    encoders = _encoders(pipe, model_type, clip_skip)
-    bos = (pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2).bos_token_id
+    encoders = _encoders(parts, model_type, clip_skip)
+    bos = (parts.tokenizer if getattr(parts, "tokenizer", None) is not None else parts.tokenizer_2).bos_token_id
     with torch.no_grad():
         return _encode_side(encoders, prompts, n_chunks, emphasis, bos)

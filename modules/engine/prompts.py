@@ -228,7 +228,7 @@ def count_tokens(tokenizer: Any, text: str, *, comma_padding_backtrack: int = 20
 
 
 def encode_prompt_pair(
-    pipe: Any,
+    parts: Any,
     model_type: ModelType,
     prompts: Sequence[str],
     negative_prompts: Sequence[str],
@@ -237,10 +237,10 @@ def encode_prompt_pair(
     emphasis: str = "Original",
     comma_padding_backtrack: int = 20,
 ) -> PromptEmbeddings:
-    """Encode prompts and negative prompts into embeddings for a diffusers SD1/SD2/SDXL pipeline call.
+    """Encode prompts and negative prompts into the SD1/SD2/SDXL UNet's conditioning.
 
     Args:
-        pipe: Anything with the pipeline's ``tokenizer``/``text_encoder`` (and ``_2`` for SDXL) attributes; an SDXL
+        parts: Anything with the pipeline's ``tokenizer``/``text_encoder`` (and ``_2`` for SDXL) attributes; an SDXL
             ``config.force_zeros_for_empty_prompt`` (default True) zeroes an all-empty negative batch.
         model_type: Which conditioning recipe to follow.
         prompts: One prompt per image of the batch.
@@ -262,7 +262,7 @@ def encode_prompt_pair(
         )
     if emphasis not in EMPHASIS_MODES:
         raise InvalidRequestError(f"Unknown emphasis {emphasis!r}; use one of: {', '.join(EMPHASIS_MODES)}")
-    tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
+    tokenizer = parts.tokenizer if getattr(parts, "tokenizer", None) is not None else parts.tokenizer_2
     # 2. Cut every prompt into chunks, with one tokenizer (SDXL's two share the CLIP vocabulary).
     cond = [
         tokenize_prompt(tokenizer, p, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
@@ -277,15 +277,15 @@ def encode_prompt_pair(
     zero_uncond = (
         model_type.is_sdxl
         and all(p == "" for p in negative_prompts)
-        and bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", True))
+        and bool(getattr(getattr(parts, "config", None), "force_zeros_for_empty_prompt", True))
     )
     return encode_chunks(
-        pipe, model_type, cond, uncond, n_chunks, clip_skip=clip_skip, emphasis=emphasis, zero_uncond=zero_uncond
+        parts, model_type, cond, uncond, n_chunks, clip_skip=clip_skip, emphasis=emphasis, zero_uncond=zero_uncond
     )
 
 
 def encode_group(
-    pipe: Any,
+    parts: Any,
     model_type: ModelType,
     texts: Sequence[str],
     *,
@@ -299,14 +299,14 @@ def encode_group(
     All texts get the batch's largest chunk count, and "Original" emphasis restores each chunk's mean over the
     whole batch. An all-empty negative batch of an SDXL model gives zeros, as in ``encode_prompt_pair``.
     """
-    tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
+    tokenizer = parts.tokenizer if getattr(parts, "tokenizer", None) is not None else parts.tokenizer_2
     tokens = [
         tokenize_prompt(tokenizer, t, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack) for t in texts
     ]
     n_chunks = max(len(t.chunks) for t in tokens)
-    context, pooled = encode_one_side(pipe, model_type, tokens, n_chunks, clip_skip=clip_skip, emphasis=emphasis)
+    context, pooled = encode_one_side(parts, model_type, tokens, n_chunks, clip_skip=clip_skip, emphasis=emphasis)
     zero = negative and model_type.is_sdxl and all(t == "" for t in texts)
-    if zero and bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", True)):
+    if zero and bool(getattr(getattr(parts, "config", None), "force_zeros_for_empty_prompt", True)):
         context = torch.zeros_like(context)
         pooled = torch.zeros_like(pooled) if pooled is not None else None
     return [(context[k], pooled[k] if pooled is not None else None) for k in range(len(texts))]

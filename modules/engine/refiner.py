@@ -83,7 +83,7 @@ class RefinerRun:
             self.used = True
             return kloop.refiner_parts(self.model, options, prompts, batch, steps, size, hires_steps)
 
-        base_sigmas = DiscreteModel.from_config(base.pipe.scheduler.config).sigmas
+        base_sigmas = DiscreteModel.from_config(base.components.schedule).sigmas
         self._last = RefinerSwitch(self.switch_at, base_sigmas, load)
         return self._last
 

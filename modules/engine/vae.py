@@ -15,6 +15,22 @@ from modules.engine.offload import execution_device
 logger = logging.getLogger(__name__)
 
 
+def pixels_from_images(images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
+    """RGB images (all of one size) as a float32 (B, 3, H, W) batch in −1…1.
+
+    A size that is not a multiple of 8 is first resized down to one (Lanczos), as the VAE's latents need.
+    """
+    batch = [images] if isinstance(images, Image.Image) else list(images)
+    arrays = []
+    for image in batch:
+        image = image.convert("RGB")
+        width, height = image.width - image.width % 8, image.height - image.height % 8
+        if (width, height) != image.size:
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+        arrays.append(np.asarray(image, dtype=np.float32) / 255.0 * 2.0 - 1.0)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
 def decode_latents(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
     """Decode each latent alone with the VAE to an RGB image (A1111: clamp, then truncate to uint8).
 

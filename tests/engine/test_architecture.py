@@ -13,11 +13,11 @@ from modules.engine.architecture import (
     VAE_SIZE_FIELDS,
     architecture_from_shapes,
 )
-from modules.engine.config_folder import model_index, write_config_folder
 from modules.engine.detection import detect_model_type
 from modules.engine.ldm_yaml import architecture_from_yaml, build_architecture, load_yaml
 from modules.engine.types import ModelType
 from modules.errors import CheckpointLoadError
+from tests.support.config_folder import model_index, write_config_folder
 from tests.support.tiny_checkpoints import ALL_KINDS, write_yaml
 
 HEADERS = Path(__file__).resolve().parents[1] / "fixtures" / "headers"

@@ -25,7 +25,7 @@ BASE = {"prompt": "a red cat", "negative_prompt": "blurry", "width": 64, "height
 
 
 def alphas_cumprod(model):
-    cfg = model.pipe.scheduler.config
+    cfg = model.components.schedule
     betas = torch.linspace(cfg["beta_start"] ** 0.5, cfg["beta_end"] ** 0.5, cfg["num_train_timesteps"]) ** 2
     return torch.cumprod(1 - betas, 0)
 
@@ -33,7 +33,7 @@ def alphas_cumprod(model):
 def reference_latents(model, req, seeds, sampler_fn, schedule, ensd=0, discard=False):
     """k-diffusion's run of A1111's txt2img for ``req`` (epsilon or v models, SD1/SD2)."""
     ext = importlib.import_module("k_diffusion.external")
-    pipe = model.pipe
+    pipe = model.components
     embeds = encode_prompt_pair(pipe, model.model_type, [req.prompt], [req.negative_prompt])
     cls = ext.DiscreteVDDPMDenoiser if model.prediction_type == "v_prediction" else ext.DiscreteEpsDDPMDenoiser
 
@@ -160,13 +160,13 @@ def test_long_prompt_and_short_negative_run_as_separate_unet_calls(load_tiny, ti
     model = load_tiny(tiny_models["sd1"])
     prompt = ", ".join(f"word{i}" for i in range(60))  # well over 75 tokens: two chunks
     req = GenerationRequest(**{**BASE, "prompt": prompt}, sampler_name="Euler", seed=5)
-    ((cond, _),) = encode_group(model.pipe, model.model_type, [prompt])
-    ((uncond, _),) = encode_group(model.pipe, model.model_type, [req.negative_prompt], negative=True)
+    ((cond, _),) = encode_group(model.components, model.model_type, [prompt])
+    ((uncond, _),) = encode_group(model.components, model.model_type, [req.negative_prompt], negative=True)
     assert cond.shape[0] >= 154 and uncond.shape[0] == 77
 
     class Inner(torch.nn.Module):
         def forward(self, x, t, context):
-            return model.pipe.unet(x, t, encoder_hidden_states=context).sample
+            return model.components.unet(x, t, encoder_hidden_states=context).sample
 
     wrapped = ext.DiscreteEpsDDPMDenoiser(Inner(), alphas_cumprod(model), quantize=False)
 
@@ -201,7 +201,7 @@ def test_dpm_adaptive_equals_k_diffusion_on_the_same_denoiser(load_tiny, tiny_mo
     req = GenerationRequest(**BASE, sampler_name="DPM adaptive", seed=42, batch_size=2)
     ours = generate(model, req).images
     # A1111's σ table: the LDM float64 betas → alphas_cumprod buffer (fp32) → σ
-    cfg = model.pipe.scheduler.config
+    cfg = model.components.schedule
     betas = torch.linspace(cfg["beta_start"] ** 0.5, cfg["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2
     buffer = torch.cumprod(1 - betas, 0).float()
     sigmas = ((1 - buffer) / buffer) ** 0.5

@@ -21,7 +21,7 @@ def test_limit_two_keeps_the_previous_model_in_ram(tiny_models):
     second = manager.get(info(tiny_models["sdxl"]), CPU)
     assert manager.current is second and manager.cached == [first.checkpoint]
     again = manager.get(info(tiny_models["sd1"]), CPU)
-    assert again.pipe is first.pipe  # not rebuilt from the file
+    assert again.components is first.components  # not rebuilt from the file
     assert manager.cached == [second.checkpoint]
     assert np.array_equal(np.asarray(generate(again, REQ).images[0]), before)
     manager.unload()
@@ -34,7 +34,7 @@ def test_limit_one_frees_the_previous_model(tiny_models):
     manager.get(info(tiny_models["sdxl"]), CPU)
     assert manager.cached == []
     again = manager.get(info(tiny_models["sd1"]), CPU)
-    assert again.pipe is not first.pipe
+    assert again.components is not first.components
 
 
 def test_cache_is_bounded_by_the_limit(tiny_models):

@@ -42,13 +42,13 @@ def px(image: Image.Image) -> np.ndarray:
 
 def test_loads_as_an_edit_model_with_eight_input_channels(model):
     assert model.model_type is ModelType.SD1_PIX2PIX
-    assert model.pipe.unet.config.in_channels == 8
-    assert type(model.pipe).__name__ == "StableDiffusionInstructPix2PixPipeline"
+    assert model.components.unet.config.in_channels == 8
+    assert list(model.components.models()) == ["text_encoder", "unet", "vae"]
 
 
 def test_denoiser_combines_like_a1111s_edit_model(model):
-    unet = model.pipe.unet
-    discrete = DiscreteModel.from_config(model.pipe.scheduler.config)
+    unet = model.components.unet
+    discrete = DiscreteModel.from_config(model.components.schedule)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 8, 8, generator=gen) * 3
     sigma = torch.tensor([3.0])

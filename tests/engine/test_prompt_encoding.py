@@ -220,19 +220,20 @@ def test_argument_errors(sd1):
     ],
 )
 def test_embeddings_drive_real_tiny_pipelines(tiny_models, kind, model_type):
+    """Our encoders' embeddings, in the layout diffusers' own pipeline takes, drive it (the reference models)."""
     from modules.engine.loader import LoadOptions, ModelManager
     from modules.engine.types import CheckpointInfo
+    from tests.support.diffusers_reference import reference_pipeline
 
     path = tiny_models[kind]
     info = CheckpointInfo(path, path.name, sha256="cd" * 32, config=path.with_suffix(".yaml"))
     manager = ModelManager()
     try:
         model = manager.get(info, LoadOptions())
-        pipe = model.pipe
         assert model.model_type == model_type
-        e = encode_prompt_pair(pipe, model_type, [LONG], [""], clip_skip=2)
+        e = encode_prompt_pair(model.components, model_type, [LONG], [""], clip_skip=2)
         assert e.prompt_embeds.shape[:2] == (1, 154)
-        assert pipe.scheduler.config.prediction_type == model.prediction_type
+        pipe = reference_pipeline(path, device="cpu", dtype=torch.float32, vae_dtype=torch.float32)
         out = pipe(
             **e.as_pipeline_kwargs(),
             num_inference_steps=2,

@@ -128,7 +128,7 @@ def test_img2img_start_noises_to_the_timestep_above_the_first_update():
 
 def cfg_eps_reference(model, req):
     """ε with A1111's CFG over the tiny UNet (v models: converted to ε)."""
-    pipe = model.pipe
+    pipe = model.components
     embeds = encode_prompt_pair(pipe, model.model_type, [req.prompt], [req.negative_prompt])
     v = model.prediction_type == "v_prediction"
 
@@ -246,7 +246,7 @@ def test_generate_lcm_equals_a1111s_construction_over_k_diffusion(load_tiny, tin
     """
     ext = importlib.import_module("k_diffusion.external")
     model = load_tiny(tiny_models["sd1"])
-    pipe = model.pipe
+    pipe = model.components
     req = GenerationRequest(**{**BASE, "steps": 4}, sampler_name="LCM", seed=9, batch_size=2)
     embeds = encode_prompt_pair(pipe, model.model_type, [req.prompt], [req.negative_prompt])
     den = ext.DiscreteEpsDDPMDenoiser(torch.nn.Identity(), ALPHAS[19::20], quantize=False)

@@ -21,7 +21,7 @@ class OomOnce:
 
 def test_out_of_memory_switches_to_tiled_decoding(load_tiny, tiny_models):
     model = load_tiny(tiny_models["sd1"])
-    vae = model.pipe.vae
+    vae = model.components.vae
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     plain = decode_latents(vae, latents)
     hook = OomOnce(vae)

@@ -14,6 +14,8 @@ baseline B: a plain ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from modules.engine import offload
 from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
 from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
 from modules.engine.pipeline import generate
 from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest
+from tests.support.diffusers_reference import reference_pipeline
 from tests.support.tiny_checkpoints import write_checkpoint
 
 logger = logging.getLogger("bench")
@@ -102,43 +106,49 @@ def graphs_vs_eager(model: LoadedModel, size: int) -> dict[str, float]:
     """Max pixel difference between the CUDA-graph path and the eager UNet for the same job (0 = identical)."""
     req = GenerationRequest(prompt="a photo of a cat", steps=20, width=size, height=size, seed=3, sampler_name="Euler")
     graphed = np.asarray(generate(model, req).images[0], dtype=np.int16)
-    disable_cuda_graphs(model.pipe.unet)
+    disable_cuda_graphs(model.components.unet)
     try:
         eager = np.asarray(generate(model, req).images[0], dtype=np.int16)
     finally:
-        enable_cuda_graphs(model.pipe.unet)
+        enable_cuda_graphs(model.components.unet)
     diff = np.abs(graphed - eager)
     return {"max_abs_pixel_diff": float(diff.max()), "mean_abs_pixel_diff": float(diff.mean())}
 
 
 def baseline_workload(model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
-    """Plain diffusers (B): the same fp16 components in a fresh standard pipeline, prompt strings, eager.
+    """Plain diffusers (B): the same file loaded into diffusers' own models and standard pipeline, eager.
 
-    The UNet is put back in the default (contiguous) layout for it, and back to ours afterwards.
+    Our model waits in RAM meanwhile, so B's peak VRAM is its own.
     """
-    disable_cuda_graphs(model.pipe.unet)
-    conv = next(p for p in model.pipe.unet.parameters() if p.dim() == 4)
-    channels_last = conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    if channels_last:
-        model.pipe.unet.to(memory_format=torch.contiguous_format)
+    with _reference(model) as pipe:
+        return _baseline(pipe, model, size, batch, warmup, runs)
+
+
+@contextlib.contextmanager
+def _reference(model: LoadedModel) -> Iterator[Any]:
+    """B's pipeline for ``model``'s file, with our model in RAM until B is dropped."""
+    offload.release(model.components)
+    _free()
+    pipe = reference_pipeline(
+        Path(model.checkpoint.filename),
+        device=model.device,
+        dtype=model.components.unet.dtype,
+        vae_dtype=model.components.vae.dtype,
+    )
     try:
-        return _baseline(model, size, batch, warmup, runs)
+        yield pipe
     finally:
-        if channels_last:
-            model.pipe.unet.to(memory_format=torch.channels_last)
-        enable_cuda_graphs(model.pipe.unet)
+        del pipe
+        _free()
+        offload.apply_mode(model.components, model.device, "full", cuda_graphs=True)
 
 
-def _baseline(model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+def _free() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
 
-    comps = dict(model.pipe.components)
-    comps["scheduler"] = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config)
-    cls = StableDiffusionXLPipeline if model.model_type.is_sdxl else StableDiffusionPipeline
-    expected, optional = cls._get_signature_keys(cls)
-    pipe = cls(**{k: v for k, v in comps.items() if k in set(expected) | set(optional)})
-    pipe.set_progress_bar_config(disable=True)
 
+def _baseline(pipe: Any, model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
     def job(steps: int) -> Callable[[], None]:
         def run() -> None:
             out = pipe(
@@ -195,7 +205,7 @@ def first_image_seconds(path: Path, size: int, *, compile: bool = False) -> dict
         "torch.cuda.synchronize() if torch.cuda.is_available() else None; t_load=time.perf_counter()-t0;"
         f"r=GenerationRequest(prompt='x',steps=20,width={size},height={size},seed=1,sampler_name='Euler');"
         "generate(m,r); t_first=time.perf_counter()-t0; t1=time.perf_counter(); generate(m,r);"
-        "t_second=time.perf_counter()-t1; c=getattr(m.pipe.unet.forward,'compiler',None);"
+        "t_second=time.perf_counter()-t1; c=getattr(m.components.unet.forward,'compiler',None);"
         "ready=None\nif c is not None: c.wait(600); ready=time.perf_counter()-t0\n"
         "print(json.dumps(dict(import_s=t_import,load_done_s=t_load,first_image_s=t_first,second_image_s=t_second,"
         "compiled_ready_s=ready)))"
@@ -215,7 +225,7 @@ def compiled_workload(manager: ModelManager, info: CheckpointInfo, opts: LoadOpt
     model = manager.get(info, replace(opts, compile=True))
     req = GenerationRequest(prompt="a photo of a cat", steps=20, width=size, height=size, seed=3, sampler_name="Euler")
     eager_image = np.asarray(generate(model, req).images[0], dtype=np.int16)  # starts the compile
-    compiler = model.pipe.unet.forward.compiler
+    compiler = model.components.unet.forward.compiler
     t0 = time.perf_counter()
     finished = compiler.wait(900)
     waited = time.perf_counter() - t0
@@ -234,19 +244,14 @@ def compiled_workload(manager: ModelManager, info: CheckpointInfo, opts: LoadOpt
 
 def baseline_compiled(model: LoadedModel, size: int, runs: int) -> dict[str, float]:
     """B + ``torch.compile(mode="reduce-overhead")`` of a channels_last UNet (the performance.md anchor)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    with _reference(model) as pipe:
+        pipe.unet.to(memory_format=torch.channels_last)
+        eager_forward = type(pipe.unet).forward.__get__(pipe.unet)
+        pipe.unet.forward = torch.compile(eager_forward, mode="reduce-overhead", fullgraph=True)
+        return _baseline_compiled(pipe, model, size, runs)
 
-    disable_cuda_graphs(model.pipe.unet)
-    comps = dict(model.pipe.components)
-    comps["scheduler"] = EulerDiscreteScheduler.from_config(model.pipe.scheduler.config)
-    cls = StableDiffusionXLPipeline if model.model_type.is_sdxl else StableDiffusionPipeline
-    expected, optional = cls._get_signature_keys(cls)
-    pipe = cls(**{k: v for k, v in comps.items() if k in set(expected) | set(optional)})
-    pipe.set_progress_bar_config(disable=True)
-    pipe.unet.to(memory_format=torch.channels_last)
-    eager_forward = type(pipe.unet).forward.__get__(pipe.unet)
-    pipe.unet.forward = torch.compile(eager_forward, mode="reduce-overhead", fullgraph=True)
 
+def _baseline_compiled(pipe: Any, model: LoadedModel, size: int, runs: int) -> dict[str, float]:
     def job(steps: int) -> Callable[[], None]:
         def run() -> None:
             out = pipe("a photo of a cat", num_inference_steps=steps, height=size, width=size, output_type="np")
@@ -254,19 +259,13 @@ def baseline_compiled(model: LoadedModel, size: int, runs: int) -> dict[str, flo
 
         return run
 
-    try:
-        t0 = time.perf_counter()
-        job(2)()
-        _sync()
-        compile_s = time.perf_counter() - t0
-        _reset_peak()
-        t20 = statistics.median(timed(job(20), 2, runs))
-        t2 = statistics.median(timed(job(2), 1, max(3, runs // 2)))
-    finally:
-        del pipe.unet.forward
-        if model.model_type.is_sdxl:  # ours stays contiguous for SDXL (engine/accel.py prepare_unet)
-            pipe.unet.to(memory_format=torch.contiguous_format)
-        enable_cuda_graphs(model.pipe.unet)
+    t0 = time.perf_counter()
+    job(2)()
+    _sync()
+    compile_s = time.perf_counter() - t0
+    _reset_peak()
+    t20 = statistics.median(timed(job(20), 2, runs))
+    t2 = statistics.median(timed(job(2), 1, max(3, runs // 2)))
     return {"compile_s": compile_s, **_summary(t20, t2, 1, model.model_type.value)}
 
 
@@ -276,7 +275,7 @@ def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int, c
     device, dtype, vae_dtype = select_device(
         use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast"
     )
-    opts = LoadOptions(device=device, dtype=dtype, vae_dtype=vae_dtype, config_cache_dir=workdir / "cfg")
+    opts = LoadOptions(device=device, dtype=dtype, vae_dtype=vae_dtype)
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,

@@ -47,7 +47,7 @@ def main() -> None:
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         path = write_checkpoint("sd1", Path(tmp) / "sd15.safetensors", size="full", write_yaml=False)
-        opts = LoadOptions(device="cuda", dtype="float16", vae_dtype="float16", config_cache_dir=Path(tmp) / "cfg")
+        opts = LoadOptions(device="cuda", dtype="float16", vae_dtype="float16")
         manager = ModelManager()
         model = manager.get(CheckpointInfo(path, path.name), opts)
         report["auto_mode_on_idle_gpu"] = model.memory_mode
@@ -84,7 +84,7 @@ def main() -> None:
         torch.cuda.set_per_process_memory_fraction(limit / total)
         report["memory_limit_gb"] = limit / 1e9
         modes_seen: list[str] = []
-        handle = model.pipe.unet.register_forward_pre_hook(lambda m, a: modes_seen.append(model.memory_mode))
+        handle = model.components.unet.register_forward_pre_hook(lambda m, a: modes_seen.append(model.memory_mode))
         try:
             t0 = time.perf_counter()
             result = generate(model, big)

@@ -1,4 +1,4 @@
-"""Record what the UNet is called with (a test helper wrapping ``model.pipe.unet.forward`` via monkeypatch)."""
+"""Record what the UNet is called with (a test helper wrapping ``model.components.unet.forward`` via monkeypatch)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ class UNetCalls:
 def record_unet_calls(model: Any, monkeypatch: Any) -> UNetCalls:
     """Wrap the model's UNet forward for the test's duration and return the record it fills."""
     calls = UNetCalls()
-    forward = model.pipe.unet.forward
+    forward = model.components.unet.forward
 
     def recording(sample: Any, timestep: Any, *args: Any, **kwargs: Any) -> Any:
         calls.timesteps.append(timestep.flatten()[0].item())
         calls.rows.append(sample.shape[0])
         return forward(sample, timestep, *args, **kwargs)
 
-    monkeypatch.setattr(model.pipe.unet, "forward", recording)
+    monkeypatch.setattr(model.components.unet, "forward", recording)
     return calls

@@ -1,4 +1,4 @@
-"""Write the diffusers config folder (no weights) for a model architecture, so single-file loading needs no Hub.
+"""Write the diffusers config folder (no weights) for a model architecture (the reference models and baseline only).
 
 Layout (offline-loading.md §2): ``model_index.json``, ``scheduler/``, ``unet/``, ``vae/``, ``text_encoder*/`` and
 ``tokenizer*/`` (the CLIP BPE files shipped in ``configs/tokenizer`` plus a ``tokenizer_config.json``). Folders are
