@@ -33,6 +33,7 @@ from modules.engine.nets.unet_blocks import (
     ResBlock,
     SpatialTransformer,
     Stage,
+    TransformerBlock,
     Upsample,
     timestep_embedding,
 )
@@ -256,6 +257,15 @@ class UNet(nn.Module):
                 if level and index == counts[level]:
                     layers.append(Upsample(channels))
                 self.output_blocks.append(Stage(layers))
+
+    def fuse_projections(self) -> None:
+        """Merge each attention's projections that share an input into one matmul (q/k/v, and k/v of the text).
+
+        The output is unchanged up to matmul rounding; loading by the file's key names must happen before.
+        """
+        for module in self.modules():
+            if isinstance(module, TransformerBlock):
+                module.fuse_projections()
 
     @property
     def dtype(self) -> torch.dtype:

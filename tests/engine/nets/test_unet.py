@@ -144,6 +144,20 @@ def test_channels_last_gives_the_same_output(kind: str) -> None:
     assert (got - expected).abs().max().item() <= 1e-4 * max(1.0, expected.abs().max().item())
 
 
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_fused_projections_give_the_same_output(kind: str) -> None:
+    """Merged q/k/v and k/v matmuls (the GPU default) compute what the separate ones do, with the same weights."""
+    ours, inputs = _ours(kind), _inputs(kind, seed=2)
+    fused = copy.deepcopy(ours)
+    fused.fuse_projections()
+    fused.fuse_projections()  # idempotent
+    keys = fused.state_dict().keys()
+    assert any(k.endswith("attn1.to_qkv.weight") for k in keys) and any(k.endswith("attn2.to_kv.weight") for k in keys)
+    assert not any(k.endswith(("attn1.to_q.weight", "attn2.to_k.weight")) for k in keys)
+    assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in ours.parameters())
+    assert _max_diff(fused, ours, inputs, torch.tensor(400.0)) <= 1e-5
+
+
 def test_state_dict_keys_are_the_checkpoint_keys() -> None:
     for kind in ("sd1", "sdxl-refiner"):
         _, _, weights = _checkpoint(kind)
