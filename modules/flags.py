@@ -46,7 +46,7 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--theme", {**_STR, "choices": [None, "light", "dark"], "help": "UI theme"}),
     ("--gradio-auth", {**_STR, "help": "UI login as user:password[,user:password]"}),
     ("--gradio-auth-path", {**_STR, "help": "file with UI logins, one user:password per line or comma separated"}),
-    ("--skip-version-check", {"action": "store_true", "help": "do not warn about torch/transformers versions"}),
+    ("--skip-version-check", {"action": "store_true", "help": "accepted (A1111); no version warnings are printed"}),
     ("--disable-safe-unpickle", {"action": "store_true", "help": "load .ckpt pickles without the allow-list"}),
     ("--api", {"action": "store_true", "help": "serve the /sdapi/v1 API"}),
     ("--nowebui", {"action": "store_true", "help": "serve the API only"}),

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-MIN_PYTHON = (3, 11)  # transformers 5.23 and numpy 2.4 declare Requires-Python >= 3.11
+MIN_PYTHON = (3, 11)  # numpy 2.4 and pandas 3 declare Requires-Python >= 3.11
 MAX_PYTHON = (3, 13)  # the newest version the pinned requirements are tested with
 
 _VERSION_RE = re.compile(

@@ -196,7 +196,7 @@ def tokenize_prompt(
     """Cut a prompt into weighted 77-token chunks as A1111 does (``tokenize_line`` in sd_hijack_clip).
 
     Args:
-        tokenizer: A CLIP tokenizer (transformers' fast ``CLIPTokenizer``).
+        tokenizer: The CLIP tokenizer (engine/tokenizers.py).
         text: The prompt (extra-network tags and comments already removed).
         emphasis: ``"None"`` keeps brackets (and BREAK) as literal text; other modes parse them.
         comma_padding_backtrack: When a chunk fills up, the tokens after a comma within this many last tokens move
