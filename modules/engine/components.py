@@ -96,24 +96,58 @@ def fill_model(
         for k, v in weights.items()
         if not IGNORED_KEYS.search(k)
     }
-    try:
-        result = model.load_state_dict(weights, strict=False, assign=True)
-    except RuntimeError as error:
-        reason = " ".join(str(error).split())[:400]
-        raise CheckpointLoadError(f"{source}: {what} weights do not fit the architecture: {reason}") from error
+    unexpected = _assign(model, weights)
+    if unexpected is None:  # a shape differs: torch's loader applies the modules' own load hooks, or names it
+        try:
+            unexpected = model.load_state_dict(weights, strict=False, assign=True).unexpected_keys
+        except RuntimeError as error:
+            reason = " ".join(str(error).split())[:400]
+            raise CheckpointLoadError(f"{source}: {what} weights do not fit the architecture: {reason}") from error
     named = [*model.named_parameters(), *model.named_buffers()]
-    missing = sorted(prefix + k for k in set(result.missing_keys) | {n for n, t in named if t.device.type == "meta"})
+    missing = sorted(prefix + n for n, t in named if t.device.type == "meta")
     if missing:
         raise CheckpointLoadError(
             f"{source}: {len(missing)} {what} weights missing from the file: {_examples(missing)}"
         )
-    if result.unexpected_keys:
+    if unexpected:
         logger.warning(
             "%s: %d unexpected %s keys ignored, e.g. %s",
-            source, len(result.unexpected_keys), what, _examples(sorted(prefix + k for k in result.unexpected_keys)),
+            source, len(unexpected), what, _examples(sorted(prefix + k for k in unexpected)),
         )  # fmt: skip
     model.requires_grad_(False)
     model.eval()
+
+
+def _assign(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> list[str] | None:
+    """Make each tensor of ``weights`` the model's parameter/buffer of that name, as it is (no copy).
+
+    What ``load_state_dict(assign=True)`` does, minus its per-module hook machinery (a few times faster on thousands
+    of tensors). Returns the keys the model has no slot for, or None, assigning nothing, when a shape differs (then
+    the caller uses torch's loader, which runs modules' own load hooks such as the VAE's 2-D attention weights).
+    """
+    slots: dict[str, tuple[torch.nn.Module, str, bool]] = {}
+    for module_name, module in model.named_modules():
+        head = module_name + "." if module_name else ""
+        for name, param in module._parameters.items():
+            if param is not None:
+                slots[head + name] = (module, name, True)
+        for name, buffer in module._buffers.items():
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                slots[head + name] = (module, name, False)
+    for key, (module, name, is_param) in slots.items():
+        if key in weights:
+            current = module._parameters[name] if is_param else module._buffers[name]
+            if current.shape != weights[key].shape:
+                return None
+    for key, (module, name, is_param) in slots.items():
+        tensor = weights.get(key)
+        if tensor is None:
+            continue
+        if is_param:
+            module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)
+        else:
+            module._buffers[name] = tensor
+    return [key for key in weights if key not in slots]
 
 
 def _under(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from modules.engine import offload
+from modules.engine import offload, stream_read
 from modules.engine.accel import disable_cuda_graphs, prepare_unet
 from modules.engine.components import ModelComponents, build_components
 from modules.engine.detection import detect_model_type, read_header
@@ -161,15 +161,29 @@ def read_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Read a checkpoint's tensors (safetensors, or the safe ``.ckpt`` loader).
 
-    A safetensors file is read tensor by tensor, memory-mapped, straight to ``device``, only the keys under
-    :data:`MODEL_PREFIXES`, each floating tensor cast on arrival (``first_stage_model.*`` to ``vae_dtype``, the rest
-    to ``dtype``; None keeps the file's). A ``.ckpt`` is unpickled whole to the CPU.
+    A safetensors file is read tensor by tensor straight to ``device`` (CUDA: through pinned buffers with the copies
+    overlapping the read, engine/stream_read.py; else memory-mapped), only the keys under :data:`MODEL_PREFIXES`,
+    each floating tensor cast on arrival (``first_stage_model.*`` to ``vae_dtype``, the rest to ``dtype``; None keeps
+    the file's). A ``.ckpt`` is unpickled whole to the CPU.
 
     Raises:
         CheckpointLoadError: The file is corrupt or truncated (or an unsafe pickle, as UnsafeCheckpointError).
     """
     if path.suffix.lower() != ".safetensors":
         return load_ckpt_state_dict(path, allow_unsafe=allow_unsafe)
+
+    def target(key: str, file_dtype: torch.dtype) -> torch.dtype:
+        wanted = vae_dtype if key.startswith("first_stage_model.") else dtype
+        return wanted if wanted is not None else file_dtype
+
+    if torch.device(device).type == "cuda":  # read and host → GPU copies overlapped (engine/stream_read.py)
+        try:
+            return stream_read.read_tensors(path, device, lambda k: k.startswith(MODEL_PREFIXES), target)
+        except stream_read.UnsupportedFileError as error:
+            logger.info("%s: %s; reading it through safetensors", path.name, error)
+        except (OSError, ValueError, RuntimeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointLoadError(f"{path.name}: cannot read tensors ({reason})") from error
     from safetensors import SafetensorError, safe_open
 
     tensors: dict[str, torch.Tensor] = {}
@@ -179,10 +193,8 @@ def read_state_dict(
                 if not key.startswith(MODEL_PREFIXES):
                     continue
                 tensor = file.get_tensor(key)
-                target = vae_dtype if key.startswith("first_stage_model.") else dtype
-                if target is not None and tensor.is_floating_point() and tensor.dtype != target:
-                    tensor = tensor.to(target)
-                tensors[key] = tensor
+                wanted = target(key, tensor.dtype)
+                tensors[key] = tensor.to(wanted) if tensor.is_floating_point() and tensor.dtype != wanted else tensor
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointLoadError(f"{path.name}: cannot read tensors ({reason})") from error

@@ -223,6 +223,22 @@ def test_wrong_shape_is_an_error(tiny_models: dict[str, Path], options: LoadOpti
         load_checkpoint(checkpoint, options)
 
 
+def test_vae_attention_stored_as_linear_weights_loads(
+    tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path
+) -> None:
+    """Files round-tripped through diffusers keep the VAE's attention q/k/v/proj_out as 2-D weights."""
+
+    def flatten(state: dict) -> None:
+        for key in [k for k in state if ".attn_1." in k and k.endswith(".weight") and state[k].dim() == 4]:
+            state[key] = state[key][:, :, 0, 0].contiguous()
+
+    flat = load_checkpoint(save_modified(tiny_models["sd1"], tmp_path / "flat.safetensors", flatten), options)
+    reference = load_checkpoint(info(tiny_models["sd1"]), options)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(flat.components.vae.decode(z).sample, reference.components.vae.decode(z).sample)
+
+
 def test_truncated_and_foreign_files(tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path) -> None:
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(tiny_models["sd1"].read_bytes()[:1_000_000])

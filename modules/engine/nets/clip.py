@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional
 
 from modules.engine.architecture import ENCODER_FAMILIES, TextEncoderSpec
+from modules.engine.nets.layers import Embedding, LayerNorm, Linear
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class CausalSelfAttention(nn.Module):
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend over ``x`` ``(B, T, C)``, each position seeing itself and the ones before it."""
@@ -131,14 +132,12 @@ class ResidualBlock(nn.Module):
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
         width, eps = config.hidden_size, config.layer_norm_eps
-        self.ln_1 = nn.LayerNorm(width, eps=eps)
+        self.ln_1 = LayerNorm(width, eps=eps)
         self.attn = CausalSelfAttention(width, config.num_attention_heads)
-        self.ln_2 = nn.LayerNorm(width, eps=eps)
+        self.ln_2 = LayerNorm(width, eps=eps)
         inner = config.intermediate_size
         self.mlp = nn.Sequential(
-            OrderedDict(
-                c_fc=nn.Linear(width, inner), act=_activation(config.hidden_act), c_proj=nn.Linear(inner, width)
-            )
+            OrderedDict(c_fc=Linear(width, inner), act=_activation(config.hidden_act), c_proj=Linear(inner, width))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,10 +191,10 @@ class TextEncoder(nn.Module):
         self.config = cfg
         self.layout = layout
         width = cfg.hidden_size
-        self.token_embedding = nn.Embedding(cfg.vocab_size, width)
+        self.token_embedding = Embedding(cfg.vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.max_position_embeddings, width))
         self.transformer = Transformer(cfg)
-        self.ln_final = nn.LayerNorm(width, eps=cfg.layer_norm_eps)
+        self.ln_final = LayerNorm(width, eps=cfg.layer_norm_eps)
         self.text_projection: nn.Parameter | None = None
         if projection:
             self.text_projection = nn.Parameter(torch.empty(width, cfg.projection_dim or width))

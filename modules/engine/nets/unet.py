@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modules.engine.nets.layers import Conv2d, GroupNorm, Linear
 from modules.engine.nets.unet_blocks import (
     GROUPS,
     RESNET_EPS,
@@ -179,13 +180,11 @@ class UNet(nn.Module):
         cfg = self.config
         base = cfg.block_out_channels[0]
         emb_dim = 4 * base
-        self.time_embed = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(Linear(base, emb_dim), nn.SiLU(), Linear(emb_dim, emb_dim))
         self.label_emb: nn.Sequential | None = None
         if cfg.addition_embed_type == "text_time":
             adm = int(cfg.projection_class_embeddings_input_dim or 0)
-            self.label_emb = nn.Sequential(
-                nn.Sequential(nn.Linear(adm, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-            )
+            self.label_emb = nn.Sequential(nn.Sequential(Linear(adm, emb_dim), nn.SiLU(), Linear(emb_dim, emb_dim)))
         skips = self._build_input_blocks(emb_dim)
         heads, depths = cfg.per_level("attention_head_dim"), cfg.per_level("transformer_layers_per_block")
         top = cfg.block_out_channels[-1]
@@ -199,7 +198,7 @@ class UNet(nn.Module):
         )
         self._build_output_blocks(emb_dim, skips)
         self.out = nn.Sequential(
-            nn.GroupNorm(GROUPS, base, eps=RESNET_EPS), nn.SiLU(), nn.Conv2d(base, cfg.out_channels, 3, padding=1)
+            GroupNorm(GROUPS, base, eps=RESNET_EPS), nn.SiLU(), Conv2d(base, cfg.out_channels, 3, padding=1)
         )
         logger.debug(
             "UNet: %d levels %s, %d input / %d output blocks, ADM %s",
@@ -222,7 +221,7 @@ class UNet(nn.Module):
         """Create ``input_blocks``; return the channel count of each block's output (the skips, in order)."""
         cfg = self.config
         channels = cfg.block_out_channels[0]
-        self.input_blocks = nn.ModuleList([Stage([nn.Conv2d(cfg.in_channels, channels, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([Stage([Conv2d(cfg.in_channels, channels, 3, padding=1)])])
         skips = [channels]
         levels = len(cfg.block_out_channels)
         counts = cfg.per_level("layers_per_block")

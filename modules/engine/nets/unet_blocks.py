@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the usual alias)
 from torch import nn
 
+from modules.engine.nets.layers import Conv2d, GroupNorm, LayerNorm, Linear
+
 GROUPS = 32
 RESNET_EPS = 1e-5
 TRANSFORMER_NORM_EPS = 1e-6
@@ -58,19 +60,19 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(GROUPS, channels, eps=RESNET_EPS),
+            GroupNorm(GROUPS, channels, eps=RESNET_EPS),
             nn.SiLU(),
-            nn.Conv2d(channels, out_channels, 3, padding=1),
+            Conv2d(channels, out_channels, 3, padding=1),
         )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(GROUPS, out_channels, eps=RESNET_EPS),
+            GroupNorm(GROUPS, out_channels, eps=RESNET_EPS),
             nn.SiLU(),
             nn.Identity(),  # LDM's dropout (inference only here); keeps the conv at index 3
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection: nn.Module = (
-            nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+            Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -86,7 +88,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Halve the spatial size."""
@@ -98,7 +100,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         """Upsample ``x`` to ``size`` (H, W) when given (odd latent sizes: the matching skip's size), else 2x."""
@@ -121,10 +123,10 @@ class Attention(nn.Module):
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])
+        self.to_q = Linear(query_dim, inner, bias=False)
+        self.to_k = Linear(context_dim, inner, bias=False)
+        self.to_v = Linear(context_dim, inner, bias=False)
+        self.to_out = nn.ModuleList([Linear(inner, query_dim)])
         self.fused: str = ""  # "", "qkv" (self-attention) or "kv" (cross-attention)
 
     def fuse_projections(self, *, self_attention: bool) -> None:
@@ -135,7 +137,7 @@ class Attention(nn.Module):
         layers = [getattr(self, n) for n in names]
         weight = torch.cat([layer.weight.detach() for layer in layers])
         with torch.device("meta"):
-            merged = nn.Linear(layers[0].in_features, weight.shape[0], bias=False)
+            merged = Linear(layers[0].in_features, weight.shape[0], bias=False)
         merged.weight = nn.Parameter(weight, requires_grad=False)
         for name in names:
             delattr(self, name)
@@ -164,7 +166,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the gated projection."""
@@ -177,7 +179,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, mult: int = FF_MULT) -> None:
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), Linear(dim * mult, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the feed-forward network."""
@@ -189,11 +191,11 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn1 = Attention(dim, dim, heads, head_dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.attn2 = Attention(dim, context_dim, heads, head_dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
         self.ff = FeedForward(dim)
 
     def fuse_projections(self) -> None:
@@ -219,12 +221,12 @@ class SpatialTransformer(nn.Module):
         if heads < 1 or channels % heads:
             raise ValueError(f"{channels} channels cannot be split into {heads} attention heads")
         self.linear = linear
-        self.norm = nn.GroupNorm(GROUPS, channels, eps=TRANSFORMER_NORM_EPS)
-        self.proj_in: nn.Module = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
+        self.norm = GroupNorm(GROUPS, channels, eps=TRANSFORMER_NORM_EPS)
+        self.proj_in: nn.Module = Linear(channels, channels) if linear else Conv2d(channels, channels, 1)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(channels, context_dim, heads, channels // heads) for _ in range(depth)
         )
-        self.proj_out: nn.Module = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
+        self.proj_out: nn.Module = Linear(channels, channels) if linear else Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Apply the transformer to ``x`` (B, C, H, W) with the text ``context`` (B, M, Dc)."""

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modules.engine.nets.layers import Conv2d
 from modules.engine.nets.vae_blocks import Decoder, Encoder
 
 logger = logging.getLogger(__name__)
@@ -164,8 +165,8 @@ class AutoencoderKL(nn.Module):
         self.encoder = Encoder(c.in_channels, c.latent_channels, channels, layers, groups)
         self.decoder = Decoder(c.latent_channels, c.out_channels, channels, layers, groups)
         moments = 2 * c.latent_channels
-        self.quant_conv = nn.Conv2d(moments, moments, 1) if c.use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, 1) if c.use_post_quant_conv else None
+        self.quant_conv = Conv2d(moments, moments, 1) if c.use_quant_conv else None
+        self.post_quant_conv = Conv2d(c.latent_channels, c.latent_channels, 1) if c.use_post_quant_conv else None
         self.scale_factor = 2 ** (len(channels) - 1)
         self.use_tiling = False
         self.tile_latent_size = max(1, c.sample_size // self.scale_factor)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from modules.engine.nets.layers import Conv2d, GroupNorm
+
 logger = logging.getLogger(__name__)
 
 NORM_EPS = 1e-6
@@ -26,7 +28,7 @@ NORM_EPS = 1e-6
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     """The autoencoder's normalisation: ``groups`` groups, eps 1e-6, affine."""
-    return nn.GroupNorm(groups, channels, eps=NORM_EPS, affine=True)
+    return GroupNorm(groups, channels, eps=NORM_EPS, affine=True)
 
 
 class ResnetBlock(nn.Module):
@@ -35,10 +37,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
         self.norm1 = group_norm(in_channels, groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = group_norm(out_channels, groups)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))``."""
@@ -127,7 +129,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``conv(pad(x, (0, 1, 0, 1)))``."""
@@ -139,7 +141,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``conv(nearest_2x(x))``."""
@@ -177,7 +179,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         last = len(block_out_channels) - 1
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
+        self.conv_in = Conv2d(in_channels, block_out_channels[0], 3, padding=1)
         inputs = [block_out_channels[0], *block_out_channels[:-1]]
         self.down = nn.ModuleList(
             Level(c_in, c_out, layers, groups, resample="down" if i < last else None)
@@ -185,7 +187,7 @@ class Encoder(nn.Module):
         )
         self.mid = MidBlock(block_out_channels[-1], groups)
         self.norm_out = group_norm(block_out_channels[-1], groups)
-        self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * latent_channels, 3, padding=1)
+        self.conv_out = Conv2d(block_out_channels[-1], 2 * latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode to the moments (mean and log-variance stacked on the channel axis), before ``quant_conv``."""
@@ -204,7 +206,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         top = block_out_channels[-1]
-        self.conv_in = nn.Conv2d(latent_channels, top, 3, padding=1)
+        self.conv_in = Conv2d(latent_channels, top, 3, padding=1)
         self.mid = MidBlock(top, groups)
         # up.{i} works at level i; its input comes from level i+1 (or the mid block for the last level)
         inputs = [*block_out_channels[1:], top]
@@ -213,7 +215,7 @@ class Decoder(nn.Module):
             for i, (c_in, c_out) in enumerate(zip(inputs, block_out_channels, strict=True))
         )
         self.norm_out = group_norm(block_out_channels[0], groups)
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.conv_out = Conv2d(block_out_channels[0], out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode to pixels in about −1…1 (not clamped)."""
