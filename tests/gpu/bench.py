@@ -269,8 +269,17 @@ def _baseline_compiled(pipe: Any, model: LoadedModel, size: int, runs: int) -> d
     return {"compile_s": compile_s, **_summary(t20, t2, 1, model.model_type.value)}
 
 
-def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int, compile: bool = False) -> dict[str, Any]:
-    """Write the checkpoints, then run every workload; return the results dict."""
+def run(
+    workdir: Path,
+    *,
+    tiny: bool,
+    skip_sdxl: bool,
+    runs: int,
+    warmup: int,
+    compile: bool = False,
+    checkpoint_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Write the checkpoints (or take ``sd1``/``sdxl.safetensors`` from ``checkpoint_dir``), run every workload."""
     size_kind = "tiny" if tiny else "full"
     device, dtype, vae_dtype = select_device(
         use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast"
@@ -286,7 +295,11 @@ def run(workdir: Path, *, tiny: bool, skip_sdxl: bool, runs: int, warmup: int, c
     kinds = [("sd1", 64 if tiny else 512)] + ([] if skip_sdxl else [("sdxl", 64 if tiny else 1024)])
     paths = {}
     for kind, _ in kinds:
-        paths[kind] = write_checkpoint(kind, workdir / f"{kind}.safetensors", size=size_kind, write_yaml=False)
+        existing = checkpoint_dir / f"{kind}.safetensors" if checkpoint_dir is not None else None
+        if existing is not None and existing.is_file():
+            paths[kind] = existing
+        else:
+            paths[kind] = write_checkpoint(kind, workdir / f"{kind}.safetensors", size=size_kind, write_yaml=False)
     manager = ModelManager()
     for kind, size in kinds:
         path = paths[kind]
@@ -347,6 +360,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also the --compile path and diffusers + compile")
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, help="use sd1.safetensors / sdxl.safetensors from here if present"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -359,6 +375,7 @@ def main() -> None:
             runs=args.runs,
             warmup=args.warmup,
             compile=args.compile,
+            checkpoint_dir=args.checkpoint_dir,
         )
     text = json.dumps(results, indent=2)
     print(text)
