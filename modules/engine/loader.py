@@ -181,7 +181,9 @@ def read_state_dict(
             return stream_read.read_tensors(path, device, lambda k: k.startswith(MODEL_PREFIXES), target)
         except stream_read.UnsupportedFileError as error:
             logger.info("%s: %s; reading it through safetensors", path.name, error)
-        except (OSError, ValueError, RuntimeError) as error:
+        except RuntimeError as error:  # a CUDA-side problem (pinned memory…): the ordinary reader still works
+            logger.warning("%s: overlapped read failed (%s); reading it through safetensors", path.name, error)
+        except (OSError, ValueError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointLoadError(f"{path.name}: cannot read tensors ({reason})") from error
     from safetensors import SafetensorError, safe_open
