@@ -138,6 +138,15 @@ def _to(value: Any, device: torch.device) -> Any:
     return value
 
 
+def _unhook(handles: list[torch.utils.hooks.RemovableHandle], models: list[torch.nn.Module]) -> None:
+    """Remove an offloader's hooks and its device marks (see :func:`is_offloaded`)."""
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+    for model in models:
+        model.__dict__.pop("_offload_device", None)
+
+
 class ModelOffload:
     """Whole-model offload (A1111's ``--medvram``): one model at a time on the GPU.
 
@@ -169,11 +178,8 @@ class ModelOffload:
 
     def remove(self) -> None:
         """Remove every hook and bring the models back to the CPU."""
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+        _unhook(self.handles, self.models)
         for model in self.models:
-            model.__dict__.pop("_offload_device", None)
             model.to("cpu")
         self.active = None
 
@@ -224,8 +230,4 @@ class SequentialOffload:
 
     def remove(self) -> None:
         """Remove every hook (the weights are left on the CPU)."""
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-        for model in self.models:
-            model.__dict__.pop("_offload_device", None)
+        _unhook(self.handles, self.models)

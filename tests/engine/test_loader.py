@@ -152,11 +152,8 @@ def test_networks_compute_what_diffusers_would(kind: str, tiny_models: dict[str,
     context = torch.randn(2, 77, parts.unet.config.cross_attention_dim, generator=gen)
     added = None
     if kind == "sdxl":
-        added = {
-            "text_embeds": torch.randn(2, 32, generator=gen),
-            "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2),
-        }
-        added["text_embeds"] = torch.randn(2, ref.text_encoder_2.config.projection_dim, generator=gen)
+        pooled = torch.randn(2, ref.text_encoder_2.config.projection_dim, generator=gen)
+        added = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
     t = torch.tensor([999.0, 10.0])
     with torch.inference_mode():
         ours = parts.unet(latents, t, encoder_hidden_states=context, added_cond_kwargs=added).sample

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,15 +26,6 @@ KINDS = ("sd1", "sd2v", "sdxl", "sdxl-refiner")
 BOS, EOS = 49406, 49407
 TOLERANCE = 1e-4
 LAYER = re.compile(r"(?:text_model\.)?encoder\.layers\.(\d+)\.")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread (spinning OpenMP threads make a busy 2-core machine several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import copy
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,6 @@ PREFIX = "model.diffusion_model."
 BATCH = 2
 TOKENS = 7
 NETS_DIR = Path(__file__).resolve().parents[3] / "modules" / "engine" / "nets"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread (spinning OpenMP threads make a busy 2-core machine several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache
