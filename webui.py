@@ -84,8 +84,12 @@ def main(argv: list[str]) -> int:
             "Listening on %s without --gradio-auth/--api-auth: anyone on the network can use it.", flags.host
         )
     ctx = create_context(flags)
-    app = create_app(ctx)
-    ctx.start()
+    ctx.start()  # the checkpoint loads on the worker thread while Gradio imports and the UI is built
+    try:
+        app = create_app(ctx)
+    except BaseException:
+        ctx.close()
+        raise
     import uvicorn
 
     scheme = "https" if flags.tls_certfile else "http"

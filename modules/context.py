@@ -25,6 +25,7 @@ from modules.engine.images import encode_image, read_infotext
 from modules.engine.infotext import infotext_to_request_fields, parse_infotext
 from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, load_checkpoint, select_device
 from modules.engine.pipeline import generate
+from modules.engine.pipeline import warm_up as warm_up_model
 from modules.engine.prompts import count_tokens
 from modules.engine.samplers import resolve_sampler, sampler_list, schedule_list
 from modules.engine.tokenizers import clip_tokenizer
@@ -168,10 +169,25 @@ class AppContext:
         model.checkpoint = pending.result()  # infotext needs it; usually done by now (cached on disk after once)
         return model
 
-    def submit_load(self, query: str | None = None) -> Job:
-        """Queue loading a checkpoint (by alias; None = the selected one) on the worker."""
+    def submit_load(self, query: str | None = None, *, warm_up: bool = False) -> Job:
+        """Queue loading a checkpoint (by alias; None = the selected one) on the worker.
+
+        With ``warm_up`` (the start-up load), a one-step job at the model's native size follows on CUDA, so the first
+        image a user asks for runs at full speed (engine/pipeline.py ``warm_up``).
+        """
         ckpt = self.find_checkpoint(query) if query else self.selected_checkpoint()
-        return self.jobs.submit(lambda job: self._load(ckpt).checkpoint, kind="load")
+
+        def load(job: Job) -> CheckpointInfo:
+            model = self._load(ckpt)
+            if warm_up:
+                job.textinfo = "Preparing the fast path"
+                try:
+                    warm_up_model(model)
+                except Exception:  # a warm-up is an optimisation: never fail the load for it
+                    logger.warning("Warm-up of %s failed; the first job will prepare itself", ckpt.name, exc_info=True)
+            return model.checkpoint
+
+        return self.jobs.submit(load, kind="load")
 
     def submit(
         self,
@@ -305,7 +321,7 @@ class AppContext:
             return
         if not self.flags.skip_load_model_at_start:
             try:
-                self.submit_load()
+                self.submit_load(warm_up=True)
             except CheckpointNotFoundError as exc:
                 logger.warning("%s", exc)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from modules.engine import group_norm
+from modules.engine import geglu, group_norm
 from modules.engine.compiling import READY, BackgroundCompiler
 from modules.engine.types import ModelType
 
@@ -176,15 +176,21 @@ def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, c
     10.64 ms (cuDNN's NCHW↔NHWC conversions around every conv disappear); SDXL 43.4 → 45.7 ms (its GroupNorms on
     channels_last cost more than the conversions saved), so SDXL stays contiguous. Outputs differ by fp16 round-off.
     Their GroupNorms then run as one Triton kernel on the NHWC data (engine/group_norm.py): 10.62 → 8.92 ms per step
-    (speed_probe_gn-h100.json); SDXL gains nothing from it (43.2 ms either way).
+    (speed_probe_gn-h100.json); SDXL gains nothing from it (43.2 ms either way). In the residual blocks that kernel
+    also adds the time embedding and applies SiLU. Every UNet on CUDA gets the fused GEGLU gate (engine/geglu.py).
+    Without ``compile`` only: inductor fuses these itself and cannot trace through hand-written kernels.
     """
     fuse = getattr(unet, "fuse_projections", None)
     if fuse is not None:
         fuse()
-    if not device.startswith("cuda") or model_type.is_sdxl:
+    if not device.startswith("cuda"):
+        return False
+    if not compile:  # inductor fuses these itself, and cannot trace through hand-written kernels
+        geglu.install(unet)
+    if model_type.is_sdxl:
         return False
     unet.to(memory_format=torch.channels_last)
-    if not compile:  # inductor fuses GroupNorm itself, and cannot trace through the hand-written kernel
+    if not compile:
         group_norm.install(unet)
     return True
 
@@ -201,6 +207,11 @@ def enable_cuda_graphs(unet: torch.nn.Module, *, compile: bool = False) -> bool:
     how = "compiled (torch.compile, in the background) and " if compile else ""
     logger.info("UNet runs %sthrough CUDA graphs (captured per image size and batch on first use)", how)
     return True
+
+
+def graphs_enabled(unet: torch.nn.Module) -> bool:
+    """Whether ``unet`` replays CUDA graphs (``enable_cuda_graphs`` installed them)."""
+    return isinstance(unet.__dict__.get("forward"), GraphedForward)
 
 
 def start_queued_compiles(unet: torch.nn.Module) -> None:

@@ -32,20 +32,25 @@ def _kernel() -> Any:
 
     @triton.jit
     def group_norm_nhwc(  # noqa: ANN202 (a Triton kernel: its arguments are typed by the launch)
-        x_ptr, y_ptr, w_ptr, b_ptr, hw, channels, cpg, eps,  # noqa: ANN001
-        block_hw: tl.constexpr, block_c: tl.constexpr,
+        x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, hw, channels, cpg, eps,  # noqa: ANN001
+        block_hw: tl.constexpr, block_c: tl.constexpr, has_add: tl.constexpr, silu: tl.constexpr,
     ):  # fmt: skip
         n = tl.program_id(0)
         g = tl.program_id(1)
         base = n * hw * channels + g * cpg
         c = tl.arange(0, block_c)
         c_mask = c < cpg
+        if has_add:  # a per-(image, channel) term added before the statistics (the ResBlock's time embedding)
+            add = tl.load(add_ptr + n * channels + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
+        else:
+            add = tl.zeros([block_c], dtype=tl.float32)
         acc = tl.zeros([block_hw, block_c], dtype=tl.float32)
         acc_sq = tl.zeros([block_hw, block_c], dtype=tl.float32)
         for start in range(0, hw, block_hw):
             rows = start + tl.arange(0, block_hw)
             mask = (rows[:, None] < hw) & c_mask[None, :]
             v = tl.load(x_ptr + base + rows[:, None] * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            v = tl.where(mask, v + add[None, :], 0.0)
             acc += v
             acc_sq += v * v
         count = hw * cpg
@@ -55,20 +60,28 @@ def _kernel() -> Any:
         w = tl.load(w_ptr + g * cpg + c, mask=c_mask, other=1.0).to(tl.float32)
         b = tl.load(b_ptr + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
         scale = w * rstd
-        shift = b - mean * scale
+        shift = b + (add - mean) * scale
         for start in range(0, hw, block_hw):
             rows = start + tl.arange(0, block_hw)
             mask = (rows[:, None] < hw) & c_mask[None, :]
             offsets = base + rows[:, None] * channels + c[None, :]
             v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             out = v * scale[None, :] + shift[None, :]
+            if silu:
+                out = out / (1.0 + tl.exp(-out))
             tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
 
     return group_norm_nhwc
 
 
-def group_norm_nhwc(x: torch.Tensor, module: torch.nn.GroupNorm) -> torch.Tensor:
-    """``module(x)`` for a CUDA channels_last ``x`` through the Triton kernel."""
+def group_norm_nhwc(
+    x: torch.Tensor, module: torch.nn.GroupNorm, add: torch.Tensor | None = None, *, silu: bool = False
+) -> torch.Tensor:
+    """``module(x)`` for a CUDA channels_last ``x`` through the Triton kernel.
+
+    With ``add`` (N, C): ``module(x + add[:, :, None, None])``; with ``silu``: SiLU of the result. One read of ``x``
+    for the statistics, one for the output, one write: the sum and the activation cost no pass of their own.
+    """
     import triton
 
     n, c, h, w = x.shape
@@ -76,9 +89,12 @@ def group_norm_nhwc(x: torch.Tensor, module: torch.nn.GroupNorm) -> torch.Tensor
     y = torch.empty_like(x, memory_format=torch.channels_last)
     block_c = triton.next_power_of_2(cpg)
     block_hw = max(16, min(256, 4096 // block_c))
+    if add is not None:
+        add = add.reshape(n, c).contiguous()
     _kernel()[(n, module.num_groups)](
-        x, y, module.weight, module.bias, h * w, c, cpg, module.eps, block_hw=block_hw, block_c=block_c, num_warps=8
-    )
+        x, y, module.weight, module.bias, x if add is None else add, h * w, c, cpg, module.eps,
+        block_hw=block_hw, block_c=block_c, has_add=add is not None, silu=silu, num_warps=8,
+    )  # fmt: skip
     return y
 
 
@@ -107,21 +123,42 @@ class _Forward:
         return self.eager(x)
 
 
-def install(module: torch.nn.Module) -> int:
-    """Route ``module``'s GroupNorms through the kernel (when Triton and CUDA are available); return how many."""
+class _NormSiLU:
+    """Instance ``norm_silu`` of one of our GroupNorms (nets/layers.py): sum, norm and SiLU in one kernel."""
+
+    def __init__(self, module: torch.nn.GroupNorm) -> None:
+        self.module = module
+        self.eager = type(module).norm_silu.__get__(module)
+
+    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        if _eligible(x, self.module) and (add is None or add.shape == x.shape[:2]):
+            return group_norm_nhwc(x, self.module, add, silu=True)
+        return self.eager(x, add)
+
+
+def install(module: torch.nn.Module, *, fuse_silu: bool = True) -> int:
+    """Route ``module``'s GroupNorms through the kernel (when Triton and CUDA are available); return how many.
+
+    With ``fuse_silu``, the ``norm_silu`` of our own GroupNorm layers (the UNet's residual blocks) also runs as one
+    kernel (add, norm, SiLU).
+    """
     if not torch.cuda.is_available() or _kernel() is None:
         return 0
     count = 0
     for sub in module.modules():
         if isinstance(sub, torch.nn.GroupNorm) and "forward" not in sub.__dict__:
             sub.forward = _Forward(sub)
+            if fuse_silu and hasattr(type(sub), "norm_silu"):
+                sub.norm_silu = _NormSiLU(sub)
             count += 1
     logger.info("GroupNorm: %d layers use the channels_last Triton kernel", count)
     return count
 
 
 def uninstall(module: torch.nn.Module) -> None:
-    """Give every GroupNorm of ``module`` its own forward back."""
+    """Give every GroupNorm of ``module`` its own forward (and ``norm_silu``) back."""
     for sub in module.modules():
         if isinstance(sub.__dict__.get("forward"), _Forward):
             del sub.forward
+        if isinstance(sub.__dict__.get("norm_silu"), _NormSiLU):
+            del sub.norm_silu

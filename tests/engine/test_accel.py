@@ -96,11 +96,19 @@ for groups, channels, shape in ((32, 320, (2, 8, 8)), (32, 960, (1, 5, 7)), (8, 
     torch.nn.init.normal_(gn.weight)
     torch.nn.init.normal_(gn.bias)
     x = (torch.randn(shape[0], channels, *shape[1:]) * 3 + 1).to(memory_format=torch.channels_last)
+    add = torch.randn(shape[0], channels)
     with torch.no_grad():
         got = group_norm_nhwc(x, gn)
         ref = torch.nn.functional.group_norm(x, groups, gn.weight, gn.bias, gn.eps)
+        got_fused = group_norm_nhwc(x, gn, add, silu=True)
+        ref_fused = torch.nn.functional.silu(
+            torch.nn.functional.group_norm(x + add[:, :, None, None], groups, gn.weight, gn.bias, gn.eps)
+        )
+        got_silu = group_norm_nhwc(x, gn, silu=True)
     assert got.is_contiguous(memory_format=torch.channels_last)
-    worst = max(worst, float((got - ref).abs().max()))
+    assert got_fused.is_contiguous(memory_format=torch.channels_last)
+    worst = max(worst, float((got - ref).abs().max()), float((got_fused - ref_fused).abs().max()))
+    worst = max(worst, float((got_silu - torch.nn.functional.silu(ref)).abs().max()))
 print(worst)
 """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -118,3 +126,45 @@ def test_group_norm_install_needs_cuda_and_leaves_cpu_modules_alone():
     torch.testing.assert_close(module(x), torch.nn.functional.group_norm(x, 2, module[0].weight, module[0].bias))
     group_norm.uninstall(module)
     assert "forward" not in module[0].__dict__
+
+
+def test_geglu_gate_kernel_matches_pytorch_in_tritons_interpreter():
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = """
+import torch
+from modules.engine.geglu import geglu_gate
+torch.manual_seed(0)
+worst = 0.0
+for shape in ((2, 7, 2 * 1280), (3, 2 * 40), (1, 33, 2 * 300), (17, 2 * 256)):
+    h = torch.randn(*shape) * 3
+    value, gate = h.chunk(2, dim=-1)
+    got = geglu_gate(h)
+    ref = value * torch.nn.functional.gelu(gate)
+    assert got.shape == ref.shape and got.is_contiguous()
+    worst = max(worst, float((got - ref).abs().max()))
+print(worst)
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+def test_geglu_install_needs_cuda_and_leaves_cpu_modules_alone():
+    from modules.engine import geglu
+    from modules.engine.nets.unet_blocks import GEGLU
+
+    torch.manual_seed(0)
+    layer = GEGLU(8, 16)
+    torch.nn.init.normal_(layer.proj.weight)
+    torch.nn.init.normal_(layer.proj.bias)
+    module = torch.nn.Sequential(layer)
+    assert geglu.install(module) == (0 if not torch.cuda.is_available() else 1)
+    x = torch.randn(2, 5, 8)
+    value, gate = torch.nn.functional.linear(x, layer.proj.weight, layer.proj.bias).chunk(2, dim=-1)
+    torch.testing.assert_close(module(x), value * torch.nn.functional.gelu(gate))
+    geglu.uninstall(module)
+    assert "gate" not in layer.__dict__

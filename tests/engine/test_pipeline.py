@@ -100,3 +100,13 @@ def test_bad_request_rejected_before_work(load_tiny, tiny_models):
         generate(model, GenerationRequest(**{**FAST, "width": 65}))
     with pytest.raises(InvalidRequestError, match="Unknown sampler_name"):
         generate(model, GenerationRequest(**{**FAST, "sampler_name": "No such sampler"}))
+
+
+def test_warm_up_prepares_nothing_off_cuda(load_tiny, tiny_models):
+    from modules.engine.pipeline import warm_up
+
+    model = load_tiny(tiny_models["sd1"])
+    assert model.device == "cpu"
+    assert warm_up(model) is None  # no graphs to capture on CPU: the start-up load does no extra job
+    res = generate(model, GenerationRequest(prompt="x", seed=7, **FAST))
+    assert len(res.images) == 1

@@ -7,6 +7,8 @@ it; everything else (forward, state dict names, ``isinstance`` checks against to
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F  # noqa: N812 (the usual alias)
 from torch import nn
 
 
@@ -29,6 +31,16 @@ class GroupNorm(nn.GroupNorm):
 
     def reset_parameters(self) -> None:
         """Nothing: the weights come from the checkpoint."""
+
+    def norm_silu(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``silu(self(x + add[:, :, None, None]))`` (``add``: (N, C) or None).
+
+        The residual blocks' norm-then-activate, named so that engine/group_norm.py can replace it per instance with
+        one fused kernel on CUDA.
+        """
+        if add is not None:
+            x = x + add[:, :, None, None]
+        return F.silu(self(x))
 
 
 class LayerNorm(nn.LayerNorm):

@@ -77,9 +77,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """Apply the block to ``x`` (B, C, H, W) conditioned on ``emb`` (B, E)."""
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]
-        h = self.out_layers(h)
+        h = self.in_layers[2](self.in_layers[0].norm_silu(x))
+        h = self.out_layers[3](self.out_layers[0].norm_silu(h, self.emb_layers(emb)))
         return self.skip_connection(x) + h
 
 
@@ -170,7 +169,11 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the gated projection."""
-        value, gate = self.proj(x).chunk(2, dim=-1)
+        return self.gate(self.proj(x))
+
+    def gate(self, h: torch.Tensor) -> torch.Tensor:
+        """``value * gelu(gate)`` of the projection's two halves (engine/geglu.py fuses it into one kernel on CUDA)."""
+        value, gate = h.chunk(2, dim=-1)
         return value * F.gelu(gate)
 
 

@@ -1,0 +1,179 @@
+"""Where one CFG step of the app's own UNet goes on the GPU, by kernel class (GPU machine; feeds engine/accel.py).
+
+    python -m tests.gpu.unet_profile CHECKPOINT [CHECKPOINT ...] [--batch 1 8] [--out FILE]
+
+Each checkpoint is loaded through the app's loader (so the UNet is prepared exactly as for a job: fp16,
+channels_last where the engine uses it, merged projections), then one CFG step (batch 2×N) is replayed from a CUDA
+graph and profiled with torch.profiler. Kernels are summed by class (matmul, convolution, attention, normalization,
+elementwise, layout copies, other) and the largest are listed by name, next to the step time and its share of the
+FLOP limit (performance.md §1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from modules.engine import geglu, group_norm
+from modules.engine.loader import LoadOptions, load_checkpoint
+from modules.engine.types import CheckpointInfo
+
+FLOP_PER_STEP = {"sd1": 1.607e12, "sdxl": 13.52e12}  # UNet with CFG (batch 2), performance.md §1
+CLASSES = (
+    ("attention", ("sdpa", "flash", "fmha", "attention")),
+    ("convolution", ("fprop", "conv", "implicit_gemm", "winograd", "dgrad")),
+    ("matmul", ("gemm", "xmma", "cutlass", "sm90_", "matmul")),
+    ("normalization", ("norm", "moments", "welford")),
+    ("layout", ("nchwtonhwc", "nhwctonchw", "transpose", "copy_kernel", "cat")),
+    ("elementwise", ("elementwise", "reduce", "silu", "gelu", "add", "mul", "softmax")),
+)
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    for label, needles in CLASSES:
+        if any(n in low for n in needles):
+            return label
+    return "other"
+
+
+def step_inputs(model: Any, batch: int) -> tuple[tuple, dict]:
+    """Inputs of one CFG step at the model's native size (512² SD1/SD2, 1024² SDXL)."""
+    unet, sdxl = model.components.unet, model.model_type.is_sdxl
+    side = 128 if sdxl else 64
+    n = 2 * batch
+    x = torch.randn(n, unet.config.in_channels, side, side, device="cuda", dtype=torch.float16)
+    conv_weight = next(p for p in unet.parameters() if p.ndim == 4)
+    if conv_weight.is_contiguous(memory_format=torch.channels_last):
+        x = x.to(memory_format=torch.channels_last)
+    ctx = torch.randn(n, 77, unet.config.cross_attention_dim, device="cuda", dtype=torch.float16)
+    t = torch.full((n,), 500.0, device="cuda")
+    kwargs: dict[str, Any] = {"encoder_hidden_states": ctx}
+    if sdxl:
+        ids = torch.tensor([[side * 8.0, side * 8.0, 0, 0, side * 8.0, side * 8.0]] * n, device="cuda")
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(n, 1280, device="cuda", dtype=torch.float16),
+            "time_ids": ids.half(),
+        }
+    return (x, t), kwargs
+
+
+def profile_step(model: Any, batch: int, top: int = 25) -> dict[str, Any]:
+    unet = model.components.unet
+    args, kwargs = step_inputs(model, batch)
+
+    def step() -> Any:
+        with torch.inference_mode():
+            return unet(*args, **kwargs)
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    iters = 30
+    start.record()
+    for _ in range(iters):
+        step()
+    end.record()
+    end.synchronize()
+    ms = start.elapsed_time(end) / iters
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+    rows = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "device_time_total", 0) or 0
+        if us > 0:
+            rows.append({"name": evt.key[:110], "ms": us / 5 / 1000, "calls": evt.count / 5})
+    rows.sort(key=lambda r: -r["ms"])
+    by_class: dict[str, float] = {}
+    for row in rows:
+        label = kernel_class(row["name"])
+        by_class[label] = by_class.get(label, 0.0) + row["ms"]
+    kind = "sdxl" if model.model_type.is_sdxl else "sd1"
+    tflops = FLOP_PER_STEP[kind] * batch / (ms / 1000) / 1e12
+    return {
+        "batch": batch,
+        "ms_per_step": ms,
+        "it_s": 1000 / ms,
+        "tflops": tflops,
+        "kernel_ms_total": sum(r["ms"] for r in rows),
+        "by_class_ms": dict(sorted(by_class.items(), key=lambda kv: -kv[1])),
+        "top": rows[:top],
+    }
+
+
+def run_variants(model: Any, report: dict[str, Any], stem: str) -> None:
+    """Batch-1 step without each hand-written kernel (and SDXL in channels_last), output difference to the default."""
+    unet = model.components.unet
+    ref_out = _output(model)
+
+    def measure(label: str) -> None:
+        unet.forward.clear()
+        entry = profile_step(model, 1, top=8)
+        entry["max_diff_vs_default"] = float((_output(model) - ref_out).abs().max())
+        report[f"{stem}_{label}"] = [entry]
+
+    geglu.uninstall(unet)
+    measure("no_geglu_kernel")
+    geglu.install(unet)
+    if model.model_type.is_sdxl:
+        unet.to(memory_format=torch.channels_last)
+        group_norm.install(unet)
+        measure("channels_last_gn_kernel")
+        group_norm.uninstall(unet)
+        group_norm.install(unet, fuse_silu=False)
+        measure("channels_last_gn_kernel_no_silu_fusion")
+        group_norm.uninstall(unet)
+        unet.to(memory_format=torch.contiguous_format)
+    else:
+        for label, fuse in (("gn_kernel_no_silu_fusion", False), ("torch_group_norm", None)):
+            group_norm.uninstall(unet)
+            if fuse is not None:
+                group_norm.install(unet, fuse_silu=fuse)
+            measure(label)
+        group_norm.uninstall(unet)
+        group_norm.install(unet)
+    unet.forward.clear()
+
+
+def _output(model: Any) -> torch.Tensor:
+    torch.manual_seed(0)
+    args, kwargs = step_inputs(model, 1)
+    with torch.inference_mode():
+        return model.components.unet(*args, **kwargs, return_dict=False)[0].float().clone()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--variants", action="store_true", help="also without each hand-written kernel")
+    args = parser.parse_args()
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    for path in args.checkpoints:
+        model = load_checkpoint(CheckpointInfo(path, path.name), LoadOptions(device="cuda", dtype="float16"))
+        report[path.stem] = [profile_step(model, b) for b in args.batch]
+        if args.variants:
+            run_variants(model, report, path.stem)
+        for name in [k for k in report if k.startswith(path.stem)]:
+            for entry in report[name]:
+                print(name, json.dumps({k: v for k, v in entry.items() if k != "top"}), flush=True)
+        del model
+        torch.cuda.empty_cache()
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
