@@ -162,8 +162,13 @@ class GraphedForward:
         return _Graph(graph, inputs, output)
 
     def clear(self) -> None:
-        """Drop every captured graph (their memory returns to the pool)."""
+        """Drop every captured graph; later captures use a new memory pool.
+
+        The old pool is released with its last graph: capturing into it again fails inside PyTorch's allocator
+        (``use_count > 0`` assertion, seen on torch 2.11), so a fresh handle is taken.
+        """
         self._graphs.clear()
+        self._pool = torch.cuda.graph_pool_handle()
 
 
 def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, compile: bool = False) -> bool:
