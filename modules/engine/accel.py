@@ -23,7 +23,6 @@ import torch
 
 from modules.engine import geglu, group_norm
 from modules.engine.compiling import READY, BackgroundCompiler
-from modules.engine.types import ModelType
 
 logger = logging.getLogger(__name__)
 
@@ -171,18 +170,19 @@ class GraphedForward:
         self._pool = torch.cuda.graph_pool_handle()
 
 
-def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, compile: bool = False) -> bool:
-    """Merge the UNet's attention projections; put an SD1/SD2 UNet that runs on CUDA in channels_last.
+def prepare_unet(unet: torch.nn.Module, device: str, *, compile: bool = False) -> bool:
+    """Merge the UNet's attention projections; on CUDA put it in channels_last with the hand-written kernels.
 
     Returns whether the layout was changed. Merged projections: one matmul for self-attention's q/k/v and one for
     cross-attention's k/v (nets/unet_blocks.py), same weights, same results up to rounding.
 
-    Measured on the H100 (tests/gpu/results/speed_probe-h100.json, one CFG step under graph replay): SD1.5 12.28 →
-    10.64 ms (cuDNN's NCHW↔NHWC conversions around every conv disappear); SDXL 43.4 → 45.7 ms (its GroupNorms on
-    channels_last cost more than the conversions saved), so SDXL stays contiguous. Outputs differ by fp16 round-off.
-    Their GroupNorms then run as one Triton kernel on the NHWC data (engine/group_norm.py): 10.62 → 8.92 ms per step
-    (speed_probe_gn-h100.json); SDXL gains nothing from it (43.2 ms either way). In the residual blocks that kernel
-    also adds the time embedding and applies SiLU. Every UNet on CUDA gets the fused GEGLU gate (engine/geglu.py).
+    On CUDA the UNet runs channels_last (cuDNN's convolutions stop converting layouts, the spatial transformers'
+    reshapes become views) with its GroupNorms as one Triton kernel on the NHWC data (engine/group_norm.py; in the
+    residual blocks it also adds the time embedding and applies SiLU) and the fused GEGLU gate (engine/geglu.py).
+    Measured on the H200 (tests/gpu/results/unet_profile-h200.json, one CFG step replayed from a CUDA graph):
+    SD1.5 9.12 ms with PyTorch's GroupNorm → 7.09 ms (GEGLU kernel alone: 7.48 → 7.09); SDXL 41.2 ms contiguous with
+    PyTorch's kernels → 38.2 with the GEGLU kernel → 34.8 ms channels_last with the GroupNorm kernel. (On the H100,
+    channels_last with PyTorch's GroupNorm was slower for SDXL: its NHWC GroupNorm is a slow strided path.)
     Without ``compile`` only: inductor fuses these itself and cannot trace through hand-written kernels.
     """
     fuse = getattr(unet, "fuse_projections", None)
@@ -190,12 +190,9 @@ def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, c
         fuse()
     if not device.startswith("cuda"):
         return False
-    if not compile:  # inductor fuses these itself, and cannot trace through hand-written kernels
-        geglu.install(unet)
-    if model_type.is_sdxl:
-        return False
     unet.to(memory_format=torch.channels_last)
     if not compile:
+        geglu.install(unet)
         group_norm.install(unet)
     return True
 
