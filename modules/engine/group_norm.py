@@ -74,13 +74,114 @@ def _kernel() -> Any:
     return group_norm_nhwc
 
 
+@functools.cache
+def _split_kernels() -> tuple[Any, Any]:
+    """The two kernels of the split form: partial sums per slice of rows, then normalisation per slice."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def group_norm_partials(  # noqa: ANN202 (a Triton kernel)
+        x_ptr, add_ptr, sum_ptr, sq_ptr, hw, channels, cpg, groups, rows_per, splits,  # noqa: ANN001
+        block_hw: tl.constexpr, block_c: tl.constexpr, has_add: tl.constexpr,
+    ):  # fmt: skip
+        ng = tl.program_id(0)
+        part = tl.program_id(1)
+        n = ng // groups
+        g = ng % groups
+        base = n * hw * channels + g * cpg
+        c = tl.arange(0, block_c)
+        c_mask = c < cpg
+        if has_add:
+            add = tl.load(add_ptr + n * channels + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
+        else:
+            add = tl.zeros([block_c], dtype=tl.float32)
+        acc = tl.zeros([block_hw, block_c], dtype=tl.float32)
+        acc_sq = tl.zeros([block_hw, block_c], dtype=tl.float32)
+        first = part * rows_per
+        limit = tl.minimum(hw, first + rows_per)
+        for start in range(first, first + rows_per, block_hw):
+            rows = start + tl.arange(0, block_hw)
+            mask = (rows[:, None] < limit) & c_mask[None, :]
+            v = tl.load(x_ptr + base + rows[:, None] * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            v = tl.where(mask, v + add[None, :], 0.0)
+            acc += v
+            acc_sq += v * v
+        tl.store(sum_ptr + ng * splits + part, tl.sum(tl.sum(acc, axis=1), axis=0))
+        tl.store(sq_ptr + ng * splits + part, tl.sum(tl.sum(acc_sq, axis=1), axis=0))
+
+    @triton.jit
+    def group_norm_apply(  # noqa: ANN202 (a Triton kernel)
+        x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, sum_ptr, sq_ptr, hw, channels, cpg, groups, rows_per, splits, eps,  # noqa: ANN001
+        block_hw: tl.constexpr, block_c: tl.constexpr, block_s: tl.constexpr, has_add: tl.constexpr,
+        silu: tl.constexpr,
+    ):  # fmt: skip
+        ng = tl.program_id(0)
+        part = tl.program_id(1)
+        n = ng // groups
+        g = ng % groups
+        base = n * hw * channels + g * cpg
+        c = tl.arange(0, block_c)
+        c_mask = c < cpg
+        k = tl.arange(0, block_s)
+        count = hw * cpg
+        mean = tl.sum(tl.load(sum_ptr + ng * splits + k, mask=k < splits, other=0.0), axis=0) / count
+        var = tl.sum(tl.load(sq_ptr + ng * splits + k, mask=k < splits, other=0.0), axis=0) / count - mean * mean
+        rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
+        if has_add:
+            add = tl.load(add_ptr + n * channels + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
+        else:
+            add = tl.zeros([block_c], dtype=tl.float32)
+        w = tl.load(w_ptr + g * cpg + c, mask=c_mask, other=1.0).to(tl.float32)
+        b = tl.load(b_ptr + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
+        scale = w * rstd
+        shift = b + (add - mean) * scale
+        first = part * rows_per
+        limit = tl.minimum(hw, first + rows_per)
+        for start in range(first, first + rows_per, block_hw):
+            rows = start + tl.arange(0, block_hw)
+            mask = (rows[:, None] < limit) & c_mask[None, :]
+            offsets = base + rows[:, None] * channels + c[None, :]
+            v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            out = v * scale[None, :] + shift[None, :]
+            if silu:
+                out = out / (1.0 + tl.exp(-out))
+            tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+    return group_norm_partials, group_norm_apply
+
+
+TARGET_PROGRAMS = 528  # ~4 per SM of an H100/H200: below this many (image, group) pairs, the rows are split too
+
+
+def split_count(programs: int, hw: int, block_hw: int) -> tuple[int, int]:
+    """Return (slices, rows per slice) for ``programs`` (image, group) pairs over ``hw`` rows.
+
+    One slice when there are enough pairs to fill the GPU, else enough slices (whole ``block_hw`` multiples) to reach
+    about :data:`TARGET_PROGRAMS` programs.
+    """
+    blocks = -(-hw // block_hw)
+    wanted = min(blocks, -(-TARGET_PROGRAMS // programs))
+    if wanted <= 1:
+        return 1, blocks * block_hw
+    rows_per = -(-blocks // wanted) * block_hw
+    return -(-hw // rows_per), rows_per
+
+
 def group_norm_nhwc(
-    x: torch.Tensor, module: torch.nn.GroupNorm, add: torch.Tensor | None = None, *, silu: bool = False
+    x: torch.Tensor,
+    module: torch.nn.GroupNorm,
+    add: torch.Tensor | None = None,
+    *,
+    silu: bool = False,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """``module(x)`` for a CUDA channels_last ``x`` through the Triton kernel.
 
     With ``add`` (N, C): ``module(x + add[:, :, None, None])``; with ``silu``: SiLU of the result. One read of ``x``
     for the statistics, one for the output, one write: the sum and the activation cost no pass of their own.
+    When there are too few (image, group) pairs to fill the GPU (batch 1), each group's rows are also split into
+    slices: one kernel writes per-slice sums, a second normalises each slice (``splits`` forces the slice count).
     """
     import triton
 
@@ -91,9 +192,26 @@ def group_norm_nhwc(
     block_hw = max(16, min(256, 4096 // block_c))
     if add is not None:
         add = add.reshape(n, c).contiguous()
-    _kernel()[(n, module.num_groups)](
-        x, y, module.weight, module.bias, x if add is None else add, h * w, c, cpg, module.eps,
-        block_hw=block_hw, block_c=block_c, has_add=add is not None, silu=silu, num_warps=8,
+    groups = module.num_groups
+    parts, rows_per = split_count(n * groups, h * w, block_hw) if splits is None else (splits, -(-h * w // splits))
+    add_arg = x if add is None else add
+    if parts == 1:
+        _kernel()[(n, groups)](
+            x, y, module.weight, module.bias, add_arg, h * w, c, cpg, module.eps,
+            block_hw=block_hw, block_c=block_c, has_add=add is not None, silu=silu, num_warps=8,
+        )  # fmt: skip
+        return y
+    sums = torch.empty(2, n * groups * parts, device=x.device, dtype=torch.float32)
+    partials, apply = _split_kernels()
+    grid = (n * groups, parts)
+    partials[grid](
+        x, add_arg, sums[0], sums[1], h * w, c, cpg, groups, rows_per, parts,
+        block_hw=block_hw, block_c=block_c, has_add=add is not None, num_warps=4,
+    )  # fmt: skip
+    apply[grid](
+        x, y, module.weight, module.bias, add_arg, sums[0], sums[1], h * w, c, cpg, groups, rows_per, parts,
+        module.eps, block_hw=block_hw, block_c=block_c, block_s=triton.next_power_of_2(parts),
+        has_add=add is not None, silu=silu, num_warps=4,
     )  # fmt: skip
     return y
 

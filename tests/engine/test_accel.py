@@ -91,7 +91,7 @@ import torch
 from modules.engine.group_norm import group_norm_nhwc
 torch.manual_seed(0)
 worst = 0.0
-for groups, channels, shape in ((32, 320, (2, 8, 8)), (32, 960, (1, 5, 7)), (8, 40, (3, 4, 9))):
+for groups, channels, shape in ((32, 320, (2, 8, 8)), (32, 960, (1, 5, 7)), (8, 40, (3, 4, 9)), (4, 8, (1, 40, 41))):
     gn = torch.nn.GroupNorm(groups, channels)
     torch.nn.init.normal_(gn.weight)
     torch.nn.init.normal_(gn.bias)
@@ -105,6 +105,9 @@ for groups, channels, shape in ((32, 320, (2, 8, 8)), (32, 960, (1, 5, 7)), (8, 
             torch.nn.functional.group_norm(x + add[:, :, None, None], groups, gn.weight, gn.bias, gn.eps)
         )
         got_silu = group_norm_nhwc(x, gn, silu=True)
+        for splits in (2, 3):  # the split form: per-slice sums, then per-slice normalisation
+            got_split = group_norm_nhwc(x, gn, add, silu=True, splits=splits)
+            worst = max(worst, float((got_split - ref_fused).abs().max()))
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert got_fused.is_contiguous(memory_format=torch.channels_last)
     worst = max(worst, float((got - ref).abs().max()), float((got_fused - ref_fused).abs().max()))
@@ -115,6 +118,16 @@ print(worst)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_split_count_fills_the_gpu_only_when_pairs_are_few():
+    from modules.engine.group_norm import TARGET_PROGRAMS, split_count
+
+    assert split_count(1024, 4096, 256) == (1, 4096)  # batch 16 × 64 groups: enough programs already
+    parts, rows = split_count(64, 4096, 256)  # SD1.5 batch 1 (CFG: 2 images × 32 groups) at 64×64
+    assert parts > 1 and rows % 256 == 0 and parts * rows >= 4096 and (parts - 1) * rows < 4096
+    assert 64 * parts <= 2 * TARGET_PROGRAMS
+    assert split_count(64, 64, 256) == (1, 256)  # one block of rows: nothing to split
 
 
 def test_group_norm_install_needs_cuda_and_leaves_cpu_modules_alone():
