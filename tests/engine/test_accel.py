@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,10 +83,15 @@ def test_compile_option_reaches_the_loader():
     assert parse_flags(["--compile"], environ={}).compile is True
 
 
-def test_group_norm_kernel_matches_pytorch_in_tritons_interpreter():
-    import subprocess
-    import sys
+def run_interpreted(code: str) -> float:
+    """Run ``code`` in a fresh process with Triton's CPU interpreter on; return the number it prints last."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return float(out.stdout.strip().splitlines()[-1])
 
+
+def test_group_norm_kernel_matches_pytorch_in_tritons_interpreter():
     pytest.importorskip("triton")
     code = """
 import torch
@@ -114,10 +121,7 @@ for groups, channels, shape in ((32, 320, (2, 8, 8)), (32, 960, (1, 5, 7)), (8, 
     worst = max(worst, float((got_silu - torch.nn.functional.silu(ref)).abs().max()))
 print(worst)
 """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert float(out.stdout.strip().splitlines()[-1]) < 1e-5
+    assert run_interpreted(code) < 1e-5
 
 
 def test_split_count_fills_the_gpu_only_when_pairs_are_few():
@@ -142,9 +146,6 @@ def test_group_norm_install_needs_cuda_and_leaves_cpu_modules_alone():
 
 
 def test_geglu_gate_kernel_matches_pytorch_in_tritons_interpreter():
-    import subprocess
-    import sys
-
     pytest.importorskip("triton")
     code = """
 import torch
@@ -160,10 +161,7 @@ for shape in ((2, 7, 2 * 1280), (3, 2 * 40), (1, 33, 2 * 300), (17, 2 * 256)):
     worst = max(worst, float((got - ref).abs().max()))
 print(worst)
 """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert float(out.stdout.strip().splitlines()[-1]) < 1e-4
+    assert run_interpreted(code) < 1e-4
 
 
 def test_geglu_install_needs_cuda_and_leaves_cpu_modules_alone():
