@@ -1,0 +1,29 @@
+"""The benchmark's own code on the CPU (tiny checkpoints): every workload runs, through our engine and diffusers."""
+
+import math
+import sys
+
+import pytest
+
+from tests.gpu.bench import run
+
+
+def test_every_workload_runs_on_tiny_checkpoints(tmp_path):
+    pytest.importorskip("diffusers")
+    results = run(tmp_path, tiny=True, skip_sdxl=False, runs=1, warmup=0)
+    for kind in ("sd1", "sdxl"):
+        entry = results[kind]
+        for side in ("engine", "baseline"):
+            b1 = entry["W_b1"][side]
+            assert b1["e2e_s"] > 0 and math.isfinite(b1["unet_it_s"])
+        w4 = entry["W4_img2img"]
+        assert w4["engine_e2e_s"] > 0 and w4["baseline_e2e_s"] > 0 and w4["ratio"] > 0
+        if sys.platform.startswith("linux"):  # the page cache can be dropped: a cold load is measured
+            assert entry["cold_read_s"] > 0 and entry["cold_load_s"] > 0
+    change = results["sd1"]["W6_resolution_change"]
+    assert change["size"] == "96x64" and change["first_job_s"] > 0 and change["second_job_s"] > 0
+    assert results["sd1"]["W2_b8"]["engine"]["images_per_s"] > 0
+    assert [k for k, _ in results["W5_switch_s"]] == ["sd1", "sdxl", "sd1"]
+    assert [k for k, _ in results["W5_switch_ram_cache_s"]] == ["sd1", "sdxl", "sd1"]
+    first = results["W6_first_image"]
+    assert 0 < first["import_s"] < first["load_done_s"] < first["first_image_s"]
