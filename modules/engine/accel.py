@@ -23,6 +23,7 @@ import torch
 
 from modules.engine import geglu, group_norm
 from modules.engine.compiling import READY, BackgroundCompiler
+from modules.engine.types import ModelType
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class GraphedForward:
         self._pool = torch.cuda.graph_pool_handle()
 
 
-def prepare_unet(unet: torch.nn.Module, device: str, *, compile: bool = False) -> bool:
+def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, compile: bool = False) -> bool:
     """Merge the UNet's attention projections; on CUDA put it in channels_last with the hand-written kernels.
 
     Returns whether the layout was changed. Merged projections: one matmul for self-attention's q/k/v and one for
@@ -183,12 +184,14 @@ def prepare_unet(unet: torch.nn.Module, device: str, *, compile: bool = False) -
     SD1.5 9.12 ms with PyTorch's GroupNorm → 7.09 ms (GEGLU kernel alone: 7.48 → 7.09); SDXL 41.2 ms contiguous with
     PyTorch's kernels → 38.2 with the GEGLU kernel → 34.8 ms channels_last with the GroupNorm kernel. (On the H100,
     channels_last with PyTorch's GroupNorm was slower for SDXL: its NHWC GroupNorm is a slow strided path.)
-    Without ``compile`` only: inductor fuses these itself and cannot trace through hand-written kernels.
+    The kernels are installed without ``compile`` only: inductor fuses these itself and cannot trace through
+    hand-written kernels. With ``compile`` an SDXL UNet stays contiguous as before: the layout gain above comes from the
+    GroupNorm kernel, which inductor replaces with its own, and the compiled layouts have not been compared.
     """
     fuse = getattr(unet, "fuse_projections", None)
     if fuse is not None:
         fuse()
-    if not device.startswith("cuda"):
+    if not device.startswith("cuda") or (compile and model_type.is_sdxl):
         return False
     unet.to(memory_format=torch.channels_last)
     if not compile:

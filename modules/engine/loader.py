@@ -261,7 +261,7 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
         prediction = probe_prediction_type(parts.unet)
     parts.schedule["prediction_type"] = prediction
     # 4. Device and memory mode.
-    prepare_unet(parts.unet, options.device, compile=options.compile)
+    prepare_unet(parts.unet, model_type, options.device, compile=options.compile)
     mode = direct or _memory_mode(parts, model_type, options)
     offload.apply_mode(parts, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile)
     seconds = time.perf_counter() - started

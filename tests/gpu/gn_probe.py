@@ -36,7 +36,7 @@ def build(kind: str) -> tuple[UNet, bool]:
     torch.manual_seed(0)
     for p in unet.parameters():
         p.normal_(0.0, 0.02)
-    prepare_unet(unet, "cuda")
+    prepare_unet(unet, model_type, "cuda")
     enable_cuda_graphs(unet)
     return unet, model_type.is_sdxl
 
