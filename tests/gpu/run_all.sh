@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One GPU-machine session of measurements (the device's 10-minute command limit: run the parts as separate calls).
+#
+#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|profile|startup|all]
+#
+# Writes full-size sd1/sdxl checkpoints to /tmp/ck once (≈70 s), then:
+#   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
+#   compile  the --compile path and B + reduce-overhead (SD1.5 only)                          ≈ 4 min
+#   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, load_profile           ≈ 3 min
+#   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
+# Wheels the machine lacks (diffusers, transformers, omegaconf…) are installed from .whl/ when that folder exists.
+set -uo pipefail
+out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|all]}"
+what="${2:-all}"
+mkdir -p "${out}" /tmp/ck
+if [[ -d .whl ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+[[ -f /tmp/ck/sdxl.safetensors ]] || python3 -c "
+from pathlib import Path
+from tests.support.tiny_checkpoints import write_checkpoint
+for kind in ('sd1', 'sdxl'):
+    write_checkpoint(kind, Path('/tmp/ck') / f'{kind}.safetensors', size='full', write_yaml=False)"
+run() { [[ "${what}" == all || "${what}" == "$1" ]]; }
+if run bench; then
+    python3 -m tests.gpu.bench --checkpoint-dir /tmp/ck --out "${out}/bench.json" > "${out}/bench.log" 2>&1
+fi
+if run compile; then
+    python3 -m tests.gpu.bench --checkpoint-dir /tmp/ck --skip-sdxl --compile --runs 6 \
+        --out "${out}/bench-sd1-compile.json" > "${out}/bench-compile.log" 2>&1
+fi
+if run profile; then
+    python3 -m tests.gpu.unet_profile /tmp/ck/sd1.safetensors /tmp/ck/sdxl.safetensors --batch 1 8 --variants \
+        --out "${out}/unet_profile.json" > "${out}/profile.log" 2>&1
+    python3 -m tests.gpu.gn_probe --out "${out}/gn_probe.json" >> "${out}/profile.log" 2>&1
+    for kind in sd1 sdxl; do python3 -m tests.gpu.load_profile "/tmp/ck/${kind}.safetensors"; done \
+        > "${out}/load_profile.txt" 2>&1
+fi
+if run startup; then
+    {
+        for _ in 1 2 3; do python3 -m tests.gpu.startup_profile /tmp/ck/sd1.safetensors; done
+        python3 -m tests.gpu.startup_profile /tmp/ck/sd1.safetensors --warm-up
+    } > "${out}/startup_profile.txt" 2>&1
+fi
+grep -h '^{' "${out}"/*.txt 2>/dev/null | cut -c1-300
+ls -la "${out}"
