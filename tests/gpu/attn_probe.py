@@ -2,8 +2,7 @@
 
 Run on the GPU machine: ``python -m tests.gpu.attn_probe --out results.json``. SD1.5's heads are 40/80/160 wide
 (8 heads); flash attention pads 40 to 64. SDXL's are 64 wide. Self-attention over the latent pixels, cross-attention
-over 77 text tokens, batch 2 (CFG). Also one whole UNet step of SD1.5/SDXL-sized random UNets per backend order when
-checkpoints are given (``--sd1``, ``--sdxl``).
+over 77 text tokens, batch 2 (CFG). A whole UNet step per backend priority: ``tests.gpu.unet_profile --variants``.
 """
 
 from __future__ import annotations
@@ -74,47 +73,12 @@ def probe_shapes() -> dict[str, dict[str, float | str]]:
     return out
 
 
-def probe_unet(path: Path) -> dict[str, float]:
-    """Milliseconds per CFG step (graph replay) of the loaded UNet with each backend order first."""
-    from modules.engine.loader import LoadOptions, load_checkpoint
-    from modules.engine.types import CheckpointInfo
-
-    model = load_checkpoint(CheckpointInfo(path, path.name), LoadOptions(device="cuda", dtype="float16"))
-    unet, sdxl = model.components.unet, model.model_type.is_sdxl
-    size = 128 if sdxl else 64
-    x = torch.randn(2, 4, size, size, device="cuda", dtype=torch.float16)
-    if not sdxl:
-        x = x.to(memory_format=torch.channels_last)
-    ctx = torch.randn(2, 77, unet.config.cross_attention_dim, device="cuda", dtype=torch.float16)
-    t = torch.tensor([500.0, 500.0], device="cuda")
-    added = None
-    if sdxl:
-        ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2, device="cuda", dtype=torch.float16)
-        added = {"text_embeds": torch.randn(2, 1280, device="cuda", dtype=torch.float16), "time_ids": ids}
-    out = {}
-    for label, backend in BACKENDS.items():
-        order = [backend, *[b for b in BACKENDS.values() if b is not backend]]
-        with torch.inference_mode(), sdpa_kernel(order, set_priority=True):
-            unet.forward.clear()  # a fresh graph captured with this priority
-            out[label + "_first_ms"] = (
-                _time(lambda: unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added), 30) / 1000
-            )
-    print(path.name, out, flush=True)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--sd1", type=Path)
-    parser.add_argument("--sdxl", type=Path)
     args = parser.parse_args()
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     results["sdpa"] = probe_shapes()
-    for name in ("sd1", "sdxl"):
-        path = getattr(args, name)
-        if path is not None:
-            results[name + "_unet_step"] = probe_unet(path)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
