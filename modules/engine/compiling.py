@@ -32,7 +32,9 @@ class BackgroundCompiler:
         forward: The module's eager forward (bound method).
         runner: ``runner(fn, inputs)`` calls ``fn`` exactly as the graph capture will (same arguments), so the
             compiled code's guards match at capture time.
-        compile_fn: ``torch.compile`` (replaceable in tests).
+        compile_fn: ``torch.compile`` (replaceable in tests). Called in the first background compile, not here:
+            ``torch.compile`` imports dynamo and inductor, seconds of work that would otherwise delay the model load
+            (measured on the H200: the load with ``--compile`` finished 6.8 s later than without).
     """
 
     def __init__(
@@ -41,13 +43,24 @@ class BackgroundCompiler:
         runner: Runner,
         compile_fn: Callable[..., Callable[..., Any]] | None = None,
     ) -> None:
-        self.compiled = (compile_fn or torch.compile)(forward, fullgraph=True, dynamic=False)
+        self._forward = forward
+        self._compile_fn = compile_fn
+        self._compiled: Callable[..., Any] | None = None
         self._runner = runner
         self._state: dict[tuple, str] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._queued: dict[tuple, dict[str, torch.Tensor]] = {}
         self.seconds: dict[tuple, float] = {}
+
+    @property
+    def compiled(self) -> Callable[..., Any]:
+        """The compiled forward (made by the first background compile; a signature is ``ready`` only after it)."""
+        with self._lock:
+            if self._compiled is None:
+                compile_fn = self._compile_fn or torch.compile
+                self._compiled = compile_fn(self._forward, fullgraph=True, dynamic=False)
+            return self._compiled
 
     def state(self, key: tuple) -> str | None:
         """``pending``, ``ready``, ``failed``, or None when this signature was never requested."""
@@ -82,9 +95,10 @@ class BackgroundCompiler:
         on_cuda = inputs["sample"].device.type == "cuda"
         stream = torch.cuda.Stream(device=inputs["sample"].device) if on_cuda else None
         try:
+            compiled = self.compiled
             with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
                 for _ in range(2):  # the second call runs the cached code: the guards hold for these inputs
-                    self._runner(self.compiled, inputs)
+                    self._runner(compiled, inputs)
             if stream is not None:
                 stream.synchronize()
         except Exception as exc:  # any compile failure must leave the job running eagerly

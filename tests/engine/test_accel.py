@@ -39,9 +39,11 @@ def test_background_compiler_compiles_once_per_signature_and_reports_ready():
     from modules.engine.compiling import FAILED, READY, BackgroundCompiler
 
     calls = []
+    compiles = []
 
     def fake_compile(fn, **options):
         assert options == {"fullgraph": True, "dynamic": False}
+        compiles.append(fn)
 
         def compiled(*args):
             calls.append(args)
@@ -53,6 +55,7 @@ def test_background_compiler_compiles_once_per_signature_and_reports_ready():
         return fn(inputs["sample"])
 
     compiler = BackgroundCompiler(lambda x: x * 2, runner, compile_fn=fake_compile)
+    assert not compiles  # torch.compile (its dynamo/inductor imports) waits for the first background compile
     inputs = {"sample": torch.ones(2, 3)}
     assert compiler.state(("a",)) is None
     compiler.request(("a",), inputs)
@@ -63,6 +66,8 @@ def test_background_compiler_compiles_once_per_signature_and_reports_ready():
     assert compiler.state(("a",)) == READY and len(calls) == 2  # compile call + the check call
     assert torch.equal(compiler.compiled(torch.ones(1)), torch.full((1,), 2.0))
     assert ("a",) in compiler.seconds
+    compiler.request(("c",), {"sample": torch.ones(4)})  # another size: compiled by the same compiled function
+    assert compiler.wait(30) and compiler.state(("c",)) == READY and len(compiles) == 1
 
     def broken_compile(fn, **options):
         def compiled(*args):

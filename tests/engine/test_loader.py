@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import shutil
 import struct
+import sys
 import types
 import weakref
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modules.engine import loader
 from modules.engine.loader import (
     LoadedModel,
     LoadOptions,
@@ -299,6 +302,8 @@ def test_select_device(monkeypatch: pytest.MonkeyPatch) -> None:
         "mps", "float16", "float32",
     )  # fmt: skip
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    configured = []
+    monkeypatch.setattr(loader, "configure_allocator", lambda: configured.append(True))
     cases = {
         (False, False, "autocast", None): ("cuda", "float16", "float16"),
         (False, True, "autocast", 1): ("cuda:1", "float16", "float32"),
@@ -311,6 +316,30 @@ def test_select_device(monkeypatch: pytest.MonkeyPatch) -> None:
         )
         assert got == expected
     assert select_device(use_cpu_all=True, device_id=0, no_half=False, no_half_vae=False, precision="half")[0] == "cpu"
+    assert len(configured) == len(cases)  # the allocator is set up whenever CUDA is chosen, never for the CPU
+
+
+def test_configure_allocator_leaves_user_settings_and_other_platforms_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    applied: list[str] = []
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", applied.append, raising=False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert not loader.configure_allocator() and applied == []
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "backend:cudaMallocAsync")  # the newer name counts as well
+    assert not loader.configure_allocator() and applied == []
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF")
+    for platform, cuda in (("win32", "13.0"), ("linux", None)):  # Windows has no expandable segments; ROCm builds
+        monkeypatch.setattr(sys, "platform", platform)
+        monkeypatch.setattr(torch.version, "cuda", cuda)
+        assert not loader.configure_allocator() and applied == []
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert loader.configure_allocator()
+    assert applied == [loader.ALLOCATOR_SETTINGS] == ["expandable_segments:True"]
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"  # child processes inherit it
 
 
 def test_unknown_dtype_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:

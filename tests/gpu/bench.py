@@ -35,7 +35,7 @@ from PIL import Image
 
 from modules.engine import offload
 from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
-from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
+from modules.engine.loader import ALLOCATOR_SETTINGS, LoadedModel, LoadOptions, ModelManager, select_device
 from modules.engine.pipeline import generate
 from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest
 from tests.support.diffusers_reference import reference_pipeline
@@ -44,7 +44,8 @@ from tests.support.tiny_checkpoints import write_checkpoint
 logger = logging.getLogger("bench")
 
 FLOP_PER_STEP = {"sd1": 1.607e12, "sdxl": 13.52e12}  # UNet with CFG (batch 2), performance.md §1
-LIMIT_IT_S = {"sd1": 498.0, "sdxl": 59.2}
+LIMIT_IT_S = {"sd1": 498.0, "sdxl": 59.2}  # UNet steps/s at 100 % of 800 TFLOP/s (performance.md §2b)
+LIMIT_IMAGES_S = {"sd1": 23.0, "sdxl": 2.85}  # end-to-end images/s, 20 steps + VAE + text (§2b)
 
 
 def _sync() -> None:
@@ -70,7 +71,19 @@ def _peak_gb() -> float:
     return torch.cuda.max_memory_reserved() / 1e9 if torch.cuda.is_available() else 0.0
 
 
+def set_allocator_settings(settings: str) -> None:
+    """Change PyTorch's CUDA allocator settings for the segments made from now on (empty the cache first)."""
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setter(settings)
+
+
 def _reset_peak() -> None:
+    """Start a peak measurement: what earlier workloads left (B's pipeline frees only on ``gc``) is given back first.
+
+    Without the ``gc`` the SD1.5 img2img peak, measured right after B's txt2img, counted B's leftovers (3.62 GB on
+    the H200 against 3.22 GB measured alone, tests/gpu/results/mem_probe-h200.json).
+    """
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -127,9 +140,16 @@ def baseline_workload(model: LoadedModel, size: int, batch: int, warmup: int, ru
 
 @contextlib.contextmanager
 def _reference(model: LoadedModel) -> Iterator[Any]:
-    """B's pipeline for ``model``'s file, with our model in RAM until B is dropped."""
+    """B's pipeline for ``model``'s file, with our model in RAM until B is dropped.
+
+    B runs with PyTorch's default allocator settings, as plain diffusers does (our engine turns expandable segments on:
+    engine/loader.py ``configure_allocator``).
+    """
     offload.release(model.components)
     _free()
+    expandable = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") == ALLOCATOR_SETTINGS
+    if expandable:
+        set_allocator_settings("expandable_segments:False")
     pipe = reference_pipeline(
         Path(model.checkpoint.filename),
         device=model.device,
@@ -141,6 +161,8 @@ def _reference(model: LoadedModel) -> Iterator[Any]:
     finally:
         del pipe
         _free()
+        if expandable:
+            set_allocator_settings(ALLOCATOR_SETTINGS)
         offload.apply_mode(model.components, model.device, "full", cuda_graphs=True)
 
 
@@ -172,14 +194,15 @@ def _baseline(pipe: Any, model: LoadedModel, size: int, batch: int, warmup: int,
 
 def _summary(t20: float, t2: float, batch: int, kind: str) -> dict[str, float]:
     it_s = 18.0 / max(t20 - t2, 1e-9)
-    flop = FLOP_PER_STEP.get("sdxl" if kind.startswith("sdxl") else "sd1", 0.0) * batch
+    family = "sdxl" if kind.startswith("sdxl") else "sd1"
     return {
         "e2e_s": t20,
         "s_per_image": t20 / batch,
         "images_per_s": batch / t20,
         "unet_it_s": it_s,
-        "tflops": it_s * flop / 1e12,
-        "pct_of_limit": 100.0 * it_s / LIMIT_IT_S["sdxl" if kind.startswith("sdxl") else "sd1"] if batch == 1 else 0.0,
+        "tflops": it_s * FLOP_PER_STEP[family] * batch / 1e12,
+        "pct_of_limit": 100.0 * it_s * batch / LIMIT_IT_S[family],  # the UNet's share of the FLOP limit
+        "e2e_pct_of_limit": 100.0 * batch / t20 / LIMIT_IMAGES_S[family],  # images/s against the e2e limit (W2)
         "peak_reserved_gb": _peak_gb(),
     }
 
