@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # One GPU-machine session of measurements (the device's 10-minute command limit: run the parts as separate calls).
 #
-#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|profile|startup|all]
+#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|profile|startup|app|all]
 #
 # Writes full-size sd1/sdxl checkpoints to /tmp/ck once (≈70 s), then:
 #   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
 #   compile  the --compile path and B + reduce-overhead (SD1.5 only)                          ≈ 4 min
 #   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, load_profile           ≈ 3 min
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
-# Wheels the machine lacks (diffusers, transformers, omegaconf…) are installed from .whl/ when that folder exists.
+#   app      app_start: the whole app (webui.py --api) three times, page and first jobs over HTTP ≈ 1 min
+# Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
+# and .whl-app/ (gradio, fastapi, pydantic…: the app) when those folders exist. Carry .whl for the first four parts
+# and .whl-app alone for `app` (its huggingface_hub pin is newer than the one transformers there accepts).
 set -uo pipefail
-out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|all]}"
+out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|app|all]}"
 what="${2:-all}"
 mkdir -p "${out}" /tmp/ck
-if [[ -d .whl ]]; then
-    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
-fi
+for wheels in .whl .whl-app; do
+    if [[ -d "${wheels}" ]]; then
+        python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site "${wheels}"/*.whl
+    fi
+done
+export PYTHONPATH="/tmp/site:${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 [[ -f /tmp/ck/sdxl.safetensors ]] || python3 -c "
 from pathlib import Path
@@ -43,6 +48,10 @@ if run startup; then
         for _ in 1 2 3; do python3 -m tests.gpu.startup_profile /tmp/ck/sd1.safetensors; done
         python3 -m tests.gpu.startup_profile /tmp/ck/sd1.safetensors --warm-up
     } > "${out}/startup_profile.txt" 2>&1
+fi
+if run app; then
+    python3 -m tests.gpu.app_start /tmp/ck/sd1.safetensors --runs 3 --out "${out}/app_start.json" \
+        > "${out}/app_start.log" 2>&1
 fi
 grep -h '^{' "${out}"/*.txt 2>/dev/null | cut -c1-300
 ls -la "${out}"

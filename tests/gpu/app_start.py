@@ -1,0 +1,117 @@
+"""W6 through the whole app: seconds from starting ``webui.py --api`` to its page and to its first images over HTTP.
+
+Run on the GPU machine: ``python -m tests.gpu.app_start CHECKPOINT [--runs 3] [--size 512] [--out FILE]
+[-- EXTRA WEBUI FLAGS]``. Each run starts a new server process with an empty data directory and ``--ckpt CHECKPOINT``
+(so Gradio's import and the UI build overlap the start-up load and warm-up, as for a user), waits for the page, then
+posts two 20-step txt2img jobs to ``/sdapi/v1/txt2img`` and checks that each returns an image of the asked size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_page(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before its page came up")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"no page at {url} after {timeout:.0f} s")
+
+
+def _txt2img(url: str, size: int) -> float:
+    """Post one job; return its seconds after checking the image it returns."""
+    body = {"prompt": "a photo of a cat", "steps": 20, "width": size, "height": size, "sampler_name": "Euler"}
+    request = urllib.request.Request(
+        f"{url}/sdapi/v1/txt2img", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=600) as response:
+        answer = json.loads(response.read())
+    seconds = time.perf_counter() - started
+    image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0])))
+    if image.size != (size, size):
+        raise RuntimeError(f"the job returned a {image.size} image, not {size}×{size}")
+    return seconds
+
+
+def one_run(checkpoint: Path, size: int, extra: list[str], timeout: float = 300) -> dict[str, float]:
+    """Start the app, time its page and two jobs, stop it; phases in seconds from the process start."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as data_dir, tempfile.TemporaryFile("w+") as log:
+        cmd = [sys.executable, "webui.py", "--api", "--port", str(port), "--data-dir", data_dir,
+               "--ckpt", str(checkpoint), "--no-download-sd-model", *extra]  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # fmt: skip
+        try:
+            _wait_for_page(url + "/", proc, timeout)
+            page_s = time.perf_counter() - t0
+            first_job_s = _txt2img(url, size)
+            first_image_s = time.perf_counter() - t0
+            second_job_s = _txt2img(url, size)
+        except Exception:
+            log.seek(0)
+            sys.stderr.write(log.read()[-4000:])
+            raise
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return {"page_s": page_s, "first_job_s": first_job_s, "first_image_s": first_image_s, "second_job_s": second_job_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("extra", nargs="*", help="more webui.py flags (after --)")
+    args = parser.parse_args()
+    runs = [one_run(args.checkpoint.resolve(), args.size, args.extra) for _ in range(args.runs)]
+    for run in runs:
+        print(json.dumps(run))
+    if args.out:
+        summary = {"checkpoint": args.checkpoint.name, "flags": args.extra, "runs": runs}
+        args.out.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

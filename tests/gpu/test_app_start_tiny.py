@@ -1,0 +1,11 @@
+"""The app start-up measurement (tests/gpu/app_start.py) on the CPU: a real server, a tiny checkpoint, two jobs."""
+
+from tests.gpu.app_start import one_run
+from tests.support.tiny_checkpoints import write_checkpoint
+
+
+def test_app_start_times_the_page_and_two_jobs_of_a_real_server(tmp_path):
+    checkpoint = write_checkpoint("sd1", tmp_path / "tiny.safetensors")
+    phases = one_run(checkpoint, 64, ["--use-cpu", "all"], timeout=180)
+    assert 0 < phases["page_s"] < phases["first_image_s"]
+    assert phases["first_job_s"] > 0 and phases["second_job_s"] > 0
