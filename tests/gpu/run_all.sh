@@ -10,8 +10,8 @@
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
 #   app      app_start: the whole app (webui.py --api) three times, page and first jobs over HTTP ≈ 1 min
 # Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
-# and .whl-app/ (gradio, fastapi, pydantic…: the app) when those folders exist. Carry .whl for the first four parts
-# and .whl-app alone for `app` (its huggingface_hub pin is newer than the one transformers there accepts).
+# and .whl-app/ (gradio, fastapi, pydantic… that the machine lacks: the app) when those folders exist. Carry .whl for
+# the first four parts and .whl-app for `app`.
 set -uo pipefail
 out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|app|all]}"
 what="${2:-all}"
