@@ -78,10 +78,11 @@ def set_allocator_settings(settings: str) -> None:
 
 
 def _reset_peak() -> None:
-    """Start a peak measurement: what earlier workloads left (B's pipeline frees only on ``gc``) is given back first.
+    """Start a peak measurement: what earlier workloads left is collected and given back first.
 
-    Without the ``gc`` the SD1.5 img2img peak, measured right after B's txt2img, counted B's leftovers (3.62 GB on
-    the H200 against 3.22 GB measured alone, tests/gpu/results/mem_probe-h200.json).
+    B's pipeline is freed only once its caller has returned and ``gc`` has run. Without the ``gc`` here, the SD1.5
+    img2img peak measured right after B's txt2img came out at 3.62 GB on the H200, against 3.22 GB measured alone
+    (tests/gpu/results/mem_probe-h200.json).
     """
     gc.collect()
     if torch.cuda.is_available():
