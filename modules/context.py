@@ -145,6 +145,7 @@ class AppContext:
             no_half=self.flags.no_half,
             no_half_vae=self.flags.no_half_vae,
             precision=self.flags.precision,
+            bf16=self.flags.bf16,
         )
         return LoadOptions(
             device=device,

@@ -71,6 +71,7 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--lowvram", {"action": "store_true", "help": "aggressive sequential offload (slow)"}),
     ("--medvram-sdxl", {"action": "store_true", "help": "--medvram for SDXL models only"}),
     ("--disable-cuda-graphs", {"action": "store_true", "help": "run the UNet eagerly, without CUDA graphs"}),
+    ("--bf16", {"action": "store_true", "help": "UNet and text encoders in bfloat16 instead of float16 (CUDA)"}),
     (
         "--compile",
         {"action": "store_true", "help": "torch.compile the UNet in the background (CUDA; cached on disk)"},
@@ -233,6 +234,7 @@ class LaunchFlags(BaseModel):
     medvram_sdxl: bool = False
     disable_cuda_graphs: bool = False
     compile: bool = False
+    bf16: bool = False
     esrgan_models_path: Path | None = None
     realesrgan_models_path: Path | None = None
     dat_models_path: Path | None = None

@@ -6,9 +6,9 @@ read the weights once and assign them to the networks by their original key name
 
 Device/dtype policy (:func:`select_device`), following A1111:
 
-- CUDA: UNet and text encoders fp16 (fp32 with ``--no-half`` / ``--precision full``); VAE fp16 unless
-  ``--no-half-vae``. An fp16 VAE that produces NaNs (the SDXL 1.0 VAE overflows in fp16) switches itself to fp32
-  (engine/vae.py, A1111's automatic VAE precision).
+- CUDA: UNet and text encoders fp16 (bf16 with ``--bf16`` on GPUs that have it; fp32 with ``--no-half`` /
+  ``--precision full``); VAE fp16 unless ``--no-half-vae``. An fp16 VAE that produces NaNs (the SDXL 1.0 VAE
+  overflows in fp16) switches itself to fp32 (engine/vae.py, A1111's automatic VAE precision).
 - MPS: fp16 UNet/text, fp32 VAE (as A1111 on macOS).
 - CPU: fp32 always (fp16 on CPU is ~10× slower and not supported by every op).
 
@@ -79,7 +79,13 @@ class LoadOptions:
 
 
 def select_device(
-    *, use_cpu_all: bool, device_id: int | None, no_half: bool, no_half_vae: bool, precision: str
+    *,
+    use_cpu_all: bool,
+    device_id: int | None,
+    no_half: bool,
+    no_half_vae: bool,
+    precision: str,
+    bf16: bool = False,
 ) -> tuple[str, str, str]:
     """Choose ``(device, dtype, vae_dtype)`` from A1111's flags and the hardware (policy in the module docstring).
 
@@ -89,12 +95,20 @@ def select_device(
         no_half: ``--no-half``.
         no_half_vae: ``--no-half-vae``.
         precision: ``--precision`` (``"autocast"``, ``"half"`` or ``"full"``; ``"full"`` acts as ``--no-half``).
+        bf16: ``--bf16``: on CUDA, UNet and text encoders in bfloat16 instead of float16 where the GPU supports it
+            (the VAE keeps its own policy). ``--no-half`` wins.
     """
     full = no_half or precision == "full"
     if not use_cpu_all and torch.cuda.is_available():
         configure_allocator()
         device = f"cuda:{device_id}" if device_id is not None else "cuda"
-        choice = (device, "float32" if full else "float16", "float32" if full or no_half_vae else "float16")
+        half = "float16"
+        if bf16 and not full:
+            if torch.cuda.is_bf16_supported():
+                half = "bfloat16"
+            else:
+                logger.warning("--bf16: this GPU has no bfloat16 support; the UNet and text encoders stay float16")
+        choice = (device, "float32" if full else half, "float32" if full or no_half_vae else "float16")
     elif not use_cpu_all and torch.backends.mps.is_available():
         choice = ("mps", "float32" if full else "float16", "float32")
     else:

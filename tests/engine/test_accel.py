@@ -86,6 +86,7 @@ def test_compile_option_reaches_the_loader():
 
     assert LoadOptions().compile is False
     assert parse_flags(["--compile"], environ={}).compile is True
+    assert parse_flags(["--bf16"], environ={}).bf16 is True and parse_flags([], environ={}).bf16 is False
 
 
 def run_interpreted(code: str) -> float:

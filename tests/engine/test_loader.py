@@ -317,6 +317,14 @@ def test_select_device(monkeypatch: pytest.MonkeyPatch) -> None:
         assert got == expected
     assert select_device(use_cpu_all=True, device_id=0, no_half=False, no_half_vae=False, precision="half")[0] == "cpu"
     assert len(configured) == len(cases)  # the allocator is set up whenever CUDA is chosen, never for the CPU
+    flags = {"use_cpu_all": False, "device_id": None, "no_half_vae": False, "precision": "autocast", "bf16": True}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert select_device(no_half=False, **flags) == ("cuda", "bfloat16", "float16")  # --bf16: UNet/text, not VAE
+    assert select_device(no_half=True, **flags) == ("cuda", "float32", "float32")  # --no-half wins
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert select_device(no_half=False, **flags) == ("cuda", "float16", "float16")  # e.g. a T4: fp16, with a warning
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device(no_half=False, **flags) == ("mps", "float16", "float32")  # CUDA only
 
 
 def test_configure_allocator_leaves_user_settings_and_other_platforms_alone(monkeypatch: pytest.MonkeyPatch) -> None:

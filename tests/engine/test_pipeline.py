@@ -29,6 +29,30 @@ def test_each_kind_generates(load_tiny, tiny_models, kind):
     assert info["Model hash"] == "abababab" + "ab" and info["Model"] == kind
 
 
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_bfloat16_unet_and_text_encoders_generate_close_to_float32(tiny_models, kind):
+    """``--bf16``'s dtype through the real loader and sampler: same picture as fp32 within bf16 rounding."""
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.types import CheckpointInfo
+
+    path = tiny_models[kind]
+    info = CheckpointInfo(path, path.name, config=path.with_suffix(".yaml"))
+    req = GenerationRequest(prompt="a red cat", seed=5, **FAST)
+    manager = ModelManager()
+    try:
+        full = pixels(generate(manager.get(info, LoadOptions()), req).images[0]).astype(int)
+        model = manager.get(info, LoadOptions(dtype="bfloat16"))
+        parts = model.components
+        encoders = [m for m in (parts.text_encoder, parts.text_encoder_2) if m is not None]
+        assert {str(next(m.parameters()).dtype) for m in [parts.unet, *encoders]} == {"torch.bfloat16"}
+        assert str(parts.vae.dtype) == "torch.float32"
+        half = pixels(generate(model, req).images[0]).astype(int)
+    finally:
+        manager.unload()
+    assert np.isfinite(half).all() and half.shape == full.shape
+    assert np.abs(half - full).mean() < 8  # bf16 keeps 8 bits of mantissa: close, not equal
+
+
 def test_same_seed_same_image_and_different_seed_differs(load_tiny, tiny_models):
     model = load_tiny(tiny_models["sd1"])
     a = generate(model, GenerationRequest(prompt="x", seed=7, **FAST)).images[0]

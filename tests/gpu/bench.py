@@ -403,11 +403,15 @@ def run(
     warmup: int,
     compile: bool = False,
     checkpoint_dir: Path | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
-    """Write the checkpoints (or take ``sd1``/``sdxl.safetensors`` from ``checkpoint_dir``), run every workload."""
+    """Write the checkpoints (or take ``sd1``/``sdxl.safetensors`` from ``checkpoint_dir``), run every workload.
+
+    With ``bf16`` (the app's ``--bf16``) our UNet and text encoders run in bfloat16, and so do B's.
+    """
     size_kind = "tiny" if tiny else "full"
     device, dtype, vae_dtype = select_device(
-        use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast"
+        use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast", bf16=bf16
     )
     opts = LoadOptions(device=device, dtype=dtype, vae_dtype=vae_dtype)
     results: dict[str, Any] = {
@@ -470,6 +474,7 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint-dir", type=Path, help="use sd1.safetensors / sdxl.safetensors from here if present"
     )
+    parser.add_argument("--bf16", action="store_true", help="UNet and text encoders in bfloat16 (ours and B's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -483,6 +488,7 @@ def main() -> None:
             warmup=args.warmup,
             compile=args.compile,
             checkpoint_dir=args.checkpoint_dir,
+            bf16=args.bf16,
         )
     text = json.dumps(results, indent=2)
     print(text)
