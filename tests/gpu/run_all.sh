@@ -11,7 +11,14 @@
 #   app      app_start: the whole app (webui.py --api) three times, page and first jobs over HTTP ≈ 1 min
 # Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
 # and .whl-app/ (gradio, fastapi, pydantic… that the machine lacks: the app) when those folders exist. Carry .whl for
-# the first four parts and .whl-app for `app`.
+# the first four parts and .whl-app for `app`. Both are git-ignored; fill them here (Python 3.12 wheels) with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl NAME==VERSION…
+# .whl: diffusers transformers accelerate omegaconf psutil torchsde trampoline (versions of tests/requirements-test.txt
+# and requirements.txt); .whl-app: gradio gradio_client fastapi starlette uvicorn pydantic pydantic_core
+# annotated_types typing_inspection anyio h11 httpx httpcore httpx2 httpcore2 orjson brotli groovy hf_gradio safehttpx
+# semantic_version tomlkit pydub python_multipart pytz truststore opentelemetry_api importlib_metadata omegaconf
+# torchsde trampoline (requirements.txt's versions; the rest is on the machine, KINDS.md).
 set -uo pipefail
 out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|app|all]}"
 what="${2:-all}"
