@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -78,6 +79,40 @@ def test_background_compiler_compiles_once_per_signature_and_reports_ready():
     failing = BackgroundCompiler(lambda x: x, runner, compile_fn=broken_compile)
     failing.request(("b",), inputs)
     assert failing.wait(30) and failing.state(("b",)) == FAILED
+
+
+def test_background_compile_shortens_the_switch_interval_until_the_last_compile_ends():
+    import sys
+    import threading
+
+    from modules.engine.compiling import READY, SHORT_SWITCH_INTERVAL_S, BackgroundCompiler
+
+    release = threading.Event()
+    seen = []
+
+    def slow_compile(fn, **options):
+        def compiled(*args):
+            seen.append(sys.getswitchinterval())
+            release.wait(30)
+            return fn(*args)
+
+        return compiled
+
+    before = sys.getswitchinterval()
+    assert before > SHORT_SWITCH_INTERVAL_S
+    compiler = BackgroundCompiler(lambda x: x + 1, lambda fn, inputs: fn(inputs["sample"]), compile_fn=slow_compile)
+    compiler.request(("a",), {"sample": torch.ones(1)})
+    compiler.request(("b",), {"sample": torch.ones(2)})
+    compiler.start_queued()  # two compiles at once, as two sizes queued by one job
+    deadline = time.monotonic() + 30
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    short = pytest.approx(SHORT_SWITCH_INTERVAL_S)  # the interpreter stores it in microseconds
+    assert seen == [short, short] and sys.getswitchinterval() == short
+    release.set()
+    assert compiler.wait(30)
+    assert compiler.state(("a",)) == compiler.state(("b",)) == READY
+    assert sys.getswitchinterval() == before  # restored once the last one ended
 
 
 def test_compile_option_reaches_the_loader():
