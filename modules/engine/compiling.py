@@ -35,7 +35,7 @@ class _SwitchInterval:
     back, so a job of a fraction of a second can take seconds (on the H200 the job after the first one of a
     ``--compile`` restart took 8.5 s instead of 0.18 s while the compile ran). ``python -m tests.gpu.switch_probe``
     shows the effect on the CPU (2 cores, tests/gpu/results/switch_probe-cpu2.json): 600 such hand-backs take
-    0.06–0.07 s alone, 3.3–6.2 s beside a busy thread at 5 ms, 0.46–0.60 s at 0.2 ms. The setting is process-wide,
+    0.06–0.12 s alone, 3.3–6.2 s beside a busy thread at 5 ms, 0.46–0.61 s at 0.2 ms (three runs). Process-wide,
     hence one guard for every compiler: the first compile to start shortens it, the last to end restores it.
     """
 
