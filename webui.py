@@ -23,6 +23,9 @@ from modules.flags import LaunchFlags, ignored_flags_used, parse_flags
 from modules.settings import Settings
 
 logger = logging.getLogger("webui")
+# Ctrl+C / SIGTERM: open connections get this long to finish; without a limit, one client connection left open mid-TLS
+# handshake (a client that rejected the certificate) held the shutdown for 30 s (tests/test_webui.py).
+GRACEFUL_SHUTDOWN_S = 3
 
 
 def setup_logging(level: str | None) -> None:
@@ -105,6 +108,7 @@ def main(argv: list[str]) -> int:
             host=flags.host,
             port=flags.server_port,
             timeout_keep_alive=flags.timeout_keep_alive,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             ssl_keyfile=flags.tls_keyfile,
             ssl_certfile=flags.tls_certfile,
             root_path=root_path(flags),

@@ -194,3 +194,9 @@ def test_tls_and_subpath(server_factory, tmp_path):
     assert json.loads(config.text)["root"].rstrip("/").endswith("/sd")
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(server.url + "/sdapi/v1/samplers", timeout=10)  # the self-signed certificate is really used
+    # That client's connection is still open (the exception holds it): SIGTERM must not wait out its timeouts.
+    os.killpg(server.proc.pid, signal.SIGTERM)
+    try:
+        server.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server was still running 15 s after SIGTERM")
