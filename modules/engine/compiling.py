@@ -15,7 +15,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,40 +27,41 @@ Runner = Callable[[Callable[..., Any], dict[str, torch.Tensor]], torch.Tensor]
 SHORT_SWITCH_INTERVAL_S = 0.0002
 
 
-class _SwitchInterval:
-    """Shortens the interpreter's thread switch interval while any background compile runs.
+class _CompileThread(threading.Thread):
+    """A background compile. While any runs, the interpreter's thread switch interval is short.
 
     A compile is pure Python for seconds (dynamo tracing, inductor loading its cache). A job beside it gives the
     interpreter up at each call that releases it and then waits up to the switch interval (5 ms by default) to get it
     back, so a job of a fraction of a second can take seconds (on the H200 the job after the first one of a
     ``--compile`` restart took 8.5 s instead of 0.18 s while the compile ran). ``python -m tests.gpu.switch_probe``
     shows the effect on the CPU (2 cores, tests/gpu/results/switch_probe-cpu2.json): 600 such hand-backs take
-    0.06–0.12 s alone, 3.3–6.2 s beside a busy thread at 5 ms, 0.46–0.61 s at 0.2 ms (three runs). Process-wide,
-    hence one guard for every compiler: the first compile to start shortens it, the last to end restores it.
+    0.06–0.12 s alone, 3.3–6.2 s beside a busy thread at 5 ms, 0.46–0.61 s at 0.2 ms (three runs).
+
+    The interval is process-wide: the first compile thread to start shortens it and remembers the value it found
+    (``original_interval``, handed on to the threads that start while it runs); the last to end restores it.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self._saved = sys.getswitchinterval()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.original_interval = sys.getswitchinterval()
+        self.finished = False
 
-    @contextlib.contextmanager
-    def shortened(self) -> Iterator[None]:
-        with self._lock:
-            if self._active == 0:
-                self._saved = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._saved, SHORT_SWITCH_INTERVAL_S))
-            self._active += 1
+    def run(self) -> None:
+        found = [t.original_interval for t in _other_compile_threads()] + [sys.getswitchinterval()]
+        self.original_interval = max(found)  # the others' value if they shortened it already (0.2 ms < any original)
+        sys.setswitchinterval(min(self.original_interval, SHORT_SWITCH_INTERVAL_S))
         try:
-            yield
+            super().run()
         finally:
-            with self._lock:
-                self._active -= 1
-                if self._active == 0:
-                    sys.setswitchinterval(self._saved)
+            self.finished = True  # before looking at the others: of two ending together, one sees the other done
+            if not _other_compile_threads():
+                sys.setswitchinterval(self.original_interval)
 
 
-_SWITCH_INTERVAL = _SwitchInterval()  # guards interpreter-wide state (see the class); not configuration
+def _other_compile_threads() -> list[_CompileThread]:
+    """The compile threads still compiling, besides the current one."""
+    me = threading.current_thread()
+    return [t for t in threading.enumerate() if isinstance(t, _CompileThread) and t is not me and not t.finished]
 
 
 class BackgroundCompiler:
@@ -124,7 +125,7 @@ class BackgroundCompiler:
         for key, inputs in queued.items():
             shapes = {name: tuple(t.shape) for name, t in inputs.items()}
             logger.info("Compiling the UNet for %s in the background (eager until it is ready)", shapes)
-            thread = threading.Thread(target=self._work, args=(key, inputs), name="unet-compile", daemon=True)
+            thread = _CompileThread(target=self._work, args=(key, inputs), name="unet-compile", daemon=True)
             self._threads.append(thread)
             thread.start()
 
@@ -133,13 +134,12 @@ class BackgroundCompiler:
         on_cuda = inputs["sample"].device.type == "cuda"
         stream = torch.cuda.Stream(device=inputs["sample"].device) if on_cuda else None
         try:
-            with _SWITCH_INTERVAL.shortened():
-                compiled = self.compiled
-                with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-                    for _ in range(2):  # the second call runs the cached code: the guards hold for these inputs
-                        self._runner(compiled, inputs)
-                if stream is not None:
-                    stream.synchronize()
+            compiled = self.compiled
+            with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+                for _ in range(2):  # the second call runs the cached code: the guards hold for these inputs
+                    self._runner(compiled, inputs)
+            if stream is not None:
+                stream.synchronize()
         except Exception as exc:  # any compile failure must leave the job running eagerly
             logger.warning("Compiling the UNet failed (%s: %s); this size stays eager", type(exc).__name__, exc)
             state = FAILED
