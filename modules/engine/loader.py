@@ -126,10 +126,19 @@ def configure_allocator() -> bool:
     if any(os.environ.get(name) for name in _ALLOC_ENV) or torch.version.cuda is None or sys.platform != "linux":
         return False
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTINGS  # for child processes
-    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
-    setter(ALLOCATOR_SETTINGS)  # applies to the segments made from now on (normally all: CUDA is not in use yet)
+    set_allocator_settings(ALLOCATOR_SETTINGS)  # normally before any segment exists: CUDA is not in use yet
     logger.info("CUDA allocator: %s", ALLOCATOR_SETTINGS)
     return True
+
+
+def set_allocator_settings(settings: str) -> None:
+    """Change PyTorch's CUDA allocator settings (e.g. ``expandable_segments:False``) for the segments made from now on.
+
+    Recent torch names the call ``torch._C._accelerator_setAllocatorSettings`` and deprecates the older
+    ``torch.cuda.memory._set_allocator_settings``; whichever exists is used.
+    """
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setter(settings)
 
 
 @dataclass

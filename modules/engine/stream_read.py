@@ -157,8 +157,11 @@ def read_tensors(
     count = workers or max(1, min(4, os.cpu_count() or 1))
     runs = split_even(plan_chunks(chosen, slot_bytes), count)
 
+    # The workers write on their own streams: memory the caller's stream freed may still be in use by its queued work.
+    after = torch.cuda.current_stream(device) if device.type == "cuda" else None
+
     def work(run: list[Chunk]) -> None:
-        _read_run(path, run, flats, chosen, device, slot_bytes)
+        _read_run(path, run, flats, chosen, device, slot_bytes, after)
 
     if len(runs) == 1:
         work(runs[0])
@@ -174,13 +177,24 @@ def read_tensors(
 
 
 def _read_run(
-    path: Path, run: list[Chunk], flats: list[torch.Tensor], chosen: list[Entry], device: torch.device, slot: int
+    path: Path,
+    run: list[Chunk],
+    flats: list[torch.Tensor],
+    chosen: list[Entry],
+    device: torch.device,
+    slot: int,
+    after: torch.cuda.Stream | None,
 ) -> None:
-    """One worker: read ``run``'s chunks into two alternating buffers and copy their pieces to the tensors."""
+    """One worker: read ``run``'s chunks into two alternating buffers and copy their pieces to the tensors.
+
+    On CUDA its copies run on a stream of its own that first waits for ``after`` (the stream the tensors were made on).
+    """
     cuda = device.type == "cuda"
     buffers = [torch.empty(slot, dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
     views = [memoryview(b.numpy()) for b in buffers]
     stream = torch.cuda.Stream(device) if cuda else None
+    if stream is not None and after is not None:
+        stream.wait_stream(after)
     events: list[torch.cuda.Event | None] = [None, None]
     with path.open("rb", buffering=0) as file, torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
         for turn, chunk in enumerate(run):

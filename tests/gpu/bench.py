@@ -35,7 +35,14 @@ from PIL import Image
 
 from modules.engine import offload
 from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
-from modules.engine.loader import ALLOCATOR_SETTINGS, LoadedModel, LoadOptions, ModelManager, select_device
+from modules.engine.loader import (
+    ALLOCATOR_SETTINGS,
+    LoadedModel,
+    LoadOptions,
+    ModelManager,
+    select_device,
+    set_allocator_settings,
+)
 from modules.engine.pipeline import generate
 from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest
 from tests.support.diffusers_reference import reference_pipeline
@@ -69,12 +76,6 @@ def timed(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
 
 def _peak_gb() -> float:
     return torch.cuda.max_memory_reserved() / 1e9 if torch.cuda.is_available() else 0.0
-
-
-def set_allocator_settings(settings: str) -> None:
-    """Change PyTorch's CUDA allocator settings for the segments made from now on (empty the cache first)."""
-    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
-    setter(settings)
 
 
 def _reset_peak() -> None:

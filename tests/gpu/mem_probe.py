@@ -20,10 +20,10 @@ import torch
 
 from modules.engine import offload
 from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
-from modules.engine.loader import LoadOptions, ModelManager, select_device
+from modules.engine.loader import LoadOptions, ModelManager, select_device, set_allocator_settings
 from modules.engine.pipeline import generate
 from modules.engine.types import CheckpointInfo, GenerationRequest
-from tests.gpu.bench import set_allocator_settings, source_image
+from tests.gpu.bench import source_image
 from tests.support.diffusers_reference import reference_pipeline
 
 GB = 1e9
