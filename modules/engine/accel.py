@@ -56,14 +56,54 @@ def _signature(tensors: dict[str, torch.Tensor]) -> tuple:
     return tuple((name, tuple(t.shape), t.dtype) for name, t in sorted(tensors.items()))
 
 
+class _GraphCache:
+    """The captured graphs, least recently used first (at most ``max_graphs``), and the memory pool they share.
+
+    PyTorch releases a graph pool when the last graph captured into it is freed, and capturing into a released pool
+    fails inside its allocator (``use_count > 0`` assertion; torch 2.11 on the H200, when a size's eager graph was
+    dropped for its compiled one). So whenever the cache becomes empty the next capture gets a new pool.
+    """
+
+    def __init__(self, max_graphs: int, new_pool: Callable[[], Any]) -> None:
+        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self._max = max_graphs
+        self._new_pool = new_pool
+        self.pool = new_pool()
+
+    def kept(self) -> list[tuple]:
+        """The keys of the graphs kept, least recently used first."""
+        return list(self._graphs)
+
+    def get(self, key: tuple) -> _Graph | None:
+        """The graph for ``key`` (now the most recently used), or None."""
+        entry = self._graphs.get(key)
+        if entry is not None:
+            self._graphs.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple, entry: _Graph) -> None:
+        """Keep ``entry``, dropping the least recently used graphs beyond ``max_graphs``."""
+        self._graphs[key] = entry
+        while len(self._graphs) > self._max:
+            self._graphs.popitem(last=False)
+
+    def drop(self, key: tuple) -> None:
+        """Free the graph for ``key`` if there is one."""
+        if self._graphs.pop(key, None) is not None and not self._graphs:
+            self.pool = self._new_pool()
+
+    def clear(self) -> None:
+        """Free every graph."""
+        self._graphs.clear()
+        self.pool = self._new_pool()
+
+
 class GraphedForward:
     """Callable installed as ``unet.forward``: graph replay for supported calls, eager for the rest."""
 
     def __init__(self, unet: torch.nn.Module, max_graphs: int = MAX_GRAPHS, *, compile: bool = False) -> None:
         self._eager: Callable[..., Any] = type(unet).forward.__get__(unet)
-        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
-        self._pool = torch.cuda.graph_pool_handle()
-        self._max = max_graphs
+        self._graphs = _GraphCache(max_graphs, torch.cuda.graph_pool_handle)
         self.failed = False
         self.compiler = BackgroundCompiler(self._eager, self._run_static) if compile else None
 
@@ -109,6 +149,11 @@ class GraphedForward:
             return UNetOutput(sample=out)
         return (out,)
 
+    @property
+    def captured(self) -> list[str]:
+        """What each kept graph replays, least recently used first: ``eager`` or ``compiled``."""
+        return ["compiled" if compiled else "eager" for _, compiled in self._graphs.kept()]
+
     def _replay(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         signature = _signature(tensors)
         fn = self._eager
@@ -118,16 +163,12 @@ class GraphedForward:
                 self.compiler.request(signature, tensors)
             elif state == READY:
                 fn = self.compiler.compiled
-                self._graphs.pop((signature, False), None)  # the eager graph of this size is not needed any more
+                self._graphs.drop((signature, False))  # the eager graph of this size is not needed any more
         key = (signature, fn is not self._eager)
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(tensors, fn)
-            self._graphs[key] = entry
-            while len(self._graphs) > self._max:
-                self._graphs.popitem(last=False)
-        else:
-            self._graphs.move_to_end(key)
+            self._graphs.put(key, entry)
         for name, value in tensors.items():
             entry.inputs[name].copy_(value)
         entry.graph.replay()
@@ -153,7 +194,7 @@ class GraphedForward:
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: a background compile (engine/compiling.py) may use CUDA while this thread captures
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._graphs.pool, capture_error_mode="thread_local"):
             output = self._run_static(fn, inputs)
         kind = "compiled" if fn is not self._eager else "eager"
         logger.info(
@@ -162,13 +203,8 @@ class GraphedForward:
         return _Graph(graph, inputs, output)
 
     def clear(self) -> None:
-        """Drop every captured graph; later captures use a new memory pool.
-
-        The old pool is released with its last graph: capturing into it again fails inside PyTorch's allocator
-        (``use_count > 0`` assertion, seen on torch 2.11), so a fresh handle is taken.
-        """
+        """Drop every captured graph (later captures use a new memory pool)."""
         self._graphs.clear()
-        self._pool = torch.cuda.graph_pool_handle()
 
 
 def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, compile: bool = False) -> bool:

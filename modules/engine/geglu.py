@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from typing import Any
 
 import torch
@@ -75,15 +76,20 @@ def _eligible(h: torch.Tensor) -> bool:
 
 
 class _Gate:
-    """Instance ``gate`` of one GEGLU: the kernel when eligible, the module's own ``gate`` otherwise."""
+    """Instance ``gate`` of one GEGLU: the kernel when eligible, the module's own ``gate`` otherwise.
+
+    It holds its module weakly: a strong reference would make a cycle, and a model switched away from would then
+    wait for a full garbage collection to free its memory.
+    """
 
     def __init__(self, module: torch.nn.Module) -> None:
-        self.eager = type(module).gate.__get__(module)
+        self.module = weakref.ref(module)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if _eligible(h):
             return geglu_gate(h)
-        return self.eager(h)
+        module = self.module()
+        return type(module).gate(module, h)
 
 
 def install(module: torch.nn.Module) -> int:

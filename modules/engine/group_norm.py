@@ -7,8 +7,8 @@ tests/gpu/results/speed_probe-h100.json). This kernel reads an NHWC tensor where
 applies the affine weight and bias and writes in the same layout. In the residual blocks it also adds the time
 embedding first and applies SiLU after (``norm_silu``). At batch 1 the 64 (image, group) pairs leave most of the GPU
 idle, so there a split form runs: per-slice sums, then per-slice normalisation (H200, tests/gpu/results/
-gn_probe-h200.json: SD1.5 step 7.09 → 6.83 ms, SDXL 33.5 → 32.3 ms). The split kernels repeat the single kernel's
-arithmetic line for line; they were measured on the GPU as they stand.
+gn_probe-h200.json: SD1.5 step 7.09 → 6.83 ms, SDXL 33.5 → 32.3 ms). The kernels are in engine/group_norm_triton.py
+(imported only where Triton is), built from shared Triton helpers.
 
 ``install(unet)`` gives every ``torch.nn.GroupNorm`` of the module an instance ``forward`` that uses the kernel for
 CUDA channels_last inputs and PyTorch's otherwise; ``uninstall`` removes it. Nothing else changes.
@@ -18,147 +18,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from typing import Any
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-# Arguments that change with the image size. Triton compiles a variant per divisibility-by-16 of each integer
-# argument; for these it must not, or a new width/height compiles new kernels in the middle of a job (measured on the
-# H200: the first 768×512 job after 512² jobs took 2.80 s, 0.78 s without these variants; the step time is unchanged,
-# tests/gpu/results/gn_probe-h200.json). The channel counts stay specialised.
-_SIZE_ARGS = ("hw", "rows_per", "splits")
-
 
 @functools.cache
-def _kernel() -> Any:
-    """The Triton kernel, built once on first use (None when Triton is not importable)."""
+def _kernels() -> Any:
+    """The module of Triton kernels (engine/group_norm_triton.py), imported once on first use; None without Triton."""
     try:
-        import triton
-        import triton.language as tl
+        from modules.engine import group_norm_triton
     except ImportError:
         return None
-
-    @triton.jit(do_not_specialize=_SIZE_ARGS)
-    def group_norm_nhwc(  # noqa: ANN202 (a Triton kernel: its arguments are typed by the launch)
-        x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, hw, channels, cpg, eps,  # noqa: ANN001
-        block_hw: tl.constexpr, block_c: tl.constexpr, has_add: tl.constexpr, silu: tl.constexpr,
-    ):  # fmt: skip
-        n = tl.program_id(0)
-        g = tl.program_id(1)
-        base = n * hw * channels + g * cpg
-        c = tl.arange(0, block_c)
-        c_mask = c < cpg
-        if has_add:  # a per-(image, channel) term added before the statistics (the ResBlock's time embedding)
-            add = tl.load(add_ptr + n * channels + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
-        else:
-            add = tl.zeros([block_c], dtype=tl.float32)
-        acc = tl.zeros([block_hw, block_c], dtype=tl.float32)
-        acc_sq = tl.zeros([block_hw, block_c], dtype=tl.float32)
-        for start in range(0, hw, block_hw):
-            rows = start + tl.arange(0, block_hw)
-            mask = (rows[:, None] < hw) & c_mask[None, :]
-            v = tl.load(x_ptr + base + rows[:, None] * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
-            v = tl.where(mask, v + add[None, :], 0.0)
-            acc += v
-            acc_sq += v * v
-        count = hw * cpg
-        mean = tl.sum(tl.sum(acc, axis=1), axis=0) / count
-        var = tl.sum(tl.sum(acc_sq, axis=1), axis=0) / count - mean * mean
-        rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
-        w = tl.load(w_ptr + g * cpg + c, mask=c_mask, other=1.0).to(tl.float32)
-        b = tl.load(b_ptr + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
-        scale = w * rstd
-        shift = b + (add - mean) * scale
-        for start in range(0, hw, block_hw):
-            rows = start + tl.arange(0, block_hw)
-            mask = (rows[:, None] < hw) & c_mask[None, :]
-            offsets = base + rows[:, None] * channels + c[None, :]
-            v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            out = v * scale[None, :] + shift[None, :]
-            if silu:
-                out = out / (1.0 + tl.exp(-out))
-            tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
-
-    return group_norm_nhwc
-
-
-@functools.cache
-def _split_kernels() -> tuple[Any, Any]:
-    """The two kernels of the split form: partial sums per slice of rows, then normalisation per slice."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit(do_not_specialize=_SIZE_ARGS)
-    def group_norm_partials(  # noqa: ANN202 (a Triton kernel)
-        x_ptr, add_ptr, sum_ptr, sq_ptr, hw, channels, cpg, groups, rows_per, splits,  # noqa: ANN001
-        block_hw: tl.constexpr, block_c: tl.constexpr, has_add: tl.constexpr,
-    ):  # fmt: skip
-        ng = tl.program_id(0)
-        part = tl.program_id(1)
-        n = ng // groups
-        g = ng % groups
-        base = n * hw * channels + g * cpg
-        c = tl.arange(0, block_c)
-        c_mask = c < cpg
-        if has_add:
-            add = tl.load(add_ptr + n * channels + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
-        else:
-            add = tl.zeros([block_c], dtype=tl.float32)
-        acc = tl.zeros([block_hw, block_c], dtype=tl.float32)
-        acc_sq = tl.zeros([block_hw, block_c], dtype=tl.float32)
-        first = part * rows_per
-        limit = tl.minimum(hw, first + rows_per)
-        for start in range(first, first + rows_per, block_hw):
-            rows = start + tl.arange(0, block_hw)
-            mask = (rows[:, None] < limit) & c_mask[None, :]
-            v = tl.load(x_ptr + base + rows[:, None] * channels + c[None, :], mask=mask, other=0.0).to(tl.float32)
-            v = tl.where(mask, v + add[None, :], 0.0)
-            acc += v
-            acc_sq += v * v
-        tl.store(sum_ptr + ng * splits + part, tl.sum(tl.sum(acc, axis=1), axis=0))
-        tl.store(sq_ptr + ng * splits + part, tl.sum(tl.sum(acc_sq, axis=1), axis=0))
-
-    @triton.jit(do_not_specialize=_SIZE_ARGS)
-    def group_norm_apply(  # noqa: ANN202 (a Triton kernel)
-        x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, sum_ptr, sq_ptr, hw, channels, cpg, groups, rows_per, splits, eps,  # noqa: ANN001
-        block_hw: tl.constexpr, block_c: tl.constexpr, block_s: tl.constexpr, has_add: tl.constexpr,
-        silu: tl.constexpr,
-    ):  # fmt: skip
-        ng = tl.program_id(0)
-        part = tl.program_id(1)
-        n = ng // groups
-        g = ng % groups
-        base = n * hw * channels + g * cpg
-        c = tl.arange(0, block_c)
-        c_mask = c < cpg
-        k = tl.arange(0, block_s)
-        count = hw * cpg
-        mean = tl.sum(tl.load(sum_ptr + ng * splits + k, mask=k < splits, other=0.0), axis=0) / count
-        var = tl.sum(tl.load(sq_ptr + ng * splits + k, mask=k < splits, other=0.0), axis=0) / count - mean * mean
-        rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
-        if has_add:
-            add = tl.load(add_ptr + n * channels + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
-        else:
-            add = tl.zeros([block_c], dtype=tl.float32)
-        w = tl.load(w_ptr + g * cpg + c, mask=c_mask, other=1.0).to(tl.float32)
-        b = tl.load(b_ptr + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
-        scale = w * rstd
-        shift = b + (add - mean) * scale
-        first = part * rows_per
-        limit = tl.minimum(hw, first + rows_per)
-        for start in range(first, first + rows_per, block_hw):
-            rows = start + tl.arange(0, block_hw)
-            mask = (rows[:, None] < limit) & c_mask[None, :]
-            offsets = base + rows[:, None] * channels + c[None, :]
-            v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            out = v * scale[None, :] + shift[None, :]
-            if silu:
-                out = out / (1.0 + tl.exp(-out))
-            tl.store(y_ptr + offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
-
-    return group_norm_partials, group_norm_apply
+    return group_norm_triton
 
 
 TARGET_PROGRAMS = 528  # ~4 per SM of an H100/H200: below this many (image, group) pairs, the rows are split too
@@ -206,20 +81,20 @@ def group_norm_nhwc(
     groups = module.num_groups
     parts, rows_per = split_count(n * groups, h * w, block_hw) if splits is None else (splits, -(-h * w // splits))
     add_arg = x if add is None else add
+    kernels = _kernels()
     if parts == 1:
-        _kernel()[(n, groups)](
+        kernels.group_norm_nhwc[(n, groups)](
             x, y, module.weight, module.bias, add_arg, h * w, c, cpg, module.eps,
             block_hw=block_hw, block_c=block_c, has_add=add is not None, silu=silu, num_warps=8,
         )  # fmt: skip
         return y
     sums = torch.empty(2, n * groups * parts, device=x.device, dtype=torch.float32)
-    partials, apply = _split_kernels()
     grid = (n * groups, parts)
-    partials[grid](
+    kernels.group_norm_partials[grid](
         x, add_arg, sums[0], sums[1], h * w, c, cpg, groups, rows_per, parts,
         block_hw=block_hw, block_c=block_c, has_add=add is not None, num_warps=4,
     )  # fmt: skip
-    apply[grid](
+    kernels.group_norm_apply[grid](
         x, y, module.weight, module.bias, add_arg, sums[0], sums[1], h * w, c, cpg, groups, rows_per, parts,
         module.eps, block_hw=block_hw, block_c=block_c, block_s=max(_MIN_BLOCK_S, triton.next_power_of_2(parts)),
         has_add=add is not None, silu=silu, num_warps=4,
@@ -240,29 +115,33 @@ def _eligible(x: torch.Tensor, module: torch.nn.GroupNorm) -> bool:
 
 
 class _Forward:
-    """Instance ``forward`` of one GroupNorm: the kernel when eligible, PyTorch's forward otherwise."""
+    """Instance ``forward`` of one GroupNorm: the kernel when eligible, PyTorch's forward otherwise.
+
+    It holds its module weakly: a strong reference would make a cycle, and a model switched away from would then
+    wait for a full garbage collection to free its memory.
+    """
 
     def __init__(self, module: torch.nn.GroupNorm) -> None:
-        self.module = module
-        self.eager = type(module).forward.__get__(module)
+        self.module = weakref.ref(module)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if _eligible(x, self.module):
-            return group_norm_nhwc(x, self.module)
-        return self.eager(x)
+        module = self.module()
+        if _eligible(x, module):
+            return group_norm_nhwc(x, module)
+        return type(module).forward(module, x)
 
 
 class _NormSiLU:
     """Instance ``norm_silu`` of one of our GroupNorms (nets/layers.py): sum, norm and SiLU in one kernel."""
 
     def __init__(self, module: torch.nn.GroupNorm) -> None:
-        self.module = module
-        self.eager = type(module).norm_silu.__get__(module)
+        self.module = weakref.ref(module)
 
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        if _eligible(x, self.module) and (add is None or add.shape == x.shape[:2]):
-            return group_norm_nhwc(x, self.module, add, silu=True)
-        return self.eager(x, add)
+        module = self.module()
+        if _eligible(x, module) and (add is None or add.shape == x.shape[:2]):
+            return group_norm_nhwc(x, module, add, silu=True)
+        return type(module).norm_silu(module, x, add)
 
 
 def install(module: torch.nn.Module, *, fuse_silu: bool = True) -> int:
@@ -271,7 +150,7 @@ def install(module: torch.nn.Module, *, fuse_silu: bool = True) -> int:
     With ``fuse_silu``, the ``norm_silu`` of our own GroupNorm layers (the UNet's residual blocks) also runs as one
     kernel (add, norm, SiLU).
     """
-    if not torch.cuda.is_available() or _kernel() is None:
+    if not torch.cuda.is_available() or _kernels() is None:
         return 0
     count = 0
     for sub in module.modules():

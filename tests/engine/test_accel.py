@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from modules.engine.accel import GraphedForward, disable_cuda_graphs, enable_cuda_graphs
+from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
 
 
 class Tiny(torch.nn.Module):
@@ -32,8 +32,28 @@ def test_loader_option_default_on():
     assert LoadOptions().cuda_graphs is True
 
 
-def test_graphed_forward_is_only_built_for_cuda():
-    assert callable(GraphedForward.__call__)
+def test_graph_cache_takes_a_new_pool_once_its_last_graph_is_gone():
+    """PyTorch releases a graph pool with its last graph; capturing into it again fails (seen on the H200)."""
+    from modules.engine.accel import _GraphCache
+
+    pools = iter(range(100))
+    cache = _GraphCache(2, lambda: next(pools))
+    assert cache.pool == 0
+    cache.put(("512", False), "eager 512")
+    cache.put(("768", False), "eager 768")
+    cache.drop(("512", False))  # another graph still holds the pool
+    assert cache.pool == 0 and cache.kept() == [("768", False)]
+    cache.drop(("768", False))  # the last one: its pool is released with it
+    assert cache.pool == 1 and cache.kept() == []
+    cache.drop(("768", False))  # nothing there: nothing changes
+    assert cache.pool == 1
+    for size in ("512", "768", "1024"):  # at most two kept, least recently used dropped; the pool stays
+        cache.put((size, True), size)
+    assert cache.kept() == [("768", True), ("1024", True)] and cache.pool == 1
+    assert cache.get(("768", True)) == "768" and cache.kept() == [("1024", True), ("768", True)]
+    assert cache.get(("512", True)) is None
+    cache.clear()
+    assert cache.kept() == [] and cache.pool == 2
 
 
 def test_background_compiler_compiles_once_per_signature_and_reports_ready():
@@ -220,3 +240,29 @@ def test_geglu_install_needs_cuda_and_leaves_cpu_modules_alone():
     torch.testing.assert_close(module(x), value * torch.nn.functional.gelu(gate))
     geglu.uninstall(module)
     assert "gate" not in layer.__dict__
+
+
+def test_kernel_wrappers_hold_their_modules_weakly_and_run_eagerly_off_cuda():
+    """The per-instance forwards of the GroupNorm and GEGLU kernels make no cycle with their module."""
+    import gc
+    import weakref
+
+    from modules.engine.geglu import _Gate
+    from modules.engine.group_norm import _Forward
+    from modules.engine.nets.unet_blocks import GEGLU
+
+    norm = torch.nn.GroupNorm(2, 4)
+    norm.forward = _Forward(norm)
+    x = torch.randn(1, 4, 3, 3)
+    torch.testing.assert_close(norm(x), torch.nn.functional.group_norm(x, 2, norm.weight, norm.bias, norm.eps))
+    gate = GEGLU(4, 6)
+    expected = gate(torch.ones(2, 4))
+    gate.gate = _Gate(gate)
+    torch.testing.assert_close(gate(torch.ones(2, 4)), expected)
+    refs = [weakref.ref(norm), weakref.ref(gate)]
+    gc.disable()
+    try:
+        del norm, gate
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()

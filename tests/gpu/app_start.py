@@ -18,10 +18,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -65,18 +67,38 @@ def _txt2img(url: str, size: int) -> float:
     return seconds
 
 
-def one_run(checkpoint: Path, size: int, extra: list[str], timeout: float = 300) -> dict[str, float]:
-    """Start the app, time its page and two jobs, stop it; phases in seconds from the process start."""
+class _Timeline:
+    """Reads the server's output as it comes, each line with its second since the process started."""
+
+    def __init__(self, proc: subprocess.Popen, t0: float) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._read, args=(proc, t0), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen, t0: float) -> None:
+        for line in proc.stdout:
+            self.lines.append((round(time.perf_counter() - t0, 3), line.rstrip()))
+
+    def text(self) -> str:
+        self._thread.join(5)
+        return "\n".join(f"{t:8.3f} {line}" for t, line in self.lines)
+
+
+def one_run(checkpoint: Path, size: int, extra: list[str], timeout: float = 300) -> dict[str, Any]:
+    """Start the app, time its page and two jobs, stop it; phases in seconds from the process start, and the
+    server's log lines with the second each arrived (``log``: where the start-up time goes)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as data_dir, tempfile.TemporaryFile("w+") as log:
+    with tempfile.TemporaryDirectory() as data_dir:
         cmd = [sys.executable, "webui.py", "--api", "--port", str(port), "--data-dir", data_dir,
                "--ckpt", str(checkpoint), "--no-download-sd-model", *extra]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
         )  # fmt: skip
+        timeline = _Timeline(proc, t0)
         try:
             _wait_for_page(url + "/", proc, timeout)
             page_s = time.perf_counter() - t0
@@ -84,8 +106,7 @@ def one_run(checkpoint: Path, size: int, extra: list[str], timeout: float = 300)
             first_image_s = time.perf_counter() - t0
             second_job_s = _txt2img(url, size)
         except Exception:
-            log.seek(0)
-            sys.stderr.write(log.read()[-4000:])
+            sys.stderr.write(timeline.text()[-4000:])
             raise
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -94,7 +115,13 @@ def one_run(checkpoint: Path, size: int, extra: list[str], timeout: float = 300)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    return {"page_s": page_s, "first_job_s": first_job_s, "first_image_s": first_image_s, "second_job_s": second_job_s}
+    return {
+        "page_s": page_s,
+        "first_job_s": first_job_s,
+        "first_image_s": first_image_s,
+        "second_job_s": second_job_s,
+        "log": timeline.text(),
+    }
 
 
 def main() -> None:
@@ -107,7 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     runs = [one_run(args.checkpoint.resolve(), args.size, args.extra) for _ in range(args.runs)]
     for run in runs:
-        print(json.dumps(run))
+        print(run["log"])
+        print(json.dumps({k: v for k, v in run.items() if k != "log"}))
     if args.out:
         summary = {"checkpoint": args.checkpoint.name, "flags": args.extra, "runs": runs}
         args.out.write_text(json.dumps(summary, indent=1))

@@ -78,6 +78,10 @@ def _peak_gb() -> float:
     return torch.cuda.max_memory_reserved() / 1e9 if torch.cuda.is_available() else 0.0
 
 
+def _peak_allocated_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
+
+
 def _reset_peak() -> None:
     """Start a peak measurement: what earlier workloads left is collected and given back first.
 
@@ -206,6 +210,7 @@ def _summary(t20: float, t2: float, batch: int, kind: str) -> dict[str, float]:
         "pct_of_limit": 100.0 * it_s * batch / LIMIT_IT_S[family],  # the UNet's share of the FLOP limit
         "e2e_pct_of_limit": 100.0 * batch / t20 / LIMIT_IMAGES_S[family],  # images/s against the e2e limit (W2)
         "peak_reserved_gb": _peak_gb(),
+        "peak_allocated_gb": _peak_allocated_gb(),
     }
 
 
@@ -229,7 +234,11 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
         assert all(np.isfinite(np.asarray(im, dtype=np.float32)).all() for im in res.images)
 
     _reset_peak()
-    entry = {"engine_e2e_s": statistics.median(timed(ours, warmup, runs)), "engine_peak_reserved_gb": _peak_gb()}
+    entry = {
+        "engine_e2e_s": statistics.median(timed(ours, warmup, runs)),
+        "engine_peak_reserved_gb": _peak_gb(),
+        "engine_peak_allocated_gb": _peak_allocated_gb(),
+    }
     with _reference(model) as pipe:
         import diffusers
 
@@ -243,6 +252,7 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
         _reset_peak()
         entry["baseline_e2e_s"] = statistics.median(timed(base, warmup, runs))
         entry["baseline_peak_reserved_gb"] = _peak_gb()
+        entry["baseline_peak_allocated_gb"] = _peak_allocated_gb()
     entry["ratio"] = entry["baseline_e2e_s"] / entry["engine_e2e_s"]
     return entry
 
@@ -317,8 +327,13 @@ def compiled_workload(manager: ModelManager, info: CheckpointInfo, opts: LoadOpt
     finished = compiler.wait(900)
     waited = time.perf_counter() - t0
     compiled_image = np.asarray(generate(model, req).images[0], dtype=np.int16)
+    forward = model.components.unet.forward
+    if forward.failed or "compiled" not in forward.captured:
+        logger.error("compiled UNet not replayed (graphs %s, capture failed: %s)", forward.captured, forward.failed)
     entry = {
         "compile_finished": finished,
+        "graphs": forward.captured,  # "compiled" when the timings below are the compiled UNet's
+        "graph_capture_failed": forward.failed,
         "compile_s": max(compiler.seconds.values(), default=None),
         "waited_after_first_job_s": waited,
         "max_abs_pixel_diff_vs_eager": float(np.abs(compiled_image - eager_image).max()),

@@ -3,7 +3,8 @@
 Run on the GPU machine: ``python -m tests.gpu.mem_probe CHECKPOINT [--out FILE]``. For each case: the peak reserved and
 allocated bytes of the first job (it captures the graph) and of the next one, and after it the reserved bytes per
 memory pool (the graphs' private pool apart from the general one). Ours runs with the allocator settings the engine
-chooses (expandable segments on CUDA/Linux); B with PyTorch's defaults (as plain diffusers runs), then with ours.
+chooses (expandable segments on CUDA/Linux); B with PyTorch's defaults (as plain diffusers runs), then with ours;
+then ours again after its weights went to RAM and back (``ours_after_ram_*``, the benchmark's order).
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ def main() -> None:
         results.update(baseline_peaks(name, reference_pipeline(path, device=device, dtype=dtype, vae_dtype=vae), image))
         gc.collect()
         torch.cuda.empty_cache()
+    # Ours again after a round trip through RAM (what the benchmark does around B, and a RAM-cache switch back)
+    offload.apply_mode(model.components, device, "full", cuda_graphs=True)
+    results["ours_after_ram_weights_gb"] = torch.cuda.memory_allocated() / GB
+    results["ours_after_ram_txt2img"] = peaks(lambda: generate(model, t2i))
+    results["ours_after_ram_img2img"] = peaks(lambda: generate(model, i2i))
     text = json.dumps(results, indent=1)
     print(text)
     if args.out:

@@ -9,3 +9,4 @@ def test_app_start_times_the_page_and_two_jobs_of_a_real_server(tmp_path):
     phases = one_run(checkpoint, 64, ["--use-cpu", "all"], timeout=180)
     assert 0 < phases["page_s"] < phases["first_image_s"]
     assert phases["first_job_s"] > 0 and phases["second_job_s"] > 0
+    assert "Running on local URL" in phases["log"] and "Loaded tiny.safetensors" in phases["log"]
