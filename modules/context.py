@@ -162,12 +162,20 @@ class AppContext:
         """``--lowvram`` → sequential offload, ``--medvram`` → model offload, else chosen from free memory."""
         return "sequential" if self.flags.lowvram else "model" if self.flags.medvram else "auto"
 
-    def _load(self, ckpt: CheckpointInfo) -> LoadedModel:
-        """Load ``ckpt`` while its SHA-256 is computed in the background (the hash never delays the load itself)."""
+    def _load(self, ckpt: CheckpointInfo, *, warm_up: bool = False) -> LoadedModel:
+        """Load ``ckpt`` (with ``warm_up``, then prepare its fast path) while its SHA-256 is computed in the background.
+
+        The hash never delays the load or the warm-up: only the end of this call waits for it (infotext needs it).
+        """
         self.models.limit = self.settings.sd_checkpoints_limit
         pending = self._hasher.submit(self.hashed, ckpt)
         model = self.models.get(ckpt, self.load_options())
-        model.checkpoint = pending.result()  # infotext needs it; usually done by now (cached on disk after once)
+        if warm_up:
+            try:
+                warm_up_model(model)
+            except Exception:  # a warm-up is an optimisation: never fail the load for it
+                logger.warning("Warm-up of %s failed; the first job will prepare itself", ckpt.name, exc_info=True)
+        model.checkpoint = pending.result()  # usually done by now (cached on disk after the first time)
         return model
 
     def submit_load(self, query: str | None = None, *, warm_up: bool = False) -> Job:
@@ -179,14 +187,9 @@ class AppContext:
         ckpt = self.find_checkpoint(query) if query else self.selected_checkpoint()
 
         def load(job: Job) -> CheckpointInfo:
-            model = self._load(ckpt)
             if warm_up:
-                job.textinfo = "Preparing the fast path"
-                try:
-                    warm_up_model(model)
-                except Exception:  # a warm-up is an optimisation: never fail the load for it
-                    logger.warning("Warm-up of %s failed; the first job will prepare itself", ckpt.name, exc_info=True)
-            return model.checkpoint
+                job.textinfo = "Loading the model and preparing its fast path"
+            return self._load(ckpt, warm_up=warm_up).checkpoint
 
         return self.jobs.submit(load, kind="load")
 

@@ -247,3 +247,27 @@ def test_hashing_runs_beside_the_load_not_before_it(ctx, monkeypatch):
     checkpoint = ctx.submit_load("sd2v").wait(120)
     assert [name for name, _ in events] == ["load start", "hash done"]
     assert checkpoint.sha256 is not None and ctx.models.current.checkpoint.sha256 == checkpoint.sha256
+
+
+def test_the_start_up_warm_up_does_not_wait_for_the_hash(ctx, monkeypatch):
+    """The first-ever start hashes the whole file (≈1.3 s for 2 GB); the warm-up runs meanwhile, not after it."""
+    import threading
+
+    from modules import context
+
+    warmed = threading.Event()
+    real_sha = ctx.hash_cache.sha256
+
+    def slow_sha(path):
+        assert warmed.wait(60), "the warm-up waited for the hash"
+        return real_sha(path)
+
+    def warm_up(model):
+        assert model.checkpoint.sha256 is None  # the hash is still being computed
+        warmed.set()
+
+    monkeypatch.setattr(ctx.hash_cache, "sha256", slow_sha)
+    monkeypatch.setattr(context, "warm_up_model", warm_up)
+    checkpoint = ctx.submit_load("sd1", warm_up=True).wait(120)
+    assert warmed.is_set() and checkpoint.sha256 is not None
+    assert ctx.models.current.checkpoint.sha256 == checkpoint.sha256

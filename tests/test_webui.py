@@ -200,3 +200,22 @@ def test_tls_and_subpath(server_factory, tmp_path):
         server.proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         pytest.fail("the server was still running 15 s after SIGTERM")
+
+
+def test_start_up_holds_the_switch_interval_short_while_the_ui_is_built(tmp_path, monkeypatch):
+    """The start-up load runs beside the UI build; the interval is short for that overlap, then restored."""
+    import webui
+    from modules.engine.switch_interval import SHORT_SWITCH_INTERVAL_S
+
+    seen = []
+
+    def create_app(ctx):
+        seen.append(sys.getswitchinterval())
+        raise RuntimeError("stop before serving")
+
+    monkeypatch.setattr(webui, "create_app", create_app)
+    before = sys.getswitchinterval()
+    with pytest.raises(RuntimeError, match="stop before serving"):
+        webui.main(["--data-dir", str(tmp_path), "--ckpt-dir", str(tmp_path), "--no-download-sd-model"])
+    assert seen == [pytest.approx(SHORT_SWITCH_INTERVAL_S, abs=2e-6)]
+    assert sys.getswitchinterval() == before

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,48 +19,25 @@ from typing import Any
 
 import torch
 
+from modules.engine.switch_interval import short_switch_interval
+
 logger = logging.getLogger(__name__)
 
 PENDING, READY, FAILED = "pending", "ready", "failed"
 Runner = Callable[[Callable[..., Any], dict[str, torch.Tensor]], torch.Tensor]
-SHORT_SWITCH_INTERVAL_S = 0.0002
 
 
 class _CompileThread(threading.Thread):
-    """A background compile. While any runs, the interpreter's thread switch interval is short.
+    """A background compile: while it runs, the interpreter's switch interval is short (engine/switch_interval.py).
 
-    A compile is pure Python for seconds (dynamo tracing, inductor loading its cache). A job beside it gives the
-    interpreter up at each call that releases it and then waits up to the switch interval (5 ms by default) to get it
-    back, so a job of a fraction of a second can take seconds (on the H200 the job after the first one of a
-    ``--compile`` restart took 8.5 s instead of 0.18 s while the compile ran). ``python -m tests.gpu.switch_probe``
-    shows the effect on the CPU (2 cores, tests/gpu/results/switch_probe-cpu2.json): 600 such hand-backs take
-    0.06–0.12 s alone, 3.3–6.2 s beside a busy thread at 5 ms, 0.46–0.61 s at 0.2 ms (three runs).
-
-    The interval is process-wide: the first compile thread to start shortens it and remembers the value it found
-    (``original_interval``, handed on to the threads that start while it runs); the last to end restores it.
+    A compile is pure Python for seconds (dynamo tracing, inductor loading its cache); a job beside it would wait for
+    the interpreter at each call that releases it (on the H200 the job after the first one of a ``--compile`` restart
+    took 8.5 s instead of 0.18 s while the compile ran).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.original_interval = sys.getswitchinterval()
-        self.finished = False
-
     def run(self) -> None:
-        found = [t.original_interval for t in _other_compile_threads()] + [sys.getswitchinterval()]
-        self.original_interval = max(found)  # the others' value if they shortened it already (0.2 ms < any original)
-        sys.setswitchinterval(min(self.original_interval, SHORT_SWITCH_INTERVAL_S))
-        try:
+        with short_switch_interval():
             super().run()
-        finally:
-            self.finished = True  # before looking at the others: of two ending together, one sees the other done
-            if not _other_compile_threads():
-                sys.setswitchinterval(self.original_interval)
-
-
-def _other_compile_threads() -> list[_CompileThread]:
-    """The compile threads still compiling, besides the current one."""
-    me = threading.current_thread()
-    return [t for t in threading.enumerate() if isinstance(t, _CompileThread) and t is not me and not t.finished]
 
 
 class BackgroundCompiler:

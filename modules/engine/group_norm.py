@@ -7,7 +7,7 @@ tests/gpu/results/speed_probe-h100.json). This kernel reads an NHWC tensor where
 applies the affine weight and bias and writes in the same layout. In the residual blocks it also adds the time
 embedding first and applies SiLU after (``norm_silu``). At batch 1 the 64 (image, group) pairs leave most of the GPU
 idle, so there a split form runs: per-slice sums, then per-slice normalisation (H200, tests/gpu/results/
-gn_probe-h200.json: SD1.5 step 7.09 → 6.83 ms, SDXL 33.5 → 32.3 ms). The kernels are in engine/group_norm_triton.py
+gn_probe-h200.json: SD1.5 step 7.11 → 6.85 ms, SDXL 32.6 → 31.2 ms). The kernels are in engine/group_norm_triton.py
 (imported only where Triton is), built from shared Triton helpers.
 
 ``install(unet)`` gives every ``torch.nn.GroupNorm`` of the module an instance ``forward`` that uses the kernel for

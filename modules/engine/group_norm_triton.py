@@ -21,13 +21,19 @@ SIZE_ARGS = ("hw", "rows_per", "splits")
 
 
 @triton.jit
-def _channel_add(add_ptr, n, channels, g, cpg, c, c_mask, block_c: tl.constexpr, has_add: tl.constexpr):
-    """The per-(image, channel) term added before the statistics (the ResBlock's time embedding), or zeros."""
+def _group(add_ptr, n, g, hw, channels, cpg, block_c: tl.constexpr, has_add: tl.constexpr):
+    """Image ``n``, group ``g``: its offset, channel offsets and mask, and the term added before the statistics.
+
+    The term is per channel (the ResBlock's time embedding), zeros without ``has_add``.
+    """
+    base = n * hw * channels + g * cpg
+    c = tl.arange(0, block_c)
+    c_mask = c < cpg
     if has_add:
         add = tl.load(add_ptr + n * channels + g * cpg + c, mask=c_mask, other=0.0).to(tl.float32)
     else:
         add = tl.zeros([block_c], dtype=tl.float32)
-    return add
+    return base, c, c_mask, add
 
 
 @triton.jit
@@ -75,10 +81,7 @@ def group_norm_nhwc(
     """One program per (image ``program_id(0)``, group ``program_id(1)``): statistics, then normalisation."""
     n = tl.program_id(0)
     g = tl.program_id(1)
-    base = n * hw * channels + g * cpg
-    c = tl.arange(0, block_c)
-    c_mask = c < cpg
-    add = _channel_add(add_ptr, n, channels, g, cpg, c, c_mask, block_c, has_add)
+    base, c, c_mask, add = _group(add_ptr, n, g, hw, channels, cpg, block_c, has_add)
     total, total_sq = _sums(x_ptr, base, channels, c, c_mask, add, 0, hw, hw, block_hw, block_c)
     count = hw * cpg
     mean = total / count
@@ -96,12 +99,7 @@ def group_norm_partials(
     """One program per ((image, group) ``program_id(0)``, slice ``program_id(1)``): the slice's two sums."""
     ng = tl.program_id(0)
     part = tl.program_id(1)
-    n = ng // groups
-    g = ng % groups
-    base = n * hw * channels + g * cpg
-    c = tl.arange(0, block_c)
-    c_mask = c < cpg
-    add = _channel_add(add_ptr, n, channels, g, cpg, c, c_mask, block_c, has_add)
+    base, c, c_mask, add = _group(add_ptr, ng // groups, ng % groups, hw, channels, cpg, block_c, has_add)
     first = part * rows_per
     limit = tl.minimum(hw, first + rows_per)
     total, total_sq = _sums(x_ptr, base, channels, c, c_mask, add, first, first + rows_per, limit, block_hw, block_c)
@@ -118,16 +116,12 @@ def group_norm_apply(
     """One program per ((image, group), slice): the group's statistics from all slices' sums, then this slice."""
     ng = tl.program_id(0)
     part = tl.program_id(1)
-    n = ng // groups
     g = ng % groups
-    base = n * hw * channels + g * cpg
-    c = tl.arange(0, block_c)
-    c_mask = c < cpg
+    base, c, c_mask, add = _group(add_ptr, ng // groups, g, hw, channels, cpg, block_c, has_add)
     k = tl.arange(0, block_s)
     count = hw * cpg
     mean = tl.sum(tl.load(sum_ptr + ng * splits + k, mask=k < splits, other=0.0), axis=0) / count
     var = tl.sum(tl.load(sq_ptr + ng * splits + k, mask=k < splits, other=0.0), axis=0) / count - mean * mean
-    add = _channel_add(add_ptr, n, channels, g, cpg, c, c_mask, block_c, has_add)
     first = part * rows_per
     limit = tl.minimum(hw, first + rows_per)
     _normalise(

@@ -105,7 +105,8 @@ def test_background_compile_shortens_the_switch_interval_until_the_last_compile_
     import sys
     import threading
 
-    from modules.engine.compiling import READY, SHORT_SWITCH_INTERVAL_S, BackgroundCompiler
+    from modules.engine.compiling import READY, BackgroundCompiler
+    from modules.engine.switch_interval import SHORT_SWITCH_INTERVAL_S
 
     release = threading.Event()
     seen = []
