@@ -1,9 +1,11 @@
 """W6 through the whole app: seconds from starting ``webui.py --api`` to its page and to its first images over HTTP.
 
-Run on the GPU machine: ``python -m tests.gpu.app_start CHECKPOINT [--runs 3] [--size 512] [--out FILE]
-[-- EXTRA WEBUI FLAGS]``. Each run starts a new server process with an empty data directory and ``--ckpt CHECKPOINT``
-(so Gradio's import and the UI build overlap the start-up load and warm-up, as for a user), waits for the page, then
-posts two 20-step txt2img jobs to ``/sdapi/v1/txt2img`` and checks that each returns an image of the asked size.
+Run on the GPU machine: ``python -m tests.gpu.app_start CHECKPOINT [--runs 3] [--size 512] [--restarts]
+[--out FILE] [-- EXTRA WEBUI FLAGS]``. Each run starts a new server process with an empty data directory (with
+``--restarts`` one for all runs: the runs after the first are restarts, the checkpoint's hash and inductor's cache
+found there) and ``--ckpt CHECKPOINT`` (so Gradio's import and the UI build overlap the start-up load and warm-up, as
+for a user), waits for the page, then posts two 20-step txt2img jobs to ``/sdapi/v1/txt2img`` and checks that each
+returns an image of the asked size.
 """
 
 from __future__ import annotations
@@ -84,13 +86,16 @@ class _Timeline:
         return "\n".join(f"{t:8.3f} {line}" for t, line in self.lines)
 
 
-def one_run(checkpoint: Path, size: int, extra: list[str], timeout: float = 300) -> dict[str, Any]:
+def one_run(
+    checkpoint: Path, size: int, extra: list[str], timeout: float = 300, data_dir: Path | None = None
+) -> dict[str, Any]:
     """Start the app, time its page and two jobs, stop it; phases in seconds from the process start, and the
     server's log lines with the second each arrived (``log``: where the start-up time goes)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as data_dir:
-        cmd = [sys.executable, "webui.py", "--api", "--port", str(port), "--data-dir", data_dir,
+    with tempfile.TemporaryDirectory() as fresh:
+        directory = str(data_dir) if data_dir is not None else fresh
+        cmd = [sys.executable, "webui.py", "--api", "--port", str(port), "--data-dir", directory,
                "--ckpt", str(checkpoint), "--no-download-sd-model", *extra]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
         t0 = time.perf_counter()
@@ -130,9 +135,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--restarts", action="store_true", help="one data directory for all runs: the runs after the first are restarts"
+    )
     parser.add_argument("extra", nargs="*", help="more webui.py flags (after --)")
     args = parser.parse_args()
-    runs = [one_run(args.checkpoint.resolve(), args.size, args.extra) for _ in range(args.runs)]
+    with tempfile.TemporaryDirectory() as shared:
+        data_dir = Path(shared) if args.restarts else None
+        runs = [one_run(args.checkpoint.resolve(), args.size, args.extra, data_dir=data_dir) for _ in range(args.runs)]
     for run in runs:
         print(run["log"])
         print(json.dumps({k: v for k, v in run.items() if k != "log"}))

@@ -8,7 +8,7 @@
 #   compile  the --compile path and B + reduce-overhead (SD1.5 only)                          ≈ 4 min
 #   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, load_profile           ≈ 3 min
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
-#   app      app_start: the whole app (webui.py --api) three times, page and first jobs over HTTP ≈ 1 min
+#   app      app_start: the whole app (webui.py --api): a first start, two restarts; page and first jobs    ≈ 1 min
 # Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
 # and .whl-app/ (gradio, fastapi, pydantic… that the machine lacks: the app) when those folders exist. Carry .whl for
 # the first four parts and .whl-app for `app`. Both are git-ignored; fill them here (Python 3.12 wheels) with
@@ -57,7 +57,7 @@ if run startup; then
     } > "${out}/startup_profile.txt" 2>&1
 fi
 if run app; then
-    python3 -m tests.gpu.app_start /tmp/ck/sd1.safetensors --runs 3 --out "${out}/app_start.json" \
+    python3 -m tests.gpu.app_start /tmp/ck/sd1.safetensors --runs 3 --restarts --out "${out}/app_start.json" \
         > "${out}/app_start.log" 2>&1
 fi
 grep -h '^{' "${out}"/*.txt 2>/dev/null | cut -c1-300
