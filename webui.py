@@ -89,8 +89,8 @@ def main(argv: list[str]) -> int:
         )
     ctx = create_context(flags)
     # The checkpoint loads on the worker thread while Gradio imports and the UI is built; with the default switch
-    # interval the load waited up to 5 ms for the interpreter after each of its thousands of reads and copies (4–5 s
-    # instead of 0.3–1.4 s on the H200, engine/switch_interval.py).
+    # interval the load waited up to 5 ms for the interpreter after each of its thousands of reads and copies (on the
+    # H200 4.0–4.9 s, 2.3–2.4 s with the interval short, 0.3–1.4 s alone: engine/switch_interval.py).
     with short_switch_interval():
         ctx.start()
         try:
