@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session of measurements (the device's 10-minute command limit: run the parts as separate calls).
 #
-#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|profile|startup|app|all]
+#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|profile|startup|app|tests|all]
 #
 # Writes full-size sd1/sdxl checkpoints to /tmp/ck once (≈70 s), then:
 #   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
@@ -9,6 +9,7 @@
 #   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, load_profile           ≈ 3 min
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
 #   app      app_start: the whole app (webui.py --api): a first start, two restarts; page and first jobs    ≈ 1 min
+#   tests    the pytest tests marked gpu (``-m gpu``: .pytest.ini leaves them out everywhere else)             ≈ 2 min
 # Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
 # and .whl-app/ (gradio, fastapi, pydantic… that the machine lacks: the app) when those folders exist. Carry .whl for
 # the first four parts and .whl-app for `app`. Both are git-ignored; fill them here (Python 3.12 wheels) with
@@ -20,7 +21,7 @@
 # semantic_version tomlkit pydub python_multipart pytz truststore opentelemetry_api importlib_metadata omegaconf
 # torchsde trampoline (requirements.txt's versions; the rest is on the machine, KINDS.md).
 set -uo pipefail
-out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|app|all]}"
+out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|app|tests|all]}"
 what="${2:-all}"
 mkdir -p "${out}" /tmp/ck
 for wheels in .whl .whl-app; do
@@ -59,6 +60,9 @@ fi
 if run app; then
     python3 -m tests.gpu.app_start /tmp/ck/sd1.safetensors --runs 3 --restarts --out "${out}/app_start.json" \
         > "${out}/app_start.log" 2>&1
+fi
+if run tests; then
+    python3 -m pytest -m gpu -q tests/gpu > "${out}/gpu_tests.txt" 2>&1
 fi
 grep -h '^{' "${out}"/*.txt 2>/dev/null | cut -c1-300
 ls -la "${out}"
