@@ -7,6 +7,7 @@ time, so a settings change never affects a running job.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -137,9 +138,10 @@ class AppContext:
         return new
 
     # ----- jobs --------------------------------------------------------------------------------------------------
-    def load_options(self, model_is_sdxl: bool = False) -> LoadOptions:
-        """Device and dtype policy from the launch flags."""
-        device, dtype, vae_dtype = select_device(
+    @functools.cached_property
+    def _device_choice(self) -> tuple[str, str, str]:
+        """``(device, dtype, vae_dtype)`` from the launch flags: chosen (and logged) once, as the flags never change."""
+        return select_device(
             use_cpu_all=bool({"all", "sd"} & set(self.flags.use_cpu)),
             device_id=int(self.flags.device_id) if self.flags.device_id else None,
             no_half=self.flags.no_half,
@@ -147,6 +149,10 @@ class AppContext:
             precision=self.flags.precision,
             bf16=self.flags.bf16,
         )
+
+    def load_options(self, model_is_sdxl: bool = False) -> LoadOptions:
+        """Device and dtype policy from the launch flags, memory and compile options from flags and settings."""
+        device, dtype, vae_dtype = self._device_choice
         return LoadOptions(
             device=device,
             dtype=dtype,

@@ -271,3 +271,15 @@ def test_the_start_up_warm_up_does_not_wait_for_the_hash(ctx, monkeypatch):
     checkpoint = ctx.submit_load("sd1", warm_up=True).wait(120)
     assert warmed.is_set() and checkpoint.sha256 is not None
     assert ctx.models.current.checkpoint.sha256 == checkpoint.sha256
+
+
+def test_the_device_is_chosen_once_not_per_job(ctx, monkeypatch):
+    """The flags never change while the app runs: the device policy (and its log line) runs at the first load only."""
+    from modules import context
+
+    calls = []
+    real = context.select_device
+    monkeypatch.setattr(context, "select_device", lambda **flags: calls.append(flags) or real(**flags))
+    for seed in (1, 2):
+        ctx.submit(GenerationRequest(prompt="cat", seed=seed, **FAST)).wait(120)
+    assert len(calls) == 1 and ctx.load_options().device == "cpu"

@@ -85,9 +85,9 @@ def _peak_allocated_gb() -> float:
 def _reset_peak() -> None:
     """Start a peak measurement: what earlier workloads left is collected and given back first.
 
-    B's pipeline is freed only once its caller has returned and ``gc`` has run. Without the ``gc`` here, the SD1.5
-    img2img peak measured right after B's txt2img came out at 3.62 GB on the H200, against 3.22 GB measured alone
-    (tests/gpu/results/mem_probe-h200.json).
+    B's pipeline is freed only once its caller has returned and ``gc`` has run, so the ``gc`` comes first. (The SD1.5
+    img2img peak reserved right after B's txt2img stayed at 3.62 GB on the H200 with it, against 3.16–3.22 GB in
+    tests/gpu/mem_probe.py; the allocated peak, 2.94 GB, is below B's.)
     """
     gc.collect()
     if torch.cuda.is_available():
