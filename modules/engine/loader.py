@@ -3,6 +3,8 @@
 Loading needs no network and follows one route for ``.safetensors`` and ``.ckpt``: read the header (safetensors) or
 the safe pickle (ckpt), detect the type, build the architecture from the yaml beside the file or from the shapes,
 read the weights once and assign them to the networks by their original key names (:mod:`modules.engine.components`).
+For a safetensors file the header gives the shapes, so the architecture is checked before any tensor is read and the
+empty networks are built on another thread during the read.
 
 Device/dtype policy (:func:`select_device`), following A1111:
 
@@ -30,6 +32,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,10 +41,11 @@ import torch
 
 from modules.engine import offload, stream_read
 from modules.engine.accel import disable_cuda_graphs, prepare_unet
-from modules.engine.components import ModelComponents, build_components
+from modules.engine.components import ModelComponents, build_components, empty_networks
 from modules.engine.detection import detect_model_type, read_header
 from modules.engine.ldm_yaml import build_architecture
 from modules.engine.safe_load import load_ckpt_state_dict
+from modules.engine.switch_interval import short_switch_interval
 from modules.engine.types import CheckpointInfo, ModelType
 from modules.errors import CheckpointLoadError
 
@@ -288,20 +292,33 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     model_type = detect_model_type(shapes, source=path) if shapes is not None else None
     _check_dtypes(options)
     direct = direct_mode(shapes, model_type, options) if shapes is not None and model_type is not None else None
-    state_dict = read_state_dict(
-        path,
-        allow_unsafe=options.allow_unsafe_pickle,
-        device=options.device if direct else "cpu",
-        dtype=DTYPES[options.dtype],
-        vae_dtype=DTYPES[options.vae_dtype],
-    )
-    shapes = shapes or {k: tuple(v.shape) for k, v in state_dict.items()}
-    model_type = model_type or detect_model_type(shapes, source=path)
-    # 2. Architecture (from the yaml beside the file, or the shapes).
-    arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
+    # 2. Architecture (from the yaml beside the file, or the shapes): known before the read for a safetensors file,
+    #    whose empty networks are then built while the tensors are read.
+    arch = None
+    if shapes is not None and model_type is not None:
+        arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
+    with ThreadPoolExecutor(1, thread_name_prefix="build-networks") as builder, short_switch_interval():
+        empty = builder.submit(empty_networks, arch) if arch is not None else None
+        state_dict = read_state_dict(
+            path,
+            allow_unsafe=options.allow_unsafe_pickle,
+            device=options.device if direct else "cpu",
+            dtype=DTYPES[options.dtype],
+            vae_dtype=DTYPES[options.vae_dtype],
+        )
+        networks = empty.result() if empty is not None else None
+    if arch is None:
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+        model_type = detect_model_type(shapes, source=path)
+        arch = build_architecture(shapes, model_type, checkpoint.config, source=source)
     # 3. Networks from the one state dict (tensors assigned as they are: already in their dtype and place).
     parts = build_components(
-        state_dict, arch, source=source, dtype=DTYPES[options.dtype], vae_dtype=DTYPES[options.vae_dtype]
+        state_dict,
+        arch,
+        source=source,
+        dtype=DTYPES[options.dtype],
+        vae_dtype=DTYPES[options.vae_dtype],
+        empty=networks,
     )
     del state_dict
     prediction = arch.scheduler["prediction_type"]

@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 import sys
+import threading
 import types
 import weakref
 from pathlib import Path
@@ -265,12 +266,46 @@ def test_unsafe_ckpt_is_refused_by_the_loader(options: LoadOptions, tmp_path: Pa
     assert not (tmp_path / "pwned").exists()
 
 
-def test_mismatched_yaml_is_refused(tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path) -> None:
+def test_networks_are_built_while_a_safetensors_file_is_read(
+    tiny_models: dict[str, Path], options: LoadOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The empty networks need only the header: they are built on another thread during the read (not after it)."""
+    events: list[tuple[str, str]] = []
+    real_read, real_build = loader.read_state_dict, loader.empty_networks
+    started = threading.Event()
+
+    def build(arch):
+        events.append(("build", threading.current_thread().name))
+        started.set()
+        return real_build(arch)
+
+    def read(*args, **kwargs):
+        assert started.wait(10), "the networks were not being built while the file was read"
+        events.append(("read", threading.current_thread().name))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "read_state_dict", read)
+    monkeypatch.setattr(loader, "empty_networks", build)
+    model = load_checkpoint(info(tiny_models["sdxl"]), options)
+    assert [e[0] for e in events] == ["build", "read"]
+    assert events[0][1].startswith("build-networks") and events[1][1] == threading.current_thread().name
+    assert not [k for k, v in all_tensors(model).items() if v.device.type == "meta"]
+    events.clear()
+    load_checkpoint(info(tiny_models["sd1.ckpt"]), options)  # a pickle: the shapes come from the read itself
+    assert [e[0] for e in events] == ["read"]
+
+
+def test_mismatched_yaml_is_refused_before_reading(
+    tiny_models: dict[str, Path], options: LoadOptions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "xl.safetensors"
     shutil.copyfile(tiny_models["sdxl"], target)
     shutil.copyfile(tiny_models["sd1"].with_suffix(".yaml"), target.with_suffix(".yaml"))
+    reads: list[Path] = []
+    monkeypatch.setattr(loader, "read_state_dict", lambda path, **_: reads.append(path) or {})
     with pytest.raises(CheckpointLoadError, match=r"xl\.safetensors: the yaml beside it does not match"):
         load_checkpoint(info(target), options)
+    assert reads == []  # the header and the yaml decide it: gigabytes of tensors are not read for nothing
 
 
 def test_model_manager_switch_frees_previous(tiny_models: dict[str, Path], options: LoadOptions) -> None:
