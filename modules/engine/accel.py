@@ -13,7 +13,9 @@ the plain module. Nothing third-party is patched: only the UNet instance this ap
 
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -234,6 +236,32 @@ def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, c
         geglu.install(unet)
         group_norm.install(unet)
     return True
+
+
+def hash_triton_sources() -> threading.Thread:
+    """Import Triton and compute the hash of its installation that its first kernel launch needs, on a daemon thread.
+
+    Triton keys its on-disk kernel cache by a hash of its own sources and library (``triton_key``, computed once per
+    process and cached): 0.4 s of the first job after a restart on the H200 (``triton_key`` in
+    tests/gpu/results/startup_profile_no_bytecode_cache-h200.txt). The loader starts this as a CUDA load begins, so
+    that it runs during the read (W6, a new process to its first image: 4.43-4.98 s with the thread started at the end
+    of the load, 3.97-4.33 s started at its beginning, w6-h200.json; two lent machines). Where this Triton has no such
+    function (or there is no Triton) the thread does nothing and the first launch works as before.
+    """
+    thread = threading.Thread(target=_triton_key, name="triton-key", daemon=True)
+    thread.start()
+    return thread
+
+
+def _triton_key() -> None:
+    for name in ("triton.runtime.cache", "triton.compiler.compiler"):  # where Triton versions keep it
+        try:
+            key = getattr(importlib.import_module(name), "triton_key", None)
+        except ImportError:
+            continue
+        if callable(key):
+            key()
+            return
 
 
 def enable_cuda_graphs(unet: torch.nn.Module, *, compile: bool = False) -> bool:

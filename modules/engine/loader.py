@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from modules.engine import offload, stream_read
-from modules.engine.accel import disable_cuda_graphs, prepare_unet
+from modules.engine.accel import disable_cuda_graphs, hash_triton_sources, prepare_unet
 from modules.engine.components import ModelComponents, build_components, empty_networks
 from modules.engine.detection import detect_model_type, read_header
 from modules.engine.ldm_yaml import build_architecture
@@ -284,6 +284,8 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     from modules.engine.prediction import probe_prediction_type
 
     started = time.perf_counter()
+    if options.device.startswith("cuda"):
+        hash_triton_sources()  # for the kernels' first launch, done while the file is read (engine/accel.py)
     path, source = Path(checkpoint.filename), Path(checkpoint.filename).name
     # 1. Tensors (safetensors: header first, so a LoRA or VAE is refused before reading gigabytes).
     #    A safetensors file whose weights fit in the free VRAM is read straight to the GPU in the target dtypes.

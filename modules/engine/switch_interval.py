@@ -6,8 +6,9 @@ A job or a load makes thousands of such calls, so beside a busy thread it can ta
 ``python -m tests.gpu.switch_probe`` on the CPU (2 cores, tests/gpu/results/switch_probe-cpu2.json): 600 hand-backs
 take 0.06–0.12 s alone, 3.3–6.2 s beside a busy thread at 5 ms, 0.46–0.61 s at 0.2 ms. On the H200 the app's
 start-up load took 4.0–4.9 s while Gradio was imported and the UI built beside it, against 0.3–1.4 s alone
-(tests/gpu/results/app_start-h200.json), and 2.3–2.4 s with the interval short (app_start_restarts-h200.json); the
-job after the first one of a ``--compile`` restart took 8.5 s beside the background compile instead of 0.18 s.
+(tests/gpu/results/app_start-h200.json), and 2.3–2.4 s with the interval short
+(app_start_restarts_no_bytecode_cache-h200.json); the job after the first one of a ``--compile`` restart took 8.5 s
+beside the background compile instead of 0.18 s.
 
 ``short_switch_interval()`` shortens the process-wide interval while its block runs. Blocks may overlap in several
 threads: the first remembers the interval it found (kept on its thread object, so there is no module state; later

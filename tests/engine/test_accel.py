@@ -267,3 +267,19 @@ def test_kernel_wrappers_hold_their_modules_weakly_and_run_eagerly_off_cuda():
         assert [r() for r in refs] == [None, None]
     finally:
         gc.enable()
+
+
+def test_tritons_installation_hash_is_computed_on_a_thread_and_cached_for_the_first_launch():
+    """Triton's first launch in a process hashes its sources (0.4 s on the H200); the load starts that early."""
+    pytest.importorskip("triton")
+    from triton.runtime import cache
+
+    from modules.engine.accel import hash_triton_sources
+
+    cache.triton_key.cache_clear()
+    thread = hash_triton_sources()
+    assert thread.name == "triton-key" and thread.daemon
+    thread.join(60)
+    info = cache.triton_key.cache_info()
+    assert (info.misses, info.currsize) == (1, 1)  # computed once, on that thread
+    assert cache.triton_key() and cache.triton_key.cache_info().hits == info.hits + 1  # the launch finds it cached

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One GPU-machine session of measurements (the device's 10-minute command limit: run the parts as separate calls).
 #
-#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|profile|startup|app|tests|all]
+#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|profile|startup|w6|app|tests|all]
 #
 # Writes full-size sd1/sdxl checkpoints to /tmp/ck once (≈70 s), then:
 #   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
 #   compile  the --compile path and B + reduce-overhead (SD1.5 only)                          ≈ 4 min
 #   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, load_profile           ≈ 3 min
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
+#   w6       W6 (a new process to its first image) four times                                  ≈ 30 s
 #   app      app_start: the whole app (webui.py --api): a first start, two restarts; page and first jobs    ≈ 1 min
 #   tests    the pytest tests marked gpu (``-m gpu``: .pytest.ini leaves them out everywhere else)             ≈ 2 min
 # Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
@@ -21,7 +22,7 @@
 # semantic_version tomlkit pydub python_multipart pytz truststore opentelemetry_api importlib_metadata omegaconf
 # torchsde trampoline (requirements.txt's versions; the rest is on the machine, KINDS.md).
 set -uo pipefail
-out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|app|tests|all]}"
+out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|w6|app|tests|all]}"
 what="${2:-all}"
 mkdir -p "${out}" /tmp/ck
 for wheels in .whl .whl-app; do
@@ -31,6 +32,10 @@ for wheels in .whl .whl-app; do
 done
 export PYTHONPATH="/tmp/site:${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# Bytecode is cached as on a user's machine (pip compiles it at install, Python writes it on first import): without
+# this the lent machine compiled ~1000 modules in every process (2.3-3.0 s of each start-up, startup_profile_no_bytecode_cache-h200.txt).
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-/tmp/pycache}"
 [[ -f /tmp/ck/sdxl.safetensors ]] || python3 -c "
 from pathlib import Path
 from tests.support.tiny_checkpoints import write_checkpoint
@@ -56,6 +61,12 @@ if run startup; then
         for _ in 1 2 3; do python3 -m tests.gpu.startup_profile /tmp/ck/sd1.safetensors; done
         python3 -m tests.gpu.startup_profile /tmp/ck/sd1.safetensors --warm-up
     } > "${out}/startup_profile.txt" 2>&1
+fi
+if run w6; then  # W6 alone, four new processes (the first also fills the bytecode cache)
+    python3 -c "
+import json; from pathlib import Path; from tests.gpu.bench import first_image_seconds
+print(json.dumps([first_image_seconds(Path('/tmp/ck/sd1.safetensors'), 512) for _ in range(4)], indent=1))" \
+        > "${out}/w6.json" 2> "${out}/w6.log"
 fi
 if run app; then
     python3 -m tests.gpu.app_start /tmp/ck/sd1.safetensors --runs 3 --restarts --out "${out}/app_start.json" \
