@@ -75,8 +75,7 @@ class Fp8Linear(nn.Module):
             scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-6) / E4M3_MAX
             self.w_scale = scale.t().contiguous().float()  # (1, N)
         self.wq = (w / scale).to(torch.float8_e4m3fn).t()  # (K, N), column-major as _scaled_mm wants
-        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-        self.bias16 = None if linear.bias is None else linear.bias.detach()
+        self.bias = None if linear.bias is None else linear.bias.detach()
         self.cache: dict[tuple, tuple] = {}
         self.fp16_out = True
 
@@ -87,48 +86,26 @@ class Fp8Linear(nn.Module):
         if self.mode == "tensorwise":
             s = (x2.abs().amax().float().clamp(min=1e-6) / E4M3_MAX).reshape(())
             q = (x2 / s).to(torch.float8_e4m3fn)
-            y = torch._scaled_mm(
-                q,
-                self.wq,
-                scale_a=s,
-                scale_b=self.w_scale,
-                bias=self.bias16,
-                out_dtype=torch.float16,
-                use_fast_accum=True,
-            )
+        elif self.mode == "gemm_only":
+            key = tuple(x2.shape)  # quantised once per shape: stale values, the GEMM's time alone
+            if key not in self.cache:
+                self.cache[key] = row_quant(x2)
+            q, s = self.cache[key]
         else:
-            if self.mode == "gemm_only":
-                key = tuple(x2.shape)  # quantised once per shape: stale values, the GEMM's time alone
-                if key not in self.cache:
-                    self.cache[key] = row_quant(x2)
-                q, s = self.cache[key]
-            else:
-                q, s = row_quant(x2)
-            if self.fp16_out:
-                try:
-                    return torch._scaled_mm(
-                        q,
-                        self.wq,
-                        scale_a=s,
-                        scale_b=self.w_scale,
-                        bias=self.bias16,
-                        out_dtype=torch.float16,
-                        use_fast_accum=True,
-                    ).reshape(*lead, self.out_features)
-                except RuntimeError as exc:
-                    self.failures.append(f"rowwise fp16 out: {exc}"[:300])
-                    self.fp16_out = False
-            y = torch._scaled_mm(
-                q,
-                self.wq,
-                scale_a=s,
-                scale_b=self.w_scale,
-                bias=self.bias,
-                out_dtype=torch.bfloat16,
-                use_fast_accum=True,
-            )
-            y = y.to(torch.float16)
-        return y.reshape(*lead, self.out_features)
+            q, s = row_quant(x2)
+        if self.fp16_out:
+            try:
+                return self._mm(q, s, torch.float16).reshape(*lead, self.out_features)
+            except RuntimeError as exc:  # builds whose row-wise scaling wants a bfloat16 output
+                self.failures.append(f"{self.mode} fp16 out: {exc}"[:300])
+                self.fp16_out = False
+        return self._mm(q, s, torch.bfloat16).to(torch.float16).reshape(*lead, self.out_features)
+
+    def _mm(self, q: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(out_dtype)
+        return torch._scaled_mm(
+            q, self.wq, scale_a=scale, scale_b=self.w_scale, bias=bias, out_dtype=out_dtype, use_fast_accum=True
+        )
 
 
 def swap(unet: nn.Module, mode: str, shapes: list, failures: list) -> dict[str, nn.Module]:
