@@ -168,7 +168,7 @@ def empty_networks(arch: ModelArchitecture) -> EmptyNetworks:
     """Build ``arch``'s networks without weights (meta device: no memory, no init).
 
     Needs only the architecture, so the loader builds them while a safetensors file is being read (pure Python:
-    0.1-0.15 s for SDXL on the GPU machine, tests/gpu/results/load_profile_switch_sdxl-h200.txt).
+    ≈0.1 s for SD1.5 on the GPU machine's host, tests/gpu/results/load_profile_switch_sdxl-h200.txt).
     """
     with torch.device("meta"):  # a thread-local default: safe beside a reader in another thread
         return EmptyNetworks(
