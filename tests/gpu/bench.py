@@ -82,17 +82,20 @@ def _peak_allocated_gb() -> float:
     return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
 
 
-def _reset_peak() -> None:
+def _reset_peak() -> float:
     """Start a peak measurement: what earlier workloads left is collected and given back first.
 
     B's pipeline is freed only once its caller has returned and ``gc`` has run, so the ``gc`` comes first. (The SD1.5
     img2img peak reserved right after B's txt2img stayed at 3.62 GB on the H200 with it, against 3.16–3.22 GB in
-    tests/gpu/mem_probe.py; the allocated peak, 2.94 GB, is below B's.)
+    tests/gpu/mem_probe.py; the allocated peak, 2.94 GB, is below B's.) Returns what is still reserved then (GB):
+    a peak reserved above it was reserved by the workload itself, the rest was held from before.
     """
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_reserved() / 1e9
+    return 0.0
 
 
 def engine_workload(model: LoadedModel, size: int, batch: int, warmup: int, runs: int) -> dict[str, float]:
@@ -233,8 +236,9 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
         res = generate(model, req, GenerationOptions())
         assert all(np.isfinite(np.asarray(im, dtype=np.float32)).all() for im in res.images)
 
-    _reset_peak()
+    held = _reset_peak()
     entry = {
+        "engine_reserved_at_start_gb": held,
         "engine_e2e_s": statistics.median(timed(ours, warmup, runs)),
         "engine_peak_reserved_gb": _peak_gb(),
         "engine_peak_allocated_gb": _peak_allocated_gb(),
@@ -249,7 +253,7 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
                       output_type="np")  # fmt: skip
             assert np.isfinite(out.images).all()
 
-        _reset_peak()
+        entry["baseline_reserved_at_start_gb"] = _reset_peak()
         entry["baseline_e2e_s"] = statistics.median(timed(base, warmup, runs))
         entry["baseline_peak_reserved_gb"] = _peak_gb()
         entry["baseline_peak_allocated_gb"] = _peak_allocated_gb()
