@@ -257,10 +257,13 @@ def _triton_key() -> None:
     for name in ("triton.runtime.cache", "triton.compiler.compiler"):  # where Triton versions keep it
         try:
             key = getattr(importlib.import_module(name), "triton_key", None)
+            if callable(key):
+                key()
+                return
         except ImportError:
             continue
-        if callable(key):
-            key()
+        except Exception as exc:  # a head start only: a broken Triton shows itself at its first launch
+            logger.debug("Triton's installation hash could not be computed ahead (%s)", exc)
             return
 
 

@@ -283,3 +283,20 @@ def test_tritons_installation_hash_is_computed_on_a_thread_and_cached_for_the_fi
     info = cache.triton_key.cache_info()
     assert (info.misses, info.currsize) == (1, 1)  # computed once, on that thread
     assert cache.triton_key() and cache.triton_key.cache_info().hits == info.hits + 1  # the launch finds it cached
+
+
+def test_a_broken_triton_leaves_the_hash_thread_quietly(monkeypatch):
+    """The thread is only a head start: whatever Triton raises stays in it (no traceback on the console)."""
+    import importlib
+    import threading
+
+    from modules.engine import accel
+
+    def broken(name):
+        raise RuntimeError("libtriton.so: cannot open shared object file")
+
+    unhandled = []
+    monkeypatch.setattr(importlib, "import_module", broken)
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)
+    accel.hash_triton_sources().join(10)
+    assert unhandled == []
