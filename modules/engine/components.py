@@ -178,54 +178,35 @@ def empty_networks(arch: ModelArchitecture) -> EmptyNetworks:
         )
 
 
-def build_unet(
-    state_dict: Mapping[str, torch.Tensor],
-    arch: ModelArchitecture,
-    source: str,
-    dtype: torch.dtype,
-    empty: UNet | None = None,
-) -> UNet:
-    """The UNet from the file's ``model.diffusion_model.*`` tensors (filling ``empty`` when given)."""
-    if empty is None:
-        with torch.device("meta"):
-            empty = UNet(arch.unet)
-    fill_model(empty, _under(state_dict, UNET), "UNet", source, dtype, UNET)
-    return empty
+def fill_unet(unet: UNet, state_dict: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype) -> UNet:
+    """The empty ``unet`` filled from the file's ``model.diffusion_model.*`` tensors."""
+    fill_model(unet, _under(state_dict, UNET), "UNet", source, dtype, UNET)
+    return unet
 
 
-def build_vae(
-    state_dict: Mapping[str, torch.Tensor],
-    arch: ModelArchitecture,
-    source: str,
-    dtype: torch.dtype,
-    empty: AutoencoderKL | None = None,
+def fill_vae(
+    vae: AutoencoderKL, state_dict: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype
 ) -> AutoencoderKL:
-    """The VAE from the file's ``first_stage_model.*`` tensors (filling ``empty`` when given)."""
-    if empty is None:
-        with torch.device("meta"):
-            empty = AutoencoderKL(arch.vae)
-    fill_model(empty, _under(state_dict, VAE), "VAE", source, dtype, VAE)
-    return empty
+    """The empty ``vae`` filled from the file's ``first_stage_model.*`` tensors."""
+    fill_model(vae, _under(state_dict, VAE), "VAE", source, dtype, VAE)
+    return vae
 
 
-def build_text_encoder(
+def fill_text_encoder(
+    model: TextEncoder,
     state_dict: Mapping[str, torch.Tensor],
     spec: TextEncoderSpec,
     source: str,
     dtype: torch.dtype,
-    empty: TextEncoder | None = None,
 ) -> TextEncoder:
-    """One CLIP text encoder from its tensors in the file (CLIP-L's transformers layout or OpenCLIP's)."""
-    if empty is None:
-        with torch.device("meta"):
-            empty = TextEncoder.from_spec(spec)
+    """One empty CLIP text encoder filled from its tensors in the file (CLIP-L's transformers layout or OpenCLIP's)."""
     try:
         weights = convert_weights(_under(state_dict, spec.prefix), spec)
     except MissingWeightsError as error:
         what = f"{len(error.missing)} text encoder ({spec.family}) weights missing from the file"
         raise CheckpointLoadError(f"{source}: {what}: {_examples(list(error.missing))}") from error
-    fill_model(empty, weights, f"text encoder ({spec.family})", source, dtype, spec.prefix)
-    return empty
+    fill_model(model, weights, f"text encoder ({spec.family})", source, dtype, spec.prefix)
+    return model
 
 
 def build_components(
@@ -250,16 +231,16 @@ def build_components(
     Raises:
         CheckpointLoadError: A network's weights are missing or misshapen.
     """
-    specs = list(arch.text_encoders)
-    encoders: list[TextEncoder | None] = list(empty.text_encoders) if empty else [None] * len(specs)
+    empty = empty or empty_networks(arch)
     parts = ModelComponents(
-        unet=build_unet(state_dict, arch, source, dtype, empty.unet if empty else None),
-        vae=build_vae(state_dict, arch, source, vae_dtype, empty.vae if empty else None),
+        unet=fill_unet(empty.unet, state_dict, source, dtype),
+        vae=fill_vae(empty.vae, state_dict, source, vae_dtype),
         schedule=dict(arch.scheduler),
     )
+    specs = list(arch.text_encoders)
     names = ["text_encoder_2"] if arch.model_type.is_sdxl and len(specs) == 1 else ["text_encoder", "text_encoder_2"]
-    for name, spec, encoder in zip(names, specs, encoders, strict=False):
-        setattr(parts, name, build_text_encoder(state_dict, spec, source, dtype, encoder))
+    for name, spec, encoder in zip(names, specs, empty.text_encoders, strict=False):
+        setattr(parts, name, fill_text_encoder(encoder, state_dict, spec, source, dtype))
         pad = OPENCLIP_PAD if spec.pad_token == OPENCLIP_PAD else CLIP_PAD
         setattr(parts, name.replace("text_encoder", "tokenizer"), clip_tokenizer(pad))
     return parts
