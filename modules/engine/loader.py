@@ -272,6 +272,9 @@ def direct_mode(shapes: Mapping[str, tuple[int, ...]], model_type: ModelType, op
     return "full" if weights + offload.WORK_BYTES[model_type.is_sdxl] <= free else None
 
 
+TRITON_HASH_WAIT_S = 30.0  # the longest a load waits for Triton's hash (0.4 s on the H200; a stuck one is left)
+
+
 def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedModel:
     """Load one checkpoint into a ready pipeline (steps in the module docstring).
 
@@ -284,8 +287,8 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     from modules.engine.prediction import probe_prediction_type
 
     started = time.perf_counter()
-    if options.device.startswith("cuda"):
-        hash_triton_sources()  # for the kernels' first launch, done while the file is read (engine/accel.py)
+    # Triton's installation hash, needed by the kernels' first launch, computed while the file is read (accel.py).
+    triton_hash = hash_triton_sources() if options.device.startswith("cuda") else None
     path, source = Path(checkpoint.filename), Path(checkpoint.filename).name
     # 1. Tensors (safetensors: header first, so a LoRA or VAE is refused before reading gigabytes).
     #    A safetensors file whose weights fit in the free VRAM is read straight to the GPU in the target dtypes.
@@ -331,6 +334,8 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     prepare_unet(parts.unet, model_type, options.device, compile=options.compile)
     mode = direct or _memory_mode(parts, model_type, options)
     offload.apply_mode(parts, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile)
+    if triton_hash is not None:  # not finished yet: the first job would compute it a second time beside this thread
+        triton_hash.join(TRITON_HASH_WAIT_S)
     seconds = time.perf_counter() - started
     logger.info("Loaded %s (%s, %s) in %.1f s on %s", source, model_type.value, prediction, seconds, options.device)
     return LoadedModel(

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -80,6 +81,18 @@ def _peak_gb() -> float:
 
 def _peak_allocated_gb() -> float:
     return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
+
+
+def pools_gb() -> dict[str, float]:
+    """Reserved GB per memory pool (``general``; a CUDA graph's private pool by its id), with ``allocated``."""
+    sizes: dict[str, float] = defaultdict(float)
+    if not torch.cuda.is_available():
+        return {}
+    for segment in torch.cuda.memory_snapshot():
+        pool = segment.get("segment_pool_id") or (0, 0)
+        sizes["general" if tuple(pool) == (0, 0) else str(tuple(pool))] += segment["total_size"] / 1e9
+    sizes["allocated"] = torch.cuda.memory_allocated() / 1e9
+    return dict(sizes)
 
 
 def _reset_peak() -> float:
@@ -159,11 +172,14 @@ def _reference(model: LoadedModel) -> Iterator[Any]:
     expandable = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") == ALLOCATOR_SETTINGS
     if expandable:
         set_allocator_settings("expandable_segments:False")
+    dtype, vae_dtype = model.components.unet.dtype, model.components.vae.dtype
     pipe = reference_pipeline(
         Path(model.checkpoint.filename),
         device=model.device,
-        dtype=model.components.unet.dtype,
-        vae_dtype=model.components.vae.dtype,
+        dtype=dtype,
+        # plain diffusers runs one dtype (its pipelines hand the UNet's latents to the VAE as they are): with --bf16
+        # the VAE too is bfloat16 (ours keeps float16 and converts); a float32 VAE (--no-half-vae) stays float32
+        vae_dtype=vae_dtype if vae_dtype == torch.float32 else dtype,
     )
     try:
         yield pipe
@@ -239,6 +255,7 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
     held = _reset_peak()
     entry = {
         "engine_reserved_at_start_gb": held,
+        "engine_pools_at_start_gb": pools_gb(),
         "engine_e2e_s": statistics.median(timed(ours, warmup, runs)),
         "engine_peak_reserved_gb": _peak_gb(),
         "engine_peak_allocated_gb": _peak_allocated_gb(),
@@ -254,6 +271,7 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
             assert np.isfinite(out.images).all()
 
         entry["baseline_reserved_at_start_gb"] = _reset_peak()
+        entry["baseline_pools_at_start_gb"] = pools_gb()
         entry["baseline_e2e_s"] = statistics.median(timed(base, warmup, runs))
         entry["baseline_peak_reserved_gb"] = _peak_gb()
         entry["baseline_peak_allocated_gb"] = _peak_allocated_gb()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,10 @@ from modules.engine.accel import disable_cuda_graphs, enable_cuda_graphs
 from modules.engine.loader import LoadOptions, ModelManager, select_device, set_allocator_settings
 from modules.engine.pipeline import generate
 from modules.engine.types import CheckpointInfo, GenerationRequest
-from tests.gpu.bench import source_image
+from tests.gpu.bench import pools_gb, source_image
 from tests.support.diffusers_reference import reference_pipeline
 
 GB = 1e9
-
-
-def pools() -> dict[str, float]:
-    """Reserved GB per memory pool (the general pool is ``general``)."""
-    sizes: dict[str, float] = defaultdict(float)
-    for segment in torch.cuda.memory_snapshot():
-        pool = segment.get("segment_pool_id") or (0, 0)
-        sizes["general" if tuple(pool) == (0, 0) else str(tuple(pool))] += segment["total_size"] / GB
-    return dict(sizes)
 
 
 def peaks(job: Callable[[], object]) -> dict[str, object]:
@@ -52,7 +42,7 @@ def peaks(job: Callable[[], object]) -> dict[str, object]:
             "peak_reserved_gb": torch.cuda.max_memory_reserved() / GB,
             "peak_allocated_gb": torch.cuda.max_memory_allocated() / GB,
         }
-    out["pools_after_gb"] = pools()
+    out["pools_after_gb"] = pools_gb()
     out["allocated_after_gb"] = torch.cuda.memory_allocated() / GB
     return out
 

@@ -1,18 +1,23 @@
 """Where one CFG step of the app's own UNet goes on the GPU, by kernel class (GPU machine; feeds engine/accel.py).
 
     python -m tests.gpu.unet_profile CHECKPOINT [CHECKPOINT ...] [--batch 1 8] [--out FILE]
+    python -m tests.gpu.unet_profile CHECKPOINT --compile [--inductor max_autotune=True ...] --out FILE
 
 Each checkpoint is loaded through the app's loader (so the UNet is prepared exactly as for a job: fp16,
 channels_last where the engine uses it, merged projections), then one CFG step (batch 2×N) is replayed from a CUDA
 graph and profiled with torch.profiler. Kernels are summed by class (matmul, convolution, attention, normalization,
 elementwise, layout copies, other) and the largest are listed by name, next to the step time and its share of the
-FLOP limit (performance.md §1).
+FLOP limit (performance.md §1). With ``--compile`` the step is the ``--compile`` path's (inductor's kernels in the
+graph) after the background compile has finished, with inductor's config options from ``--inductor`` (one process per
+set of options: inductor reads them when it compiles); the entry also has the compile's seconds and the output's
+difference to the eager graph.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,7 @@ FLOP_PER_STEP = {"sd1": 1.607e12, "sdxl": 13.52e12}  # UNet with CFG (batch 2), 
 CLASSES = (
     ("attention", ("sdpa", "flash", "fmha", "attention")),
     ("convolution", ("fprop", "conv", "implicit_gemm", "winograd", "dgrad")),
-    ("matmul", ("gemm", "xmma", "cutlass", "sm90_", "matmul")),
+    ("matmul", ("gemm", "xmma", "cutlass", "sm90_", "matmul", "triton_tem", "addmm", "_mm")),
     ("normalization", ("norm", "moments", "welford")),
     ("layout", ("nchwtonhwc", "nhwctonchw", "transpose", "copy_kernel", "cat")),
     ("elementwise", ("elementwise", "reduce", "silu", "gelu", "add", "mul", "softmax")),
@@ -159,17 +164,62 @@ def _output(model: Any) -> torch.Tensor:
         return model.components.unet(*args, **kwargs, return_dict=False)[0].float().clone()
 
 
+def compiled_step(model: Any, batch: int, options: dict[str, Any]) -> dict[str, Any]:
+    """The step of the ``--compile`` path (loaded with ``compile=True``): eager graph first, then the compiled one."""
+    unet = model.components.unet
+    eager = _output(model) if batch == 1 else None
+    args, kwargs = step_inputs(model, batch)
+    with torch.inference_mode():
+        unet(*args, **kwargs)  # captures the eager graph and queues the compile for this signature
+    started = time.perf_counter()
+    if not unet.forward.compiler.wait(timeout=3600):
+        raise RuntimeError("the compile did not finish")
+    seconds = time.perf_counter() - started
+    entry = profile_step(model, batch)
+    if "compiled" not in unet.forward.captured:
+        raise RuntimeError(f"the step did not run compiled: {unet.forward.captured}")
+    entry.update(inductor=options, compile_s=seconds)
+    if eager is not None:
+        entry["max_diff_vs_eager"] = float((_output(model) - eager).abs().max())
+    return entry
+
+
+def _inductor_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs set on ``torch._inductor.config`` (values as Python literals where they parse)."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        setattr(inductor_config, key, value)
+        options[key] = value
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--batch", nargs="+", type=int, default=[1])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--variants", action="store_true", help="also without each hand-written kernel")
+    parser.add_argument("--compile", action="store_true", help="the --compile path's step (after its compile)")
+    parser.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE", help="inductor config (--compile)")
     args = parser.parse_args()
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    inductor = _inductor_options(args.inductor)
     for path in args.checkpoints:
-        model = load_checkpoint(CheckpointInfo(path, path.name), LoadOptions(device="cuda", dtype="float16"))
-        report[path.stem] = [profile_step(model, b) for b in args.batch]
+        options = LoadOptions(device="cuda", dtype="float16", compile=args.compile)
+        model = load_checkpoint(CheckpointInfo(path, path.name), options)
+        if args.compile:
+            report[path.stem] = [compiled_step(model, b, inductor) for b in args.batch]
+        else:
+            report[path.stem] = [profile_step(model, b) for b in args.batch]
         if args.variants:
             run_variants(model, report, path.stem)
         if args.out:  # after each checkpoint, so a later failure keeps what was measured
