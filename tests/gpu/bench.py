@@ -83,15 +83,28 @@ def _peak_allocated_gb() -> float:
     return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
 
 
-def pools_gb() -> dict[str, float]:
-    """Reserved GB per memory pool (``general``; a CUDA graph's private pool by its id), with ``allocated``."""
-    sizes: dict[str, float] = defaultdict(float)
+def pools_gb() -> dict[str, Any]:
+    """Reserved GB per memory pool (``general``; a CUDA graph's private pool by its id), with ``allocated``.
+
+    ``held_free`` lists the general pool's segments that keep free memory reserved after ``empty_cache`` (largest
+    first: total and allocated GB, expandable or not), which is what fragments what a job can use.
+    """
+    sizes: dict[str, Any] = defaultdict(float)
     if not torch.cuda.is_available():
         return {}
+    held = []
     for segment in torch.cuda.memory_snapshot():
         pool = segment.get("segment_pool_id") or (0, 0)
-        sizes["general" if tuple(pool) == (0, 0) else str(tuple(pool))] += segment["total_size"] / 1e9
+        general = tuple(pool) == (0, 0)
+        sizes["general" if general else str(tuple(pool))] += segment["total_size"] / 1e9
+        free = segment["total_size"] - segment["allocated_size"]
+        if general and free > 0:
+            held.append((free, segment["total_size"], segment["allocated_size"], segment.get("is_expandable")))
     sizes["allocated"] = torch.cuda.memory_allocated() / 1e9
+    held.sort(reverse=True)
+    sizes["held_free"] = [
+        {"free": f / 1e9, "total": t / 1e9, "allocated": a / 1e9, "expandable": e} for f, t, a, e in held[:8]
+    ]
     return dict(sizes)
 
 
@@ -156,19 +169,24 @@ def baseline_workload(model: LoadedModel, size: int, batch: int, warmup: int, ru
 
     Our model waits in RAM meanwhile, so B's peak VRAM is its own.
     """
-    with _reference(model) as pipe:
-        return _baseline(pipe, model, size, batch, warmup, runs)
+    with _reference(model) as box:
+        return _baseline(box[0], model, size, batch, warmup, runs)
 
 
 @contextlib.contextmanager
-def _reference(model: LoadedModel) -> Iterator[Any]:
-    """B's pipeline for ``model``'s file, with our model in RAM until B is dropped.
+def _reference(model: LoadedModel) -> Iterator[list[Any]]:
+    """B's pipeline for ``model``'s file (as ``box[0]``), with our model in RAM until B is dropped.
 
     B runs with PyTorch's default allocator settings, as plain diffusers does (our engine turns expandable segments on:
-    engine/loader.py ``configure_allocator``).
+    engine/loader.py ``configure_allocator``). The pipeline comes in a box that is emptied on exit: a caller's own
+    name for it would keep B alive while our weights go back to the GPU, and then they landed in the free space of
+    B's segments, made without expandable segments, which ``empty_cache`` cannot give back while one of our tensors
+    lives in them (0.46 GB held in 30 MB segments at W4's start, its peak 3.62 GB against 3.16 GB alone). Callers
+    must not keep the pipeline, or anything made from it, past the block.
     """
     offload.release(model.components)
     _free()
+    ours = torch.cuda.memory_allocated()
     expandable = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") == ALLOCATOR_SETTINGS
     if expandable:
         set_allocator_settings("expandable_segments:False")
@@ -181,11 +199,16 @@ def _reference(model: LoadedModel) -> Iterator[Any]:
         # the VAE too is bfloat16 (ours keeps float16 and converts); a float32 VAE (--no-half-vae) stays float32
         vae_dtype=vae_dtype if vae_dtype == torch.float32 else dtype,
     )
+    box = [pipe]
+    del pipe
     try:
-        yield pipe
+        yield box
     finally:
-        del pipe
+        box.clear()
         _free()
+        left = (torch.cuda.memory_allocated() - ours) / 1e9
+        if left > 0.05:
+            logger.warning("B's pipeline is still referenced: %.2f GB of it stays allocated", left)
         if expandable:
             set_allocator_settings(ALLOCATOR_SETTINGS)
         offload.apply_mode(model.components, model.device, "full", cuda_graphs=True)
@@ -260,13 +283,13 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
         "engine_peak_reserved_gb": _peak_gb(),
         "engine_peak_allocated_gb": _peak_allocated_gb(),
     }
-    with _reference(model) as pipe:
+    with _reference(model) as box:
         import diffusers
 
-        i2i = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+        i2i = [diffusers.AutoPipelineForImage2Image.from_pipe(box[0])]  # emptied below, before _reference's exit
 
         def base() -> None:
-            out = i2i("a photo of a cat", image=image, strength=0.75, num_inference_steps=20, guidance_scale=7.0,
+            out = i2i[0]("a photo of a cat", image=image, strength=0.75, num_inference_steps=20, guidance_scale=7.0,
                       output_type="np")  # fmt: skip
             assert np.isfinite(out.images).all()
 
@@ -275,6 +298,7 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
         entry["baseline_e2e_s"] = statistics.median(timed(base, warmup, runs))
         entry["baseline_peak_reserved_gb"] = _peak_gb()
         entry["baseline_peak_allocated_gb"] = _peak_allocated_gb()
+        i2i.clear()  # B's components: dropped before ours go back (_reference)
     entry["ratio"] = entry["baseline_e2e_s"] / entry["engine_e2e_s"]
     return entry
 
@@ -368,11 +392,12 @@ def compiled_workload(manager: ModelManager, info: CheckpointInfo, opts: LoadOpt
 
 def baseline_compiled(model: LoadedModel, size: int, runs: int) -> dict[str, float]:
     """B + ``torch.compile(mode="reduce-overhead")`` of a channels_last UNet (the performance.md anchor)."""
-    with _reference(model) as pipe:
-        pipe.unet.to(memory_format=torch.channels_last)
-        eager_forward = type(pipe.unet).forward.__get__(pipe.unet)
-        pipe.unet.forward = torch.compile(eager_forward, mode="reduce-overhead", fullgraph=True)
-        return _baseline_compiled(pipe, model, size, runs)
+    with _reference(model) as box:
+        unet = box[0].unet
+        unet.to(memory_format=torch.channels_last)
+        unet.forward = torch.compile(type(unet).forward.__get__(unet), mode="reduce-overhead", fullgraph=True)
+        del unet
+        return _baseline_compiled(box[0], model, size, runs)
 
 
 def _baseline_compiled(pipe: Any, model: LoadedModel, size: int, runs: int) -> dict[str, float]:

@@ -41,7 +41,12 @@ CLASSES = (
 
 
 def kernel_class(name: str) -> str:
+    """The class of a kernel by its name; inductor's generated kernels (``triton_poi/per/red_fused_…``, named after
+    every op they fuse, e.g. ``…_convolution_native_group_norm_silu``) are ``fused (inductor)``, its GEMM templates
+    (``triton_tem_…``) ``matmul``."""
     low = name.lower()
+    if low.startswith("triton_") and not low.startswith("triton_tem"):
+        return "fused (inductor)"
     for label, needles in CLASSES:
         if any(n in low for n in needles):
             return label
