@@ -89,9 +89,9 @@ def pools_gb() -> dict[str, Any]:
     ``held_free`` lists the general pool's segments that keep free memory reserved after ``empty_cache`` (largest
     first: total and allocated GB, expandable or not), which is what fragments what a job can use.
     """
-    sizes: dict[str, Any] = defaultdict(float)
     if not torch.cuda.is_available():
         return {}
+    sizes: dict[str, Any] = defaultdict(float)
     held = []
     for segment in torch.cuda.memory_snapshot():
         pool = segment.get("segment_pool_id") or (0, 0)
@@ -111,10 +111,8 @@ def pools_gb() -> dict[str, Any]:
 def _reset_peak() -> float:
     """Start a peak measurement: what earlier workloads left is collected and given back first.
 
-    B's pipeline is freed only once its caller has returned and ``gc`` has run, so the ``gc`` comes first. (The SD1.5
-    img2img peak reserved right after B's txt2img stayed at 3.62 GB on the H200 with it, against 3.16–3.22 GB in
-    tests/gpu/mem_probe.py; the allocated peak, 2.94 GB, is below B's.) Returns what is still reserved then (GB):
-    a peak reserved above it was reserved by the workload itself, the rest was held from before.
+    Returns what is still reserved then (GB): a peak reserved above it was reserved by the workload itself, the rest
+    was held from before (that is how W4's 0.46 GB held in B's segments showed up, ``_reference``).
     """
     gc.collect()
     if torch.cuda.is_available():

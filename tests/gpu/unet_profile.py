@@ -33,7 +33,7 @@ FLOP_PER_STEP = {"sd1": 1.607e12, "sdxl": 13.52e12}  # UNet with CFG (batch 2), 
 CLASSES = (
     ("attention", ("sdpa", "flash", "fmha", "attention")),
     ("convolution", ("fprop", "conv", "implicit_gemm", "winograd", "dgrad")),
-    ("matmul", ("gemm", "xmma", "cutlass", "sm90_", "matmul", "triton_tem", "addmm", "_mm")),
+    ("matmul", ("gemm", "xmma", "cutlass", "sm90_", "matmul", "triton_tem")),
     ("normalization", ("norm", "moments", "welford")),
     ("layout", ("nchwtonhwc", "nhwctonchw", "transpose", "copy_kernel", "cat")),
     ("elementwise", ("elementwise", "reduce", "silu", "gelu", "add", "mul", "softmax")),
