@@ -25,6 +25,7 @@ import torch
 
 from modules.engine import geglu, group_norm
 from modules.engine.compiling import READY, BackgroundCompiler
+from modules.engine.streams import GRAPHS, side_stream
 from modules.engine.types import ModelType
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,9 @@ class GraphedForward:
 
     def _capture(self, tensors: dict[str, torch.Tensor], fn: Callable[..., Any]) -> _Graph:
         inputs = {name: t.clone() for name, t in tensors.items()}
-        stream = torch.cuda.Stream()
+        # warm-up and capture on one long-lived stream: cuBLAS makes its workspace for it once, in the warm-up, not
+        # inside a capture (where it would come from the graph's pool and outlive the graph; engine/streams.py)
+        stream = side_stream(tensors["sample"].device, GRAPHS)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(_WARMUP_RUNS):
@@ -196,7 +199,7 @@ class GraphedForward:
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: a background compile (engine/compiling.py) may use CUDA while this thread captures
-        with torch.cuda.graph(graph, pool=self._graphs.pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._graphs.pool, stream=stream, capture_error_mode="thread_local"):
             output = self._run_static(fn, inputs)
         kind = "compiled" if fn is not self._eager else "eager"
         logger.info(

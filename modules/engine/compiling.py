@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from modules.engine.streams import COMPILE, side_stream
 from modules.engine.switch_interval import short_switch_interval
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class BackgroundCompiler:
     def _work(self, key: tuple, inputs: dict[str, torch.Tensor]) -> None:
         started = time.perf_counter()
         on_cuda = inputs["sample"].device.type == "cuda"
-        stream = torch.cuda.Stream(device=inputs["sample"].device) if on_cuda else None
+        stream = side_stream(inputs["sample"].device, COMPILE) if on_cuda else None
         try:
             compiled = self.compiled
             with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():

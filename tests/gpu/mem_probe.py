@@ -5,6 +5,10 @@ allocated bytes of the first job (it captures the graph) and of the next one, an
 memory pool (the graphs' private pool apart from the general one). Ours runs with the allocator settings the engine
 chooses (expandable segments on CUDA/Linux); B with PyTorch's defaults (as plain diffusers runs), then with ours;
 then ours again after its weights went to RAM and back (``ours_after_ram_*``, the benchmark's order).
+
+``--compile``: the ``--compile`` path instead (a new process, no B): the first job (eager graph, queues the compile),
+what the background compile leaves allocated, then the job that captures the compiled graph and the next one, with
+the pools after each (the compiled graph's private pool against the eager graph's).
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from tests.support.diffusers_reference import reference_pipeline
 GB = 1e9
 
 
-def peaks(job: Callable[[], object]) -> dict[str, object]:
+def peaks(job: Callable[[], object], runs: tuple[str, ...] = ("first", "second")) -> dict[str, object]:
     """Peak reserved / allocated GB of a first and a second run of ``job`` (cache emptied before each)."""
     out: dict[str, object] = {}
-    for name in ("first", "second"):
+    for name in runs:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -65,12 +69,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--compile", action="store_true", help="the --compile path (eager graph, then compiled)")
     args = parser.parse_args()
     device, dtype, vae_dtype = select_device(
         use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast"
     )
     path = args.checkpoint
-    options = LoadOptions(device=device, dtype=dtype, vae_dtype=vae_dtype)
+    options = LoadOptions(device=device, dtype=dtype, vae_dtype=vae_dtype, compile=args.compile)
     model = ModelManager().get(CheckpointInfo(path, path.name), options)
     image = source_image(512)
     t2i = GenerationRequest(prompt="a photo of a cat", steps=20, width=512, height=512, seed=1, sampler_name="Euler")
@@ -79,6 +84,10 @@ def main() -> None:
         init_images=(image,), denoising_strength=0.75,
     )  # fmt: skip
     results: dict[str, object] = {"weights_gb": torch.cuda.memory_allocated() / GB}
+    if args.compile:
+        results.update(compiled_peaks(model, t2i))
+        write(results, args.out)
+        return
     results["ours_graphs_txt2img"] = peaks(lambda: generate(model, t2i))
     results["ours_graphs_img2img"] = peaks(lambda: generate(model, i2i))
     disable_cuda_graphs(model.components.unet)
@@ -98,10 +107,33 @@ def main() -> None:
     results["ours_after_ram_weights_gb"] = torch.cuda.memory_allocated() / GB
     results["ours_after_ram_txt2img"] = peaks(lambda: generate(model, t2i))
     results["ours_after_ram_img2img"] = peaks(lambda: generate(model, i2i))
+    write(results, args.out)
+
+
+def compiled_peaks(model: Any, request: GenerationRequest) -> dict[str, object]:
+    """The ``--compile`` path: eager-graph job, the background compile, then the compiled graph's jobs."""
+    forward = model.components.unet.forward
+    # one job: it queues the compile, which starts when the job ends (a second job would run beside it)
+    out: dict[str, object] = {"compile_eager_graph_job": peaks(lambda: generate(model, request), ("first",))}
+    out["compile_eager_graph_job"]["graphs"] = forward.captured
+    finished = forward.compiler.wait(900)
+    torch.cuda.synchronize()
+    out["compile_finished"] = finished
+    out["compile_s"] = max(forward.compiler.seconds.values(), default=None)
+    out["after_compile_allocated_gb"] = torch.cuda.memory_allocated() / GB
+    out["after_compile_pools_gb"] = pools_gb()
+    torch.cuda.empty_cache()
+    out["after_compile_empty_cache_pools_gb"] = pools_gb()
+    out["compile_compiled_graph_jobs"] = peaks(lambda: generate(model, request))
+    out["compile_compiled_graph_jobs"]["graphs"] = forward.captured
+    return out
+
+
+def write(results: dict[str, object], path: Path | None) -> None:
     text = json.dumps(results, indent=1)
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    if path:
+        path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,42 @@ def test_compiled_unet_takes_over_from_the_eager_graph_on_cuda(tmp_path):
 
 
 @pytest.mark.gpu
+def test_graph_captures_of_new_sizes_leave_no_memory_behind(tmp_path):
+    """cuBLAS keeps a workspace (32 MiB on Hopper) for every stream it has run a matmul on, for the life of the
+    process. Each capture's warm-up used to run on a new stream, so every new size left one behind (and the first
+    capture's workspace pinned its graph pool); captures now share one stream (engine/streams.py)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import gc
+
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.pipeline import generate
+    from modules.engine.types import CheckpointInfo, GenerationRequest
+    from tests.support.tiny_checkpoints import write_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    write_checkpoint("sd1", path)
+    options = LoadOptions(device="cuda", dtype="float16", vae_dtype="float32")
+    model = ModelManager().get(CheckpointInfo(path, path.name), options)
+    forward = model.components.unet.forward
+
+    def job(width: int, height: int) -> None:
+        request = GenerationRequest(prompt="a cat", steps=2, width=width, height=height, seed=1, sampler_name="Euler")
+        generate(model, request)
+        assert forward.captured == ["eager"] and not forward.failed  # the job replayed a graph of its own size
+        forward.clear()
+        torch.cuda.synchronize()
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    job(64, 64)  # the first capture: the capture stream's workspace is made here, once
+    before = torch.cuda.memory_allocated()
+    for width, height in ((64, 96), (96, 64), (128, 64)):
+        job(width, height)
+    assert torch.cuda.memory_allocated() - before < 1 << 20
+
+
+@pytest.mark.gpu
 def test_a_cuda_load_returns_with_tritons_hash_computed_once(tmp_path):
     """In a new process the load waits for the Triton hash thread, so the first job's kernel launches find the hash
     cached instead of computing it a second time beside the thread (0.4 s on the H200)."""
