@@ -282,22 +282,28 @@ def img2img_workload(model: LoadedModel, size: int, warmup: int, runs: int) -> d
         "engine_peak_allocated_gb": _peak_allocated_gb(),
     }
     with _reference(model) as box:
-        import diffusers
-
-        i2i = [diffusers.AutoPipelineForImage2Image.from_pipe(box[0])]  # emptied below, before _reference's exit
-
-        def base() -> None:
-            out = i2i[0]("a photo of a cat", image=image, strength=0.75, num_inference_steps=20, guidance_scale=7.0,
-                      output_type="np")  # fmt: skip
-            assert np.isfinite(out.images).all()
-
-        entry["baseline_reserved_at_start_gb"] = _reset_peak()
-        entry["baseline_pools_at_start_gb"] = pools_gb()
-        entry["baseline_e2e_s"] = statistics.median(timed(base, warmup, runs))
-        entry["baseline_peak_reserved_gb"] = _peak_gb()
-        entry["baseline_peak_allocated_gb"] = _peak_allocated_gb()
-        i2i.clear()  # B's components: dropped before ours go back (_reference)
+        entry.update({f"baseline_{k}": v for k, v in _baseline_img2img(box[0], size, warmup, runs).items()})
     entry["ratio"] = entry["baseline_e2e_s"] / entry["engine_e2e_s"]
+    return entry
+
+
+def _baseline_img2img(pipe: Any, size: int, warmup: int, runs: int) -> dict[str, Any]:
+    """W4 through B: diffusers' ``AutoPipelineForImage2Image`` made from ``pipe`` (sharing its components)."""
+    import diffusers
+
+    image = source_image(size)
+    i2i = [diffusers.AutoPipelineForImage2Image.from_pipe(pipe)]  # emptied below, before _reference's exit
+
+    def base() -> None:
+        out = i2i[0]("a photo of a cat", image=image, strength=0.75, num_inference_steps=20, guidance_scale=7.0,
+                  output_type="np")  # fmt: skip
+        assert np.isfinite(out.images).all()
+
+    entry: dict[str, Any] = {"reserved_at_start_gb": _reset_peak(), "pools_at_start_gb": pools_gb()}
+    entry["e2e_s"] = statistics.median(timed(base, warmup, runs))
+    entry["peak_reserved_gb"] = _peak_gb()
+    entry["peak_allocated_gb"] = _peak_allocated_gb()
+    i2i.clear()  # B's components: dropped before ours go back (_reference)
     return entry
 
 
@@ -388,32 +394,69 @@ def compiled_workload(manager: ModelManager, info: CheckpointInfo, opts: LoadOpt
     return entry
 
 
-def baseline_compiled(model: LoadedModel, size: int, runs: int) -> dict[str, float]:
-    """B + ``torch.compile(mode="reduce-overhead")`` of a channels_last UNet (the performance.md anchor)."""
+def reduce_overhead(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """The anchor's one line (performance.md): inductor's kernels replayed in its CUDA-graph trees."""
+    return torch.compile(forward, mode="reduce-overhead", fullgraph=True)
+
+
+def baseline_compiled(
+    model: LoadedModel,
+    size: int,
+    runs: int,
+    *,
+    batch8: bool,
+    warmup: int = 2,
+    compile_unet: Callable[[Callable[..., Any]], Callable[..., Any]] = reduce_overhead,
+) -> dict[str, dict[str, Any]]:
+    """B + ``torch.compile(mode="reduce-overhead")`` of a channels_last UNet: W1, W4 (img2img, the same UNet shapes)
+    and with ``batch8`` W2 (a new batch: a second compile), keyed like the workloads' entries. ``warmup`` jobs follow
+    each compile (the graph trees record in them); W4 and W2 take fewer timed runs than W1, as ours do."""
     with _reference(model) as box:
         unet = box[0].unet
         unet.to(memory_format=torch.channels_last)
-        unet.forward = torch.compile(type(unet).forward.__get__(unet), mode="reduce-overhead", fullgraph=True)
+        unet.forward = compile_unet(type(unet).forward.__get__(unet))
         del unet
-        return _baseline_compiled(box[0], model, size, runs)
+        out = {"W_b1": _baseline_compiled(box[0], model, size, 1, warmup, runs)}
+        out["W4_img2img"] = _baseline_img2img(box[0], size, warmup, max(min(3, runs), runs // 2))
+        if batch8:
+            out["W2_b8"] = _baseline_compiled(box[0], model, size, 8, warmup, max(min(3, runs), runs // 3))
+        return out
 
 
-def _baseline_compiled(pipe: Any, model: LoadedModel, size: int, runs: int) -> dict[str, float]:
-    def job(steps: int) -> Callable[[], None]:
-        def run() -> None:
-            out = pipe("a photo of a cat", num_inference_steps=steps, height=size, width=size, output_type="np")
-            assert np.isfinite(out.images).all()
-
-        return run
-
+def _baseline_compiled(
+    pipe: Any, model: LoadedModel, size: int, batch: int, warmup: int, runs: int
+) -> dict[str, float]:
+    """The first job (2 steps) compiles: its time is the compile time; then B's timings after ``warmup`` jobs."""
     t0 = time.perf_counter()
-    job(2)()
+    pipe(["a photo of a cat"] * batch, num_inference_steps=2, height=size, width=size, output_type="np")
     _sync()
     compile_s = time.perf_counter() - t0
-    _reset_peak()
-    t20 = statistics.median(timed(job(20), 2, runs))
-    t2 = statistics.median(timed(job(2), 1, max(3, runs // 2)))
-    return {"compile_s": compile_s, **_summary(t20, t2, 1, model.model_type.value)}
+    return {"compile_s": compile_s, **_baseline(pipe, model, size, batch, warmup, runs)}
+
+
+def add_ratios(entry: dict[str, Any]) -> None:
+    """Each of our figures as a ratio to B and to B + reduce-overhead where both ran (>1: ours faster).
+
+    ``ratios`` in W1 and W2: e2e time and UNet it/s, ours (``engine``, ``engine_compiled``) against each baseline;
+    W4 gets ``ratio_vs_baseline_reduce_overhead`` beside its ``ratio``.
+    """
+    for key in ("W_b1", "W2_b8"):
+        work = entry.get(key)
+        if not work:
+            continue
+        ours = {"engine": work.get("engine"), "engine_compiled": (work.get("engine_compiled") or {}).get("b1")}
+        ratios = {}
+        for name, figures in ours.items():
+            for base in ("baseline", "baseline_reduce_overhead"):
+                if figures and work.get(base):
+                    ratios[f"{name}_vs_{base}"] = {
+                        "e2e": work[base]["e2e_s"] / figures["e2e_s"],
+                        "unet_it_s": figures["unet_it_s"] / work[base]["unet_it_s"],
+                    }
+        work["ratios"] = ratios
+    w4 = entry.get("W4_img2img") or {}
+    if "baseline_reduce_overhead" in w4:
+        w4["ratio_vs_baseline_reduce_overhead"] = w4["baseline_reduce_overhead"]["e2e_s"] / w4["engine_e2e_s"]
 
 
 def load_workload(manager: ModelManager, info: CheckpointInfo, opts: LoadOptions) -> tuple[LoadedModel, dict]:
@@ -455,6 +498,51 @@ def switch_workload(manager: ModelManager, paths: dict[str, Path], opts: LoadOpt
     return out
 
 
+def _checkpoint(kind: str, workdir: Path, checkpoint_dir: Path | None, size: str) -> Path:
+    """``checkpoint_dir/<kind>.safetensors`` when it exists, else a new random-weight one written to ``workdir``."""
+    existing = checkpoint_dir / f"{kind}.safetensors" if checkpoint_dir is not None else None
+    if existing is not None and existing.is_file():
+        return existing
+    return write_checkpoint(kind, workdir / f"{kind}.safetensors", size=size, write_yaml=False)
+
+
+def model_workloads(
+    manager: ModelManager,
+    info: CheckpointInfo,
+    opts: LoadOptions,
+    size: int,
+    warmup: int,
+    runs: int,
+    *,
+    compile: bool,
+) -> dict[str, Any]:
+    """One checkpoint's workloads: W5 load, W1 and W4 (ours, B, with ``compile`` B + compile and our compiled
+    path), and for SD1.5 W6's resolution change and W2 (batch 8)."""
+    model, entry = load_workload(manager, info, opts)
+    sd1 = not model.model_type.is_sdxl
+    if torch.cuda.is_available():
+        entry["graphs_vs_eager"] = graphs_vs_eager(model, size)
+    entry["W_b1"] = {
+        "engine": engine_workload(model, size, 1, warmup, runs),
+        "baseline": baseline_workload(model, size, 1, warmup, runs),
+    }
+    entry["W4_img2img"] = img2img_workload(model, size, min(warmup, 1), max(3, runs // 2))
+    if sd1:
+        entry["W6_resolution_change"] = resolution_change(model, size)
+        entry["W2_b8"] = {
+            "engine": engine_workload(model, size, 8, 1, max(3, runs // 3)),
+            "baseline": baseline_workload(model, size, 8, 1, max(3, runs // 3)),
+        }
+    if compile:
+        for key, figures in baseline_compiled(model, size, runs, batch8=sd1).items():
+            entry[key]["baseline_reduce_overhead"] = figures
+    del model
+    if compile:
+        entry["W_b1"]["engine_compiled"] = compiled_workload(manager, info, opts, size, runs)
+    add_ratios(entry)
+    return entry
+
+
 def run(
     workdir: Path,
     *,
@@ -465,12 +553,12 @@ def run(
     compile: bool = False,
     checkpoint_dir: Path | None = None,
     bf16: bool = False,
+    skip_sd1: bool = False,
 ) -> dict[str, Any]:
     """Write the checkpoints (or take ``sd1``/``sdxl.safetensors`` from ``checkpoint_dir``), run every workload.
 
     With ``bf16`` (the app's ``--bf16``) our UNet and text encoders run in bfloat16, and so do B's.
     """
-    size_kind = "tiny" if tiny else "full"
     device, dtype, vae_dtype = select_device(
         use_cpu_all=False, device_id=None, no_half=False, no_half_vae=False, precision="autocast", bf16=bf16
     )
@@ -482,45 +570,25 @@ def run(
         "runs": runs,
         "warmup": warmup,
     }
-    kinds = [("sd1", 64 if tiny else 512)] + ([] if skip_sdxl else [("sdxl", 64 if tiny else 1024)])
-    paths = {}
-    for kind, _ in kinds:
-        existing = checkpoint_dir / f"{kind}.safetensors" if checkpoint_dir is not None else None
-        if existing is not None and existing.is_file():
-            paths[kind] = existing
-        else:
-            paths[kind] = write_checkpoint(kind, workdir / f"{kind}.safetensors", size=size_kind, write_yaml=False)
+    kinds = ([] if skip_sd1 else [("sd1", 64 if tiny else 512)]) + (
+        [] if skip_sdxl else [("sdxl", 64 if tiny else 1024)]
+    )
+    if not kinds:
+        raise ValueError("nothing to run: both --skip-sd1 and --skip-sdxl")
+    paths = {kind: _checkpoint(kind, workdir, checkpoint_dir, "tiny" if tiny else "full") for kind, _ in kinds}
     manager = ModelManager()
     for kind, size in kinds:
-        path = paths[kind]
-        info = CheckpointInfo(path, path.name)
-        model, entry = load_workload(manager, info, opts)
-        if torch.cuda.is_available():
-            entry["graphs_vs_eager"] = graphs_vs_eager(model, size)
-        entry["W_b1"] = {
-            "engine": engine_workload(model, size, 1, warmup, runs),
-            "baseline": baseline_workload(model, size, 1, warmup, runs),
-        }
-        entry["W4_img2img"] = img2img_workload(model, size, min(warmup, 1), max(3, runs // 2))
-        if compile:
-            entry["W_b1"]["baseline_reduce_overhead"] = baseline_compiled(model, size, runs)
-        if kind == "sd1":
-            entry["W6_resolution_change"] = resolution_change(model, size)
-            entry["W2_b8"] = {
-                "engine": engine_workload(model, size, 8, 1, max(3, runs // 3)),
-                "baseline": baseline_workload(model, size, 8, 1, max(3, runs // 3)),
-            }
-        del model
-        if compile:
-            entry["W_b1"]["engine_compiled"] = compiled_workload(manager, info, opts, size, runs)
+        entry = model_workloads(manager, CheckpointInfo(paths[kind], paths[kind].name), opts, size, warmup, runs,
+                                compile=compile)  # fmt: skip
         results[kind] = entry
         logger.info("%s: %s", kind, json.dumps(entry, indent=1))
     if len(kinds) == 2:
         results.update(switch_workload(manager, paths, opts))
     manager.unload()
-    results["W6_first_image"] = first_image_seconds(paths["sd1"], kinds[0][1])
-    if compile:  # a second process: inductor's cache is now warm (same TORCHINDUCTOR_CACHE_DIR)
-        results["W6_first_image_compile_warm_cache"] = first_image_seconds(paths["sd1"], kinds[0][1], compile=True)
+    if "sd1" in paths:  # W6 is SD1.5's
+        results["W6_first_image"] = first_image_seconds(paths["sd1"], kinds[0][1])
+        if compile:  # a second process: inductor's cache is now warm (same TORCHINDUCTOR_CACHE_DIR)
+            results["W6_first_image_compile_warm_cache"] = first_image_seconds(paths["sd1"], kinds[0][1], compile=True)
     return results
 
 
@@ -529,6 +597,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (a CPU smoke test of the benchmark)")
     parser.add_argument("--skip-sdxl", action="store_true")
+    parser.add_argument("--skip-sd1", action="store_true", help="SDXL only (its --compile run fits one device call)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also the --compile path and diffusers + compile")
@@ -550,6 +619,7 @@ def main() -> None:
             compile=args.compile,
             checkpoint_dir=args.checkpoint_dir,
             bf16=args.bf16,
+            skip_sd1=args.skip_sd1,
         )
     text = json.dumps(results, indent=2)
     print(text)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One GPU-machine session of measurements (the device's 10-minute command limit: run the parts as separate calls).
 #
-#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|profile|startup|w6|app|tests|all]
+#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|startup|w6|app|tests|all|none]
 #
 # Writes full-size sd1/sdxl checkpoints to /tmp/ck once (≈70 s), then:
 #   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
-#   compile  the --compile path and B + reduce-overhead (SD1.5 only)                          ≈ 4 min
+#   compile  the --compile path and B + reduce-overhead (SD1.5: W1, W4, W2 batch 8)            ≈ 6 min
+#   compile-sdxl  the same for SDXL (W1, W4)                                                  ≈ 8 min
 #   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, load_profile           ≈ 3 min
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
 #   w6       W6 (a new process to its first image) four times                                  ≈ 30 s
@@ -22,7 +23,7 @@
 # semantic_version tomlkit pydub python_multipart pytz truststore opentelemetry_api importlib_metadata omegaconf
 # torchsde trampoline (requirements.txt's versions; the rest is on the machine, KINDS.md).
 set -uo pipefail
-out="${1:?usage: run_all.sh OUT_DIR [bench|compile|profile|startup|w6|app|tests|all]}"
+out="${1:?usage: run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|startup|w6|app|tests|all|none]}"
 what="${2:-all}"
 mkdir -p "${out}" /tmp/ck
 for wheels in .whl .whl-app; do
@@ -48,6 +49,10 @@ fi
 if run compile; then
     python3 -m tests.gpu.bench --checkpoint-dir /tmp/ck --skip-sdxl --compile --runs 6 \
         --out "${out}/bench-sd1-compile.json" > "${out}/bench-compile.log" 2>&1
+fi
+if run compile-sdxl; then
+    python3 -m tests.gpu.bench --checkpoint-dir /tmp/ck --skip-sd1 --compile --runs 6 \
+        --out "${out}/bench-sdxl-compile.json" > "${out}/bench-compile-sdxl.log" 2>&1
 fi
 if run profile; then
     python3 -m tests.gpu.unet_profile /tmp/ck/sd1.safetensors /tmp/ck/sdxl.safetensors --batch 1 8 --variants \

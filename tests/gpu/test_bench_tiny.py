@@ -24,6 +24,9 @@ def test_every_workload_runs_on_tiny_checkpoints(tmp_path):
     change = results["sd1"]["W6_resolution_change"]
     assert change["size"] == "96x64" and change["first_job_s"] > 0 and change["second_job_s"] > 0
     assert results["sd1"]["W2_b8"]["engine"]["images_per_s"] > 0
+    for kind, key in (("sd1", "W_b1"), ("sdxl", "W_b1"), ("sd1", "W2_b8")):  # every figure also as a ratio to B
+        work = results[kind][key]
+        assert work["ratios"]["engine_vs_baseline"]["e2e"] == work["baseline"]["e2e_s"] / work["engine"]["e2e_s"]
     assert [k for k, _ in results["W5_switch_s"]] == ["sd1", "sdxl", "sd1"]
     assert [k for k, _ in results["W5_switch_ram_cache_s"]] == ["sd1", "sdxl", "sd1"]
     first = results["W6_first_image"]
@@ -63,3 +66,42 @@ def test_plain_diffusers_is_gone_before_our_weights_go_back(tmp_path, monkeypatc
     bench.baseline_workload(model, 64, 1, 0, 1)
     bench.img2img_workload(model, 64, 0, 1)
     assert len(made) == 2 and alive_when_ours_return == [False, False]
+
+
+def test_plain_diffusers_plus_compile_runs_w1_w4_and_w2_and_gives_ratios(tmp_path):
+    """B + compile (the anchor) for every workload it applies to, the compile step replaced by the identity (on the
+    GPU machine it is ``torch.compile(mode="reduce-overhead")``; here the benchmark's plumbing is what is tested)."""
+    pytest.importorskip("diffusers")
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.types import CheckpointInfo
+    from tests.gpu import bench
+    from tests.support.tiny_checkpoints import write_checkpoint
+
+    path = write_checkpoint("sd1", tmp_path / "sd1.safetensors", write_yaml=False)
+    model = ModelManager().get(CheckpointInfo(path, path.name), LoadOptions(device="cpu"))
+    compiled = []
+
+    def compile_unet(forward):
+        compiled.append(type(forward.__self__).__name__)
+        return forward
+
+    figures = bench.baseline_compiled(model, 64, 1, batch8=True, warmup=0, compile_unet=compile_unet)
+    assert compiled == ["UNet2DConditionModel"]  # B's UNet, compiled once for all three workloads
+    assert set(figures) == {"W_b1", "W4_img2img", "W2_b8"}
+    assert figures["W_b1"]["compile_s"] > 0 and figures["W_b1"]["images_per_s"] > 0
+    assert figures["W2_b8"]["compile_s"] > 0 and figures["W2_b8"]["s_per_image"] == figures["W2_b8"]["e2e_s"] / 8
+    assert figures["W4_img2img"]["e2e_s"] > 0
+    entry = {
+        "W_b1": {"engine": bench.engine_workload(model, 64, 1, 0, 1), "baseline_reduce_overhead": figures["W_b1"]},
+        "W4_img2img": {"engine_e2e_s": 0.5, "baseline_reduce_overhead": figures["W4_img2img"]},
+    }
+    bench.add_ratios(entry)
+    ratio = entry["W_b1"]["ratios"]["engine_vs_baseline_reduce_overhead"]
+    assert ratio["e2e"] == figures["W_b1"]["e2e_s"] / entry["W_b1"]["engine"]["e2e_s"]
+    assert ratio["unet_it_s"] == entry["W_b1"]["engine"]["unet_it_s"] / figures["W_b1"]["unet_it_s"]
+    assert entry["W4_img2img"]["ratio_vs_baseline_reduce_overhead"] == figures["W4_img2img"]["e2e_s"] / 0.5
+
+
+def test_the_benchmark_refuses_to_skip_every_model(tmp_path):
+    with pytest.raises(ValueError, match="nothing to run"):
+        run(tmp_path, tiny=True, skip_sdxl=True, skip_sd1=True, runs=1, warmup=0)
