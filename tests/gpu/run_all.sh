@@ -7,7 +7,7 @@
 #   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
 #   compile  the --compile path and B + reduce-overhead (SD1.5: W1, W4, W2 batch 8)            ≈ 6 min
 #   compile-sdxl  the same for SDXL (W1, W4)                                                  ≈ 8 min
-#   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, load_profile           ≈ 3 min
+#   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, phase_probe (W2), load_profile  ≈ 4 min
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
 #   w6       W6 (a new process to its first image) four times                                  ≈ 30 s
 #   app      app_start: the whole app (webui.py --api): a first start, two restarts; page and first jobs    ≈ 1 min
@@ -58,6 +58,7 @@ if run profile; then
     python3 -m tests.gpu.unet_profile /tmp/ck/sd1.safetensors /tmp/ck/sdxl.safetensors --batch 1 8 --variants \
         --out "${out}/unet_profile.json" > "${out}/profile.log" 2>&1
     python3 -m tests.gpu.gn_probe --out "${out}/gn_probe.json" >> "${out}/profile.log" 2>&1
+    python3 -m tests.gpu.phase_probe /tmp/ck/sd1.safetensors --batch 8 --out "${out}/phase_probe.json" >> "${out}/profile.log" 2>&1
     for kind in sd1 sdxl; do python3 -m tests.gpu.load_profile "/tmp/ck/${kind}.safetensors"; done \
         > "${out}/load_profile.txt" 2>&1
 fi
