@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,24 +25,12 @@ import torch
 from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, select_device
 from modules.engine.pipeline import decode_latents, generate
 from modules.engine.types import CheckpointInfo, GenerationRequest
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from tests.gpu.bench import timed
 
 
 def median_seconds(fn: Callable[[], Any], runs: int) -> float:
     """Median wall time of ``runs`` synchronised calls of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(runs):
-        _sync()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, 1, runs))
 
 
 def phases(model: LoadedModel, size: int, batch: int, runs: int) -> dict[str, Any]:
