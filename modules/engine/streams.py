@@ -7,7 +7,9 @@ about 1 GB, on a server that meets many image sizes. And the capture stream's wo
 capture, was allocated from that graph's private memory pool and kept the pool alive after its graphs were dropped
 (``tests/gpu/results/mem_probe_compile_before-h200.json``: the ``--compile`` path's job peaked 69 MB above the eager
 graph's, 44 MB of the dropped eager pool still held). With one stream per purpose each workspace is made once, and
-outside any capture: the warm-up runs before a capture use the stream that the capture then records on.
+outside any capture: the warm-up runs before a capture use the stream that the capture then records on. The streams
+are process-wide state on purpose, as the workspaces they stand for are (a cached function, not an object's field:
+each model load makes new graph and compile objects, and with them it would make new streams again).
 """
 
 from __future__ import annotations
