@@ -241,6 +241,20 @@ def prepare_unet(unet: torch.nn.Module, model_type: ModelType, device: str, *, c
     return True
 
 
+def prepare_vae(vae: torch.nn.Module, device: str) -> bool:
+    """On CUDA put the VAE in channels_last with its GroupNorms (and their SiLU) as the Triton kernel; else nothing.
+
+    Returns whether the layout was changed. Same computation; cuDNN's NHWC convolutions and the fused
+    norm-then-activate (nets/vae_blocks.py ``norm_silu``) replace PyTorch's NCHW kernels and separate SiLU passes
+    over the decoder's full-resolution activations. Measured with ``python -m tests.gpu.vae_probe`` (README).
+    """
+    if not device.startswith("cuda"):
+        return False
+    vae.to(memory_format=torch.channels_last)
+    group_norm.install(vae)
+    return True
+
+
 def hash_triton_sources() -> threading.Thread:
     """Import Triton and compute the hash of its installation that its first kernel launch needs, on a daemon thread.
 

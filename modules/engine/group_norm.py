@@ -102,11 +102,21 @@ def group_norm_nhwc(
     return y
 
 
+_MAX_ELEMENTS = 2**31 - 1  # the kernels index with 32-bit offsets (a 4096² VAE decode would pass that)
+
+
 def _eligible(x: torch.Tensor, module: torch.nn.GroupNorm) -> bool:
+    """Whether the kernel can take ``module(x)``: a CUDA channels_last 4-D input, the module's weights beside it.
+
+    The weights are elsewhere under sequential offload when ``norm_silu`` is called (it bypasses the module's call
+    and so the hook that brings them over): PyTorch's path then calls the module, hooks and all.
+    """
     return (
         x.is_cuda
         and x.dim() == 4
+        and x.numel() <= _MAX_ELEMENTS
         and module.affine
+        and module.weight.device == x.device
         and x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous()
         and x.dtype in (torch.float16, torch.bfloat16, torch.float32)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from modules.engine import offload, stream_read
-from modules.engine.accel import disable_cuda_graphs, hash_triton_sources, prepare_unet
+from modules.engine.accel import disable_cuda_graphs, hash_triton_sources, prepare_unet, prepare_vae
 from modules.engine.components import ModelComponents, build_components, empty_networks
 from modules.engine.detection import detect_model_type, read_header
 from modules.engine.ldm_yaml import build_architecture
@@ -332,6 +332,7 @@ def load_checkpoint(checkpoint: CheckpointInfo, options: LoadOptions) -> LoadedM
     parts.schedule["prediction_type"] = prediction
     # 4. Device and memory mode.
     prepare_unet(parts.unet, model_type, options.device, compile=options.compile)
+    prepare_vae(parts.vae, options.device)
     mode = direct or _memory_mode(parts, model_type, options)
     offload.apply_mode(parts, options.device, mode, cuda_graphs=options.cuda_graphs, compile=options.compile)
     if triton_hash is not None:  # not finished yet: the first job would compute it a second time beside this thread

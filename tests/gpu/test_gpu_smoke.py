@@ -113,3 +113,49 @@ print(json.dumps({{"loaded": [loaded.misses, loaded.currsize], "job": [job.misse
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["loaded"] == [1, 1]  # computed once, before the load returned
     assert info["job"][0] == 1 and info["job"][1] >= 1  # the job's launches found it cached
+
+
+@pytest.mark.gpu
+def test_every_memory_mode_gives_the_full_modes_image_with_the_kernels_installed(tmp_path):
+    """The UNet's and the VAE's fused norm+SiLU calls bypass the module's call, and so sequential offload's hook that
+    brings a layer's weights over: with the weights still in RAM they take PyTorch's path (group_norm._eligible)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import numpy as np
+
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.pipeline import generate
+    from modules.engine.types import CheckpointInfo, GenerationRequest
+    from tests.support.tiny_checkpoints import write_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    write_checkpoint("sd1", path)
+    model = ModelManager().get(CheckpointInfo(path, path.name), LoadOptions(device="cuda", dtype="float16"))
+    vae = model.components.vae
+    assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert "norm_silu" in vae.decoder.mid.block_1.norm1.__dict__  # the kernel is installed on the VAE too
+    request = GenerationRequest(prompt="a cat", steps=3, width=64, height=64, seed=3, sampler_name="Euler")
+    images = {}
+    for mode in ("full", "model", "sequential"):
+        model.set_memory_mode(mode)
+        images[mode] = np.asarray(generate(model, request).images[0], dtype=np.int16)
+    model.set_memory_mode("full")
+    for mode in ("model", "sequential"):
+        assert np.abs(images[mode] - images["full"]).max() <= 2, mode
+
+
+@pytest.mark.gpu
+def test_the_vae_kernels_decode_as_pytorchs_layers_do(tmp_path):
+    """The VAE in channels_last with the Triton GroupNorm(+SiLU) against PyTorch's NCHW layers (vae_probe's path)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.types import CheckpointInfo
+    from tests.gpu.vae_probe import probe_size
+    from tests.support.tiny_checkpoints import write_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    write_checkpoint("sd1", path)
+    model = ModelManager().get(CheckpointInfo(path, path.name), LoadOptions(device="cuda", dtype="float16"))
+    result = probe_size(model.components.vae, 128, 2, compile=False)
+    assert result["engine"]["max_abs_pixel_diff"] <= 2 and result["channels_last"]["max_abs_pixel_diff"] <= 2

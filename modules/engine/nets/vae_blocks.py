@@ -43,9 +43,9 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))``."""
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        """``shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`` (``norm_silu``: one kernel on CUDA)."""
+        h = self.conv1(self.norm1.norm_silu(x))
+        h = self.conv2(self.norm2.norm_silu(h))
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
         return shortcut + h
 
@@ -195,7 +195,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out.norm_silu(h))
 
 
 class Decoder(nn.Module):
@@ -222,4 +222,4 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out.norm_silu(h))
