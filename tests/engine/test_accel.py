@@ -300,3 +300,13 @@ def test_a_broken_triton_leaves_the_hash_thread_quietly(monkeypatch):
     monkeypatch.setattr(threading, "excepthook", unhandled.append)
     accel.hash_triton_sources().join(10)
     assert unhandled == []
+
+
+def test_prepare_vae_leaves_a_cpu_vae_as_it_is():
+    from modules.engine.accel import prepare_vae
+    from modules.engine.nets.vae import AutoencoderKL
+
+    vae = AutoencoderKL({"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4})
+    assert prepare_vae(vae, "cpu") is False
+    assert vae.decoder.conv_in.weight.is_contiguous()
+    assert "norm_silu" not in vae.decoder.mid.block_1.norm1.__dict__
