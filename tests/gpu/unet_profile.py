@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,34 @@ def step_inputs(model: Any, batch: int) -> tuple[tuple, dict]:
     return (x, t), kwargs
 
 
+def kernel_profile(fn: Callable[[], Any], top: int = 15, runs: int = 3, *, warm: bool = True) -> dict[str, Any]:
+    """GPU kernel milliseconds per call of ``fn`` (``runs`` calls under torch.profiler): the total, the sum by
+    :func:`kernel_class` and the ``top`` largest kernels by name. With ``warm``, one call first (outside the profile).
+    """
+    if warm:
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        us = getattr(event, "device_time_total", 0) or 0
+        if us > 0:
+            rows.append({"name": event.key[:110], "ms": us / runs / 1000, "calls": event.count / runs})
+    rows.sort(key=lambda r: -r["ms"])
+    by_class: dict[str, float] = {}
+    for row in rows:
+        label = kernel_class(row["name"])
+        by_class[label] = by_class.get(label, 0.0) + row["ms"]
+    return {
+        "kernel_ms_total": sum(r["ms"] for r in rows),
+        "by_class_ms": dict(sorted(by_class.items(), key=lambda kv: -kv[1])),
+        "top": rows[:top],
+    }
+
+
 def profile_step(model: Any, batch: int, top: int = 25) -> dict[str, Any]:
     unet = model.components.unet
     args, kwargs = step_inputs(model, batch)
@@ -98,20 +127,7 @@ def profile_step(model: Any, batch: int, top: int = 25) -> dict[str, Any]:
     end.record()
     end.synchronize()
     ms = start.elapsed_time(end) / iters
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            step()
-        torch.cuda.synchronize()
-    rows = []
-    for evt in prof.key_averages():
-        us = getattr(evt, "device_time_total", 0) or 0
-        if us > 0:
-            rows.append({"name": evt.key[:110], "ms": us / 5 / 1000, "calls": evt.count / 5})
-    rows.sort(key=lambda r: -r["ms"])
-    by_class: dict[str, float] = {}
-    for row in rows:
-        label = kernel_class(row["name"])
-        by_class[label] = by_class.get(label, 0.0) + row["ms"]
+    kernels = kernel_profile(step, top=top, runs=5, warm=False)
     kind = "sdxl" if model.model_type.is_sdxl else "sd1"
     tflops = FLOP_PER_STEP[kind] * batch / (ms / 1000) / 1e12
     return {
@@ -119,9 +135,7 @@ def profile_step(model: Any, batch: int, top: int = 25) -> dict[str, Any]:
         "ms_per_step": ms,
         "it_s": 1000 / ms,
         "tflops": tflops,
-        "kernel_ms_total": sum(r["ms"] for r in rows),
-        "by_class_ms": dict(sorted(by_class.items(), key=lambda kv: -kv[1])),
-        "top": rows[:top],
+        **kernels,
     }
 
 

@@ -40,7 +40,7 @@ from modules.engine.loader import LoadOptions, ModelManager, select_device
 from modules.engine.types import CheckpointInfo
 from modules.engine.vae import decode_latents, encode_pixels
 from tests.gpu.bench import timed
-from tests.gpu.unet_profile import kernel_class
+from tests.gpu.unet_profile import kernel_profile
 
 
 def _median_ms(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
@@ -52,32 +52,6 @@ def _median_ms(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
     ms = 1000.0 * statistics.median(timed(fn, 0, runs))
     peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
     return ms, peak
-
-
-def kernel_profile(fn: Callable[[], Any], top: int = 15, runs: int = 3) -> dict[str, Any]:
-    """GPU kernel milliseconds per call of ``fn`` by class and the ``top`` largest kernels (``fn`` warmed up)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
-            fn()
-        torch.cuda.synchronize()
-    rows = []
-    for event in prof.key_averages():
-        us = getattr(event, "device_time_total", 0) or 0
-        if us > 0:
-            rows.append({"name": event.key[:110], "ms": us / runs / 1000, "calls": event.count / runs})
-    rows.sort(key=lambda r: -r["ms"])
-    by_class: dict[str, float] = {}
-    for row in rows:
-        by_class[kernel_class(row["name"])] = by_class.get(kernel_class(row["name"]), 0.0) + row["ms"]
-    return {
-        "kernel_ms_total": sum(r["ms"] for r in rows),
-        "by_class_ms": dict(sorted(by_class.items(), key=lambda kv: -kv[1])),
-        "top": rows[:top],
-    }
 
 
 def _layout(vae: torch.nn.Module, name: str) -> None:
