@@ -105,3 +105,21 @@ def test_plain_diffusers_plus_compile_runs_w1_w4_and_w2_and_gives_ratios(tmp_pat
 def test_the_benchmark_refuses_to_skip_every_model(tmp_path):
     with pytest.raises(ValueError, match="nothing to run"):
         run(tmp_path, tiny=True, skip_sdxl=True, skip_sd1=True, runs=1, warmup=0)
+
+
+def test_releasing_the_compiled_baseline_drops_what_dynamo_compiled():
+    """B + reduce-overhead's CUDA-graph trees (and their memory pools) live in dynamo/inductor's process-wide state;
+    the benchmark resets that state before our compiled path runs (on CUDA the same reset frees the trees)."""
+    import torch
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from tests.gpu import bench
+
+    def f(x):
+        return x * 2 + 1
+
+    compiled = torch.compile(f, backend="eager")
+    compiled(torch.ones(3))
+    assert _debug_get_cache_entry_list(f.__code__)
+    bench.release_compiled_baseline()
+    assert not _debug_get_cache_entry_list(f.__code__)
