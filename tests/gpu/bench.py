@@ -473,7 +473,7 @@ def add_ratios(entry: dict[str, Any]) -> None:
         work = entry.get(key)
         if not work:
             continue
-        compiled = (entry["W_b1"].get("engine_compiled") or {}).get("b1" if key == "W_b1" else "b8")
+        compiled = ((entry.get("W_b1") or {}).get("engine_compiled") or {}).get("b1" if key == "W_b1" else "b8")
         ours = {"engine": work.get("engine"), "engine_compiled": compiled}
         ratios = {}
         for name, figures in ours.items():

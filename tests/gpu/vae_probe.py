@@ -18,8 +18,7 @@ and the largest kernels, as ``tests.gpu.unet_profile`` does for the UNet.
 
 Each time is the median of ``--runs`` synchronised calls after a warm-up, with the peak memory allocated during the
 runs and the largest pixel difference to ``contiguous``. The encoder (img2img's first step, ``encode_pixels``) is
-timed for ``contiguous`` and ``engine``. On a CPU (the tests) the same runs in float32 with
-PyTorch's kernels.
+timed for ``contiguous`` and ``engine``. On a CPU (the tests) the same runs in float32 with PyTorch's kernels.
 """
 
 from __future__ import annotations
