@@ -59,6 +59,19 @@ class DownloadState:
     finished: bool = False
 
 
+def set_kernel_cache_dirs(cache: Path) -> None:
+    """Keep compiled GPU kernels with the app's data (``cache/inductor``, ``cache/triton``) unless the user set them.
+
+    Inductor (``--compile``) and Triton (our GroupNorm/GEGLU kernels, built on first use: ≈13 s of the very first
+    image after an install, tests/gpu/results/kernel_cache_probe-h200.json) keep what they build on disk, so a restart
+    loads it. Triton's directory is set too because inductor points ``TRITON_CACHE_DIR`` at its own directory, for
+    the whole process, when it first runs a kernel: without one fixed place the kernels built before a compile and
+    those built after it would land in two caches, and a restart would build again what the other one holds.
+    """
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+
+
 @dataclass
 class AppContext:
     """Composition facade: built once in webui.py, handed to the UI (closure) and the API (app.state)."""
@@ -75,8 +88,7 @@ class AppContext:
     def __post_init__(self) -> None:
         self.hash_cache = HashCache(self.flags.data_dir / "cache" / "hashes.json")
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-hash")
-        # --compile: inductor's caches live with the app's data, so a restart compiles from cache (unless set)
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.flags.data_dir / "cache" / "inductor"))
+        set_kernel_cache_dirs(self.flags.data_dir / "cache")
         self.upscalers = UpscalerRegistry(list(self.flags.upscaler_dirs))
         self.refresh_checkpoints()
 

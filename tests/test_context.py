@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import os
 import shutil
 import time
 
@@ -111,6 +112,18 @@ def test_no_checkpoints_message_names_the_folder(tmp_path):
         assert ctx.jobs.current is None and not ctx.jobs.pending
     finally:
         ctx.close()
+
+
+def test_compiled_kernels_are_cached_with_the_apps_data_unless_the_user_set_a_place(tmp_path, monkeypatch):
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(name, "restored after the test")
+        monkeypatch.delenv(name)
+    make_ctx(tmp_path / "a").close()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a" / "cache" / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "a" / "cache" / "triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
+    make_ctx(tmp_path / "b").close()
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
 
 
 def test_refresh_picks_up_new_files(tmp_path, tiny_models):

@@ -339,8 +339,14 @@ def read_bandwidth(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def first_image_seconds(path: Path, size: int, *, compile: bool = False) -> dict[str, float]:
-    """W6: wall time from a new process start to its first image (our engine, warm page cache), with its phases."""
+def first_image_seconds(
+    path: Path, size: int, *, compile: bool = False, triton_cache: Path | None = None
+) -> dict[str, float]:
+    """W6: wall time from a new process start to its first image (our engine, warm page cache), with its phases.
+
+    The process shares this one's Triton kernel cache (``TRITON_CACHE_DIR``), as a restart shares the last run's;
+    ``triton_cache``: another one (a new, empty directory: the first start after an install builds every kernel).
+    """
     code = (
         "import time,sys,json; t0=time.perf_counter(); from pathlib import Path;"
         "from modules.engine.loader import ModelManager, LoadOptions, select_device;"
@@ -358,7 +364,8 @@ def first_image_seconds(path: Path, size: int, *, compile: bool = False) -> dict
         "compiled_ready_s=ready)))"
     )
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    env = dict(os.environ) if triton_cache is None else dict(os.environ, TRITON_CACHE_DIR=str(triton_cache))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"W6 subprocess failed: {out.stderr[-3000:]}")
     phases = json.loads(out.stdout.strip().splitlines()[-1])
@@ -618,6 +625,9 @@ def run(
     manager.unload()
     if "sd1" in paths:  # W6 is SD1.5's
         results["W6_first_image"] = first_image_seconds(paths["sd1"], kinds[0][1])
+        results["W6_first_image_new_install"] = first_image_seconds(
+            paths["sd1"], kinds[0][1], triton_cache=workdir / "triton-new-install"
+        )
         if compile:  # a second process: inductor's cache is now warm (same TORCHINDUCTOR_CACHE_DIR)
             results["W6_first_image_compile_warm_cache"] = first_image_seconds(paths["sd1"], kinds[0][1], compile=True)
     return results
@@ -641,6 +651,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tmp) / "inductor"))
+        # one Triton cache from the start (as the app's, context.set_kernel_cache_dirs): inductor would otherwise move
+        # it mid-run, and W6's new processes would build again the kernels this one built before the move
+        os.environ.setdefault("TRITON_CACHE_DIR", str(Path(tmp) / "triton"))
         results = run(
             Path(tmp),
             tiny=args.tiny,

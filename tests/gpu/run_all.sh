@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session of measurements (the device's 10-minute command limit: run the parts as separate calls).
 #
-#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|startup|w6|app|tests|all|none]
+#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|tests|all|none]
 #
 # Writes full-size sd1/sdxl checkpoints to /tmp/ck once (≈70 s), then:
 #   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
@@ -9,6 +9,7 @@
 #   compile-sdxl  the same for SDXL (W1, W4)                                                  ≈ 8 min
 #   profile  unet_profile (batch 1 and 8, with --variants), gn_probe, phase_probe (W2), load_profile  ≈ 4 min
 #   vae      vae_probe (decode/encode per VAE layout, and torch.compile of the decoder)             ≈ 3 min
+#   kernels  kernel_cache_probe: W6 with an empty Triton cache (a new install), then again (a restart)         ≈ 40 s
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
 #   w6       W6 (a new process to its first image) four times                                  ≈ 30 s
 #   app      app_start: the whole app (webui.py --api): a first start, two restarts; page and first jobs    ≈ 1 min
@@ -24,7 +25,7 @@
 # semantic_version tomlkit pydub python_multipart pytz truststore opentelemetry_api importlib_metadata omegaconf
 # torchsde trampoline (requirements.txt's versions; the rest is on the machine, KINDS.md).
 set -uo pipefail
-out="${1:?usage: run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|startup|w6|app|tests|all|none]}"
+out="${1:?usage: run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|tests|all|none]}"
 what="${2:-all}"
 mkdir -p "${out}" /tmp/ck
 for wheels in .whl .whl-app; do
@@ -66,6 +67,10 @@ fi
 if run vae; then
     python3 -m tests.gpu.vae_probe /tmp/ck/sd1.safetensors /tmp/ck/sdxl.safetensors --compile \
         --out "${out}/vae_probe.json" > "${out}/vae_probe.log" 2>&1
+fi
+if run kernels; then
+    python3 -m tests.gpu.kernel_cache_probe /tmp/ck/sd1.safetensors --out "${out}/kernel_cache_probe.json" \
+        > "${out}/kernel_cache_probe.log" 2>&1
 fi
 if run startup; then
     {

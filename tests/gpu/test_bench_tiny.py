@@ -31,6 +31,8 @@ def test_every_workload_runs_on_tiny_checkpoints(tmp_path):
     assert [k for k, _ in results["W5_switch_ram_cache_s"]] == ["sd1", "sdxl", "sd1"]
     first = results["W6_first_image"]
     assert 0 < first["import_s"] < first["load_done_s"] < first["first_image_s"]
+    new_install = results["W6_first_image_new_install"]  # the same with an empty Triton cache (none on a CPU)
+    assert 0 < new_install["import_s"] < new_install["load_done_s"] < new_install["first_image_s"]
 
 
 def test_plain_diffusers_is_gone_before_our_weights_go_back(tmp_path, monkeypatch):
