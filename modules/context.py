@@ -62,8 +62,8 @@ class DownloadState:
 def set_kernel_cache_dirs(cache: Path) -> None:
     """Keep compiled GPU kernels with the app's data (``cache/inductor``, ``cache/triton``) unless the user set them.
 
-    Inductor (``--compile``) and Triton (our GroupNorm/GEGLU kernels, built on first use: ≈13 s of the very first
-    image after an install, tests/gpu/results/kernel_cache_probe-h200.json) keep what they build on disk, so a restart
+    Inductor (``--compile``) and Triton (our GroupNorm/GEGLU kernels, built on first use, 14–19 s one after another
+    after an install, tests/gpu/results/kernel_cache_probe*-h200.json) keep what they build on disk, so a restart
     loads it. Triton's directory is set too because inductor points ``TRITON_CACHE_DIR`` at its own directory, for
     the whole process, when it first runs a kernel: without one fixed place the kernels built before a compile and
     those built after it would land in two caches, and a restart would build again what the other one holds.

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from modules.engine import geglu, group_norm
+from modules.engine import geglu, group_norm, kernel_build
 from modules.engine.compiling import READY, BackgroundCompiler
 from modules.engine.streams import GRAPHS, side_stream
 from modules.engine.types import ModelType
@@ -124,7 +124,7 @@ class GraphedForward:
         extra = {k: v for k, v in kwargs.items() if v is not None}
         tensors = (
             {}
-            if (args or extra or torch.is_grad_enabled() or self.failed)
+            if (args or extra or torch.is_grad_enabled() or self.failed or kernel_build.active())
             else _flatten(sample, timestep, encoder_hidden_states, added_cond_kwargs)
         )
         if not tensors:

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from modules.engine.kernel_build import launch
+
 logger = logging.getLogger(__name__)
 
 
@@ -83,23 +85,23 @@ def group_norm_nhwc(
     add_arg = x if add is None else add
     kernels = _kernels()
     if parts == 1:
-        kernels.group_norm_nhwc[(n, groups)](
-            x, y, module.weight, module.bias, add_arg, h * w, c, cpg, module.eps,
+        ran = launch(
+            kernels.group_norm_nhwc, (n, groups), x, y, module.weight, module.bias, add_arg, h * w, c, cpg, module.eps,
             block_hw=block_hw, block_c=block_c, has_add=add is not None, silu=silu, num_warps=8,
         )  # fmt: skip
-        return y
+        return y if ran else y.zero_()  # not run: a dry pass building the kernels ahead (engine/kernel_build.py)
     sums = torch.empty(2, n * groups * parts, device=x.device, dtype=torch.float32)
     grid = (n * groups, parts)
-    kernels.group_norm_partials[grid](
-        x, add_arg, sums[0], sums[1], h * w, c, cpg, groups, rows_per, parts,
+    launch(
+        kernels.group_norm_partials, grid, x, add_arg, sums[0], sums[1], h * w, c, cpg, groups, rows_per, parts,
         block_hw=block_hw, block_c=block_c, has_add=add is not None, num_warps=4,
     )  # fmt: skip
-    kernels.group_norm_apply[grid](
-        x, y, module.weight, module.bias, add_arg, sums[0], sums[1], h * w, c, cpg, groups, rows_per, parts,
-        module.eps, block_hw=block_hw, block_c=block_c, block_s=max(_MIN_BLOCK_S, triton.next_power_of_2(parts)),
-        has_add=add is not None, silu=silu, num_warps=4,
+    ran = launch(
+        kernels.group_norm_apply, grid, x, y, module.weight, module.bias, add_arg, sums[0], sums[1], h * w, c, cpg,
+        groups, rows_per, parts, module.eps, block_hw=block_hw, block_c=block_c,
+        block_s=max(_MIN_BLOCK_S, triton.next_power_of_2(parts)), has_add=add is not None, silu=silu, num_warps=4,
     )  # fmt: skip
-    return y
+    return y if ran else y.zero_()
 
 
 _MAX_ELEMENTS = 2**31 - 1  # the kernels index with 32-bit offsets (a 4096² VAE decode would pass that)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import hires, img2img, kloop, offload, scripts
+from modules.engine import hires, img2img, kernel_build, kloop, offload, scripts
 from modules.engine.accel import graphs_enabled, start_queued_compiles
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
@@ -99,16 +99,27 @@ def warm_up(model: LoadedModel) -> float | None:
 
     On CUDA with graph replay, the first job of a size captures the UNet's graph and picks the kernels of every layer
     (≈1–2 s); doing that right after the start-up load, while the UI is still opening, makes the user's first image
-    as fast as the next one (512² SD1/SD2, 1024² SDXL, batch 1, one prompt chunk). Elsewhere there is nothing to
-    prepare, and nothing runs. Returns the seconds spent, or None when skipped.
+    as fast as the next one (512² SD1/SD2, 1024² SDXL, batch 1, one prompt chunk). A dry pass of the same job comes
+    first, under ``kernel_build.prebuild``: its Triton kernels are built on several threads instead of run (outputs
+    zeros, no graph captured, the image thrown away). Elsewhere there is nothing to prepare, and nothing runs.
+    Returns the seconds spent, or None when skipped.
     """
     if not model.device.startswith("cuda") or not graphs_enabled(model.components.unet) or model.model_type.is_edit:
         return None
     side = 1024 if model.model_type.is_sdxl else 512
+    request = GenerationRequest(prompt="", steps=1, width=side, height=side, seed=0, sampler_name="Euler")
     start = time.perf_counter()
-    generate(model, GenerationRequest(prompt="", steps=1, width=side, height=side, seed=0, sampler_name="Euler"))
+    # a dry pass first: it names the Triton kernels the job launches, which are built on a pool of threads meanwhile
+    # (after an install 14–19 s one after another; read from Triton's disk cache after that; engine/kernel_build.py)
+    with kernel_build.prebuild():
+        generate(model, request)
+    built = time.perf_counter() - start
+    generate(model, request)
     seconds = time.perf_counter() - start
-    logger.info("Warm-up at %dx%d took %.2f s (UNet graph captured, kernels chosen)", side, side, seconds)
+    logger.info(
+        "Warm-up at %dx%d took %.2f s (kernels built or loaded %.2f s, UNet graph captured, kernels chosen)",
+        side, side, seconds, built,
+    )  # fmt: skip
     return seconds
 
 

@@ -6,8 +6,10 @@ Triton compiles each kernel variant (engine/group_norm_triton.py, engine/geglu.p
 the first time a process needs it and keeps it on disk (``TRITON_CACHE_DIR``); a later process loads it from there.
 This probe runs W6 (a new process: import, load, first image, second image, then a batch-8 job, which takes the
 unsplit GroupNorm kernels) twice against one new, empty cache directory: ``cold`` is the first start after an install,
-``warm`` a restart. Each run lists the kernels Triton compiled, with their seconds (``triton.compile`` wrapped in the
-child only). The app itself keeps the cache in ``<data dir>/cache/triton`` (modules/context.py).
+``warm`` a restart; then the same pair against another new directory with the app's start-up warm-up after the load
+(``pipeline.warm_up``: its dry pass builds the kernels on several threads, engine/kernel_build.py). Each run lists the
+kernels Triton compiled, with their seconds and threads (``triton.compile`` wrapped in the child only). The app
+itself keeps the cache in ``<data dir>/cache/triton`` (modules/context.py).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _child(path: Path, size: int) -> dict:
-    """In a new process: the phases of W6 and the kernels Triton compiled meanwhile."""
+def _child(path: Path, size: int, warm_up: bool) -> dict:
+    """In a new process: the phases of W6 (with ``warm_up``: the app's start-up warm-up after the load) and the
+    kernels Triton compiled meanwhile."""
     t0 = time.perf_counter()
     import torch
     import triton
@@ -35,6 +38,7 @@ def _child(path: Path, size: int) -> dict:
 
     from modules.engine.loader import LoadOptions, ModelManager, select_device
     from modules.engine.pipeline import generate
+    from modules.engine.pipeline import warm_up as start_up_warm_up
     from modules.engine.types import CheckpointInfo, GenerationRequest
 
     compiled: list[dict] = []
@@ -65,6 +69,9 @@ def _child(path: Path, size: int) -> dict:
     )
     torch.cuda.synchronize()
     t_load = time.perf_counter() - t0
+    if warm_up:
+        start_up_warm_up(model)
+    t_warm_up = time.perf_counter() - t0
     request = GenerationRequest(prompt="x", steps=20, width=size, height=size, seed=1, sampler_name="Euler")
     generate(model, request)
     t_first = time.perf_counter() - t0
@@ -79,6 +86,7 @@ def _child(path: Path, size: int) -> dict:
         "triton": triton.__version__,
         "import_s": t_import,
         "load_done_s": t_load,
+        "warm_up_done_s": t_warm_up if warm_up else None,
         "first_image_s": t_first,
         "second_image_s": t_second,
         "first_batch8_job_s": t_batch8,
@@ -88,12 +96,13 @@ def _child(path: Path, size: int) -> dict:
     }
 
 
-def run(path: Path, size: int, cache_dir: Path) -> dict:
-    """W6 in a new process against ``cache_dir`` (``TRITON_CACHE_DIR``)."""
+def run(path: Path, size: int, cache_dir: Path, *, warm_up: bool = False) -> dict:
+    """W6 in a new process against ``cache_dir`` (``TRITON_CACHE_DIR``), with or without the start-up warm-up."""
     env = dict(os.environ, TRITON_CACHE_DIR=str(cache_dir), HF_HUB_OFFLINE="1")
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "tests.gpu.kernel_cache_probe", str(path), "--size", str(size), "--child"],
+        [sys.executable, "-m", "tests.gpu.kernel_cache_probe", str(path), "--size", str(size), "--child"]
+        + (["--warm-up"] if warm_up else []),
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     if out.returncode:
@@ -109,12 +118,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--warm-up", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.checkpoint, args.size)))
+        print(json.dumps(_child(args.checkpoint, args.size, args.warm_up)))
         return
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: run(args.checkpoint, args.size, Path(tmp) / "triton") for name in ("cold", "warm")}
+        for name, cache, warm_up in (
+            ("cold", "a", False), ("warm", "a", False), ("cold_warm_up", "b", True), ("warm_warm_up", "b", True)
+        ):  # fmt: skip
+            results[name] = run(args.checkpoint, args.size, Path(tmp) / cache, warm_up=warm_up)
+            print(name, {k: v for k, v in results[name].items() if k != "kernels_compiled"}, flush=True)
     text = json.dumps(results, indent=1)
     print(text)
     if args.out:

@@ -161,3 +161,37 @@ def test_the_vae_kernels_decode_as_pytorchs_layers_do(tmp_path):
     model = ModelManager().get(CheckpointInfo(path, path.name), LoadOptions(device="cuda", dtype="float16"))
     result = probe_size(model.components.vae, 128, 2, compile=False)
     assert result["engine"]["max_abs_pixel_diff"] <= 2 and result["channels_last"]["max_abs_pixel_diff"] <= 2
+
+
+@pytest.mark.gpu
+def test_the_warm_ups_dry_pass_builds_the_kernels_and_changes_nothing(tmp_path, caplog):
+    """pipeline.warm_up first runs its job under kernel_build.prebuild: the Triton launches become builds on a pool
+    (their outputs zeros, no graph captured); every job after it is the job it would have been."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import logging
+
+    import numpy as np
+
+    from modules.engine import kernel_build
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.pipeline import generate, warm_up
+    from modules.engine.types import CheckpointInfo, GenerationRequest
+    from tests.support.tiny_checkpoints import write_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    write_checkpoint("sd1", path)
+    model = ModelManager().get(CheckpointInfo(path, path.name), LoadOptions(device="cuda", dtype="float16"))
+    request = GenerationRequest(prompt="a cat", steps=3, width=64, height=64, seed=3, sampler_name="Euler")
+    before = np.asarray(generate(model, request).images[0], dtype=np.int16)
+    forward = model.components.unet.forward
+    graphs = forward.captured
+    caplog.set_level(logging.INFO, logger="modules.engine.kernel_build")
+    with kernel_build.prebuild():
+        dry = np.asarray(generate(model, request).images[0], dtype=np.int16)
+    assert forward.captured == graphs  # the dry pass ran eagerly: nothing captured with the kernels left out
+    assert np.abs(dry - before).max() > 0  # the kernels did not run: their outputs were zeros
+    assert "variants built or loaded ahead" in caplog.text and "(0 failed)" in caplog.text
+    assert np.array_equal(np.asarray(generate(model, request).images[0], dtype=np.int16), before)
+    assert warm_up(model) is not None  # the start-up path: dry pass at 512², then the real one
+    assert np.array_equal(np.asarray(generate(model, request).images[0], dtype=np.int16), before)
