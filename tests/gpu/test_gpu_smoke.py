@@ -195,3 +195,50 @@ def test_the_warm_ups_dry_pass_builds_the_kernels_and_changes_nothing(tmp_path, 
     assert np.array_equal(np.asarray(generate(model, request).images[0], dtype=np.int16), before)
     assert warm_up(model) is not None  # the start-up path: dry pass at 512², then the real one
     assert np.array_equal(np.asarray(generate(model, request).images[0], dtype=np.int16), before)
+
+
+@pytest.mark.gpu
+def test_weights_changed_in_place_reach_the_graphs_without_a_new_capture_or_compile(tmp_path):
+    """How a LoRA is applied without a recompile: merged into the weights in place. The captured graphs, of the eager
+    and of the compiled UNet, read the weights where they lie, so the next job sees the new values; nothing is captured
+    or compiled again, and putting the weights back gives the first image back."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import numpy as np
+
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.pipeline import generate
+    from modules.engine.types import CheckpointInfo, GenerationRequest
+    from tests.support.tiny_checkpoints import write_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    write_checkpoint("sd1", path)
+    request = GenerationRequest(prompt="a cat", steps=3, width=64, height=64, seed=5, sampler_name="Euler")
+
+    def image(model) -> np.ndarray:
+        return np.asarray(generate(model, request).images[0], dtype=np.int16)
+
+    for compile in (False, True):
+        options = LoadOptions(device="cuda", dtype="float16", vae_dtype="float32", compile=compile)
+        model = ModelManager().get(CheckpointInfo(path, path.name), options)
+        forward = model.components.unet.forward
+        base = image(model)
+        if compile:
+            assert forward.compiler.wait(timeout=600)
+            base = image(model)
+            compiled_seconds = dict(forward.compiler.seconds)
+        graphs = forward.captured
+        assert graphs == (["compiled"] if compile else ["eager"])
+        weight = model.components.unet.out[-1].weight
+        original = weight.detach().clone()
+        with torch.no_grad():
+            weight.mul_(0.25)  # a merged LoRA changes the weights' values, not their storage
+        changed = image(model)
+        assert np.abs(changed - base).max() > 0, compile  # the graph read the new values
+        assert forward.captured == graphs and not forward.failed
+        with torch.no_grad():
+            weight.copy_(original)
+        assert np.array_equal(image(model), base), compile
+        if compile:
+            assert forward.compiler.seconds == compiled_seconds  # no second compile
+        del model, forward
