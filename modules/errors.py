@@ -40,6 +40,12 @@ class UnsafeCheckpointError(CheckpointLoadError):
     """A .ckpt pickle references objects outside the allow-list; it was refused, nothing was executed."""
 
 
+class WeightPatchError(WebuiError):
+    """A change to the loaded weights does not fit the model (a key it does not have, or another shape)."""
+
+    status_code = 422
+
+
 class QueueFullError(WebuiError):
     """The job queue holds its maximum number of pending jobs."""
 

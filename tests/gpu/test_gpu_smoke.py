@@ -199,9 +199,10 @@ def test_the_warm_ups_dry_pass_builds_the_kernels_and_changes_nothing(tmp_path, 
 
 @pytest.mark.gpu
 def test_weights_changed_in_place_reach_the_graphs_without_a_new_capture_or_compile(tmp_path):
-    """How a LoRA is applied without a recompile: merged into the weights in place. The captured graphs, of the eager
-    and of the compiled UNet, read the weights where they lie, so the next job sees the new values; nothing is captured
-    or compiled again, and putting the weights back gives the first image back."""
+    """How a LoRA is applied without a recompile: merged into the weights in place (engine/weights.py, through views
+    into the fused q/k/v weights). The captured graphs, of the eager and of the compiled UNet, read the weights where
+    they lie, so the next job sees the new values; nothing is captured or compiled again, and putting the weights back
+    gives the first image back."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     import numpy as np
@@ -209,8 +210,10 @@ def test_weights_changed_in_place_reach_the_graphs_without_a_new_capture_or_comp
     from modules.engine.loader import LoadOptions, ModelManager
     from modules.engine.pipeline import generate
     from modules.engine.types import CheckpointInfo, GenerationRequest
+    from modules.engine.weights import WeightPatch, weight_views
     from tests.support.tiny_checkpoints import write_checkpoint
 
+    targets = ("attn1.to_q.weight", "model.diffusion_model.out.2.weight")
     path = tmp_path / "tiny.safetensors"
     write_checkpoint("sd1", path)
     request = GenerationRequest(prompt="a cat", steps=3, width=64, height=64, seed=5, sampler_name="Euler")
@@ -229,15 +232,16 @@ def test_weights_changed_in_place_reach_the_graphs_without_a_new_capture_or_comp
             compiled_seconds = dict(forward.compiler.seconds)
         graphs = forward.captured
         assert graphs == (["compiled"] if compile else ["eager"])
-        weight = model.components.unet.out[-1].weight
-        original = weight.detach().clone()
-        with torch.no_grad():
-            weight.mul_(0.25)  # a merged LoRA changes the weights' values, not their storage
+        views = weight_views(model.components)
+        # the self-attention queries (rows of the fused to_qkv weights) and the last convolution, as a LoRA changes them
+        deltas = {k: torch.randn_like(v, dtype=torch.float32) * 0.1 for k, v in views.items() if k.endswith(targets)}
+        assert any(k.endswith("attn1.to_q.weight") for k in deltas)
+        patch = WeightPatch()
+        patch.add(model.components, deltas)
         changed = image(model)
         assert np.abs(changed - base).max() > 0, compile  # the graph read the new values
         assert forward.captured == graphs and not forward.failed
-        with torch.no_grad():
-            weight.copy_(original)
+        assert patch.restore(model.components) == len(deltas)
         assert np.array_equal(image(model), base), compile
         if compile:
             assert forward.compiler.seconds == compiled_seconds  # no second compile

@@ -196,13 +196,16 @@ class TextEncoder(nn.Module):
         self.transformer = Transformer(cfg)
         self.ln_final = LayerNorm(width, eps=cfg.layer_norm_eps)
         self.text_projection: nn.Parameter | None = None
+        self.spec: TextEncoderSpec | None = None  # where its weights are in the checkpoint (set by from_spec)
         if projection:
             self.text_projection = nn.Parameter(torch.empty(width, cfg.projection_dim or width))
 
     @classmethod
     def from_spec(cls, spec: TextEncoderSpec) -> TextEncoder:
         """Build the (empty) encoder a :class:`TextEncoderSpec` describes."""
-        return cls(spec.config, layout=ENCODER_FAMILIES[spec.family].layout, projection=has_projection(spec))
+        encoder = cls(spec.config, layout=ENCODER_FAMILIES[spec.family].layout, projection=has_projection(spec))
+        encoder.spec = spec
+        return encoder
 
     @property
     def final_layer_norm(self) -> nn.LayerNorm:
@@ -242,7 +245,7 @@ def has_projection(spec: TextEncoderSpec) -> bool:
     return ENCODER_FAMILIES[spec.family].model_class == PROJECTION_CLASS
 
 
-def _plan(spec: TextEncoderSpec) -> dict[str, tuple[str, ...]]:
+def key_plan(spec: TextEncoderSpec) -> dict[str, tuple[str, ...]]:
     """Map each of the module's state-dict keys to the file keys (prefix removed) it is made of (3 = concat)."""
     layout = ENCODER_FAMILIES[spec.family].layout
     projection = has_projection(spec)
@@ -290,7 +293,7 @@ def convert_weights(
         MissingWeightsError: (a ``KeyError``) naming the missing file keys, ``spec.prefix`` included.
         ValueError: The family's layout is unknown.
     """
-    plan = _plan(spec)
+    plan = key_plan(spec)
     missing = sorted({spec.prefix + k for parts in plan.values() for k in parts if k not in file_tensors})
     if missing:
         raise MissingWeightsError(missing)
