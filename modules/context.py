@@ -25,6 +25,8 @@ from modules.engine.extras import ExtrasOptions, run_extras
 from modules.engine.images import encode_image, read_infotext
 from modules.engine.infotext import infotext_to_request_fields, parse_infotext
 from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, load_checkpoint, select_device
+from modules.engine.lora import TAG as EXTRA_NETWORK_TAG
+from modules.engine.lora import LoraLibrary
 from modules.engine.pipeline import generate
 from modules.engine.pipeline import warm_up as warm_up_model
 from modules.engine.prompts import count_tokens
@@ -90,6 +92,7 @@ class AppContext:
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-hash")
         set_kernel_cache_dirs(self.flags.data_dir / "cache")
         self.upscalers = UpscalerRegistry(list(self.flags.upscaler_dirs))
+        self.loras = LoraLibrary(self.flags.lora_path)
         self.refresh_checkpoints()
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
@@ -250,7 +253,14 @@ class AppContext:
         names = self.upscaler_names()
         loader = self._job_loader(request, model)
         result = generate(
-            model, request, options, job, upscaler=self.upscalers, upscaler_names=names, load_model=loader
+            model,
+            request,
+            options,
+            job,
+            upscaler=self.upscalers,
+            upscaler_names=names,
+            load_model=loader,
+            loras=self.loras,
         )
         paths, grid = save_outputs(result, request, snapshot, self.flags.data_dir, save=save)
         info = build_info(result, request, model.checkpoint, options)
@@ -291,10 +301,10 @@ class AppContext:
         return [s["label"] for s in schedule_list()]
 
     def count_tokens(self, text: str) -> tuple[int, int]:
-        """Token count of ``text`` and the chunk limit it falls in (the UI's ``N/75`` counter)."""
+        """Token count of ``text`` and the chunk limit it falls in (the UI's ``N/75`` counter; tags not counted)."""
         current = self.models.current
         tokenizer = current.components.tokenizer if current is not None else clip_tokenizer()
-        return count_tokens(tokenizer, text)
+        return count_tokens(tokenizer, EXTRA_NETWORK_TAG.sub("", text))
 
     @staticmethod
     def read_image_info(image: Any) -> tuple[str | None, dict[str, Any]]:

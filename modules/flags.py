@@ -35,6 +35,7 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
         (f"--{kind}-models-path", {**_STR, "help": f"folder of {kind.upper()} upscaler models"})
         for kind in ("esrgan", "realesrgan", "dat", "bsrgan", "scunet", "swinir")
     ),
+    ("--lora-dir", {**_STR, "help": "folder of LoRA networks (default <models-dir>/Lora)"}),
     ("--ckpt", {**_STR, "help": "checkpoint to add to the list and load"}),
     ("--no-download-sd-model", {"action": "store_true", "help": "do not download SD1.5 when no checkpoint exists"}),
     ("--use-cpu", {"nargs": "+", "default": [], "help": "modules to run on the CPU ('all' or 'sd')"}),
@@ -152,7 +153,6 @@ _IGNORED_VALUE: tuple[str, ...] = (
     "--vae-path",
     "--embeddings-dir",
     "--hypernetwork-dir",
-    "--lora-dir",
     "--codeformer-models-path",
     "--gfpgan-models-path",
     "--ldsr-models-path",
@@ -235,6 +235,7 @@ class LaunchFlags(BaseModel):
     disable_cuda_graphs: bool = False
     compile: bool = False
     bf16: bool = False
+    lora_dir: Path | None = None
     esrgan_models_path: Path | None = None
     realesrgan_models_path: Path | None = None
     dat_models_path: Path | None = None
@@ -253,6 +254,11 @@ class LaunchFlags(BaseModel):
         """Directories scanned for checkpoints: ``--ckpt-dir`` (if given) then ``models/Stable-diffusion``."""
         default = self.models_path / "Stable-diffusion"
         return (self.ckpt_dir, default) if self.ckpt_dir is not None else (default,)
+
+    @property
+    def lora_path(self) -> Path:
+        """``--lora-dir`` or ``models/Lora``: where ``<lora:name:…>`` prompt tags find their files."""
+        return self.lora_dir if self.lora_dir is not None else self.models_path / "Lora"
 
     @property
     def upscaler_dirs(self) -> tuple[Path, ...]:

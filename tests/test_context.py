@@ -141,6 +141,7 @@ def test_facades(ctx):
     assert "DPM++ 2M" in ctx.sampler_names() and "Euler" in ctx.sampler_names()
     assert ctx.schedule_labels()[0] == "Automatic"
     assert ctx.count_tokens("a photo of a cat") == (5, 75)
+    assert ctx.count_tokens("a photo <lora:detail:0.7>of a cat<hypernet:x:1>") == (5, 75)
     fields = ctx.infotext_fields("cat\nSteps: 5, Sampler: Euler a, CFG scale: 6, Seed: 9, Size: 64x128")
     assert fields["steps"] == 5 and fields["height"] == 128 and fields["sampler_name"] == "Euler a"
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from modules.errors import SettingsError
@@ -73,5 +75,6 @@ def test_every_ignored_flag_is_registered():
 
 
 def test_ignored_flags_reported():
-    flags = parse_flags(["--xformers", "--lora-dir", "x", "--port", "1"], environ={})
-    assert ignored_flags_used(flags) == ["--lora-dir", "--xformers"]
+    flags = parse_flags(["--xformers", "--embeddings-dir", "x", "--lora-dir", "y", "--port", "1"], environ={})
+    assert ignored_flags_used(flags) == ["--embeddings-dir", "--xformers"]
+    assert flags.lora_path == Path("y") and parse_flags([], environ={}).lora_path.parts[-2:] == ("models", "Lora")

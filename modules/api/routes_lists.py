@@ -1,6 +1,6 @@
 """APIRouter for /sdapi/v1 listings and model actions: sd-models, samplers, refresh-*, memory, server-*.
 
-Lists of things this server does not have (VAEs, LoRAs, upscalers, scripts…) are empty: that is the truthful answer.
+Lists of things this server does not have (VAEs, hypernetworks, face restorers…) are empty: the truthful answer.
 """
 
 from __future__ import annotations
@@ -42,14 +42,13 @@ logger = logging.getLogger(__name__)
 _EMPTY_LISTS: tuple[tuple[str, type], ...] = (
     ("/sd-vae", SDVaeItem),
     ("/prompt-styles", PromptStyleItem),
-    ("/loras", LoraItem),
     ("/hypernetworks", NamePathItem),
     ("/face-restorers", FaceRestorerItem),
     ("/realesrgan-models", RealesrganItem),
     ("/extensions", ExtensionItem),
 )
 # Refresh actions with nothing to rescan yet: they succeed and return null, as A1111's do.
-_NOOP_REFRESH = ("/refresh-vae", "/refresh-embeddings", "/refresh-loras")
+_NOOP_REFRESH = ("/refresh-vae", "/refresh-embeddings")
 _STOP_DELAY_S = 0.5
 
 
@@ -67,6 +66,8 @@ def create_lists_router(server_stop: bool) -> APIRouter:
     router.add_api_route("/latent-upscale-modes", latent_upscale_modes, methods=["GET"], response_model=list[NameItem])
     for path, item in _EMPTY_LISTS:
         router.add_api_route(path, empty_list, methods=["GET"], response_model=list[item], name=path.strip("/"))
+    router.add_api_route("/loras", loras, methods=["GET"], response_model=list[LoraItem])
+    router.add_api_route("/refresh-loras", refresh_loras, methods=["POST"])
     router.add_api_route("/refresh-checkpoints", refresh_checkpoints, methods=["POST"])
     for path in _NOOP_REFRESH:
         router.add_api_route(path, refresh_nothing, methods=["POST"], name=path.strip("/"))
@@ -141,7 +142,25 @@ def refresh_checkpoints(ctx: Ctx) -> None:
 
 
 def refresh_nothing() -> None:
-    """Refresh a list that has no sources yet (VAEs, embeddings, LoRAs)."""
+    """Refresh a list that has no sources yet (VAEs, embeddings)."""
+
+
+def loras(ctx: Ctx) -> list[LoraItem]:
+    """The LoRA files of ``models/Lora`` (``--lora-dir``): name, alias (the name), path and training metadata."""
+    items = []
+    for file in ctx.loras.files():
+        try:
+            metadata = file.metadata()
+        except (OSError, ValueError) as exc:  # unreadable header: listed, with the reason instead of metadata
+            metadata = {"error": f"{type(exc).__name__}: {exc}"}
+        items.append(LoraItem(name=file.name, alias=file.name, path=str(file.path), metadata=metadata))
+    return items
+
+
+def refresh_loras(ctx: Ctx) -> None:
+    """Rescan the LoRA folder."""
+    found = ctx.loras.refresh()
+    logger.info("LoRA list refreshed: %d found", len(found))
 
 
 def unload_checkpoint(ctx: Ctx) -> dict[str, Any]:

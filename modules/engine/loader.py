@@ -47,6 +47,7 @@ from modules.engine.ldm_yaml import build_architecture
 from modules.engine.safe_load import load_ckpt_state_dict
 from modules.engine.switch_interval import short_switch_interval
 from modules.engine.types import CheckpointInfo, ModelType
+from modules.engine.weights import WeightPatch
 from modules.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class LoadedModel:
         load_seconds: Wall time of the load.
         memory_mode: ``full``, ``model`` or ``sequential`` (engine/offload.py).
         cuda_graphs: Whether the UNet replays CUDA graphs in ``full`` mode.
+        weight_patch: The LoRA changes merged into its weights in place, with the originals (engine/lora.py).
+        merged_loras: Which files and multipliers ``weight_patch`` holds.
     """
 
     checkpoint: CheckpointInfo
@@ -172,6 +175,8 @@ class LoadedModel:
     cuda_graphs: bool = False
     compile: bool = False
     preferred_mode: str = ""  # the mode chosen at load ("" = memory_mode); a job returns to it when it can
+    weight_patch: WeightPatch = field(default_factory=WeightPatch, repr=False)  # LoRAs merged in place (lora.py)
+    merged_loras: tuple = ()  # what weight_patch holds: ((file stamp, te, unet), ...)
 
     def set_memory_mode(self, mode: str) -> None:
         """Switch to another memory mode in place (e.g. a lighter one after running out of memory).

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import hires, img2img, kernel_build, kloop, offload, scripts
+from modules.engine import hires, img2img, kernel_build, kloop, lora, offload, scripts
 from modules.engine.accel import graphs_enabled, start_queued_compiles
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
@@ -42,6 +42,7 @@ def generate(
     upscaler: hires.ImageUpscaler | None = None,
     upscaler_names: list[str] | None = None,
     load_model: Callable[[str], LoadedModel] | None = None,
+    loras: lora.LoraLibrary | None = None,
 ) -> GenerationResult:
     """Run a txt2img or img2img job (see ``_generate``), retrying once in a lighter memory mode on out of memory.
 
@@ -53,7 +54,7 @@ def generate(
         InvalidRequestError: For an out-of-range field or an unknown sampler/schedule.
         OutOfMemoryError: The device ran out of memory twice; its cache was emptied so the next job can run.
     """
-    args = (model, request, options, controls, on_step, upscaler, upscaler_names, load_model)
+    args = (model, request, options, controls, on_step, upscaler, upscaler_names, load_model, loras)
     preferred = model.preferred_mode or model.memory_mode
     if model.memory_mode != preferred:  # an earlier out of memory left it lighter: try the faster mode again
         try:
@@ -138,6 +139,7 @@ def _generate(
     upscaler: hires.ImageUpscaler | None = None,
     upscaler_names: list[str] | None = None,
     load_model: Callable[[str], LoadedModel] | None = None,
+    loras: lora.LoraLibrary | None = None,
 ) -> GenerationResult:
     """Run ``n_iter`` batches of ``batch_size`` images (txt2img, or img2img when init images are given).
 
@@ -150,6 +152,7 @@ def _generate(
         upscaler: Image upscalers for hires fix (the app's registry); latent modes need none.
         upscaler_names: The names ``upscaler`` knows, to check ``hr_upscaler`` before any work.
         load_model: Loads another checkpoint by name (the refiner).
+        loras: The LoRA files that ``<lora:…>`` tags name (engine/lora.py).
 
     Returns:
         The images with their seeds and infotexts; ``interrupted`` is set if the job was stopped.
@@ -167,17 +170,20 @@ def _generate(
         hires.validate(request, upscaler_names)
     inputs = img2img.prepare(request) if request.mode == "img2img" else None
     sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
-    refiner = RefinerRun.create(request, load_model)
+    # the prompts as encoded: without their extra-network tags (the infotext keeps them); the tags' LoRAs merged
+    encoded, lora_tags = _without_tags(request)
+    network_extras = lora.activate(model, lora_tags, loras)
+    refiner = RefinerRun.create(encoded, load_model)
     # 2. Fix the seeds for every image of the job.
     seed = fix_seed(request.seed)
     subseed = fix_seed(request.subseed)
     total = request.batch_size * request.n_iter
     seeds, subseeds = job_seeds(seed, subseed, request.subseed_strength, total)
     # 3. The sampler's parameters (and the infotext keys they add); the prompts are encoded per batch by the loop.
-    hr = hires.HiresPass.create(request, sampler, schedule, load_model) if use_hr else None
+    hr = hires.HiresPass.create(encoded, sampler, schedule, load_model) if use_hr else None
     sdxl = model.model_type.is_sdxl
     sampling = resolve_params(sampler, schedule, request, options.sampler, sdxl=sdxl)
-    sampling_extras = dict(sampling.infotext)
+    sampling_extras = dict(sampling.infotext) | network_extras
     if hr is not None:
         sampling_extras.update(resolve_params(hr.sampler, hr.schedule, request, options.sampler, sdxl=sdxl).infotext)
     if options.use_old_scheduling and old_timelines_differ((request.prompt, request.negative_prompt), request.steps):
@@ -193,10 +199,10 @@ def _generate(
         batch = slice(n * request.batch_size, (n + 1) * request.batch_size)
         first_refiner = refiner if hr is None else None  # with hires fix, the refiner runs in the second pass
         run = BatchRun(seeds[batch], subseeds[batch], batch.start, n, first_refiner, sampling)
-        latents = _sample_batch(model, request, options, sampler, schedule, inputs, run, controls, on_step)
+        latents = _sample_batch(model, encoded, options, sampler, schedule, inputs, run, controls, on_step)
         if hr is not None and not (controls.should_stop() or controls.should_skip()):
             hr_args = (seeds[batch], subseeds[batch], n, controls, upscaler, refiner)
-            latents = hr.run(model, request, options, latents, *hr_args)
+            latents = hr.run(model, encoded, options, latents, *hr_args)
         decoder = hr.model_for(model) if hr is not None else model
         decoder = refiner.decoder(decoder) if refiner is not None else decoder
         for i, image in enumerate(decode_latents(decoder, latents)):
@@ -299,6 +305,19 @@ def _strip_comments(request: GenerationRequest) -> GenerationRequest:
     if not any("#" in getattr(request, n) for n in names):
         return request
     return dataclasses.replace(request, **{n: strip_comments(getattr(request, n)) for n in names})
+
+
+def _without_tags(request: GenerationRequest) -> tuple[GenerationRequest, list[lora.LoraTag]]:
+    """The request with its prompts' extra-network tags taken out, and the main prompt's LoRA tags.
+
+    (The hires prompts' own tags are taken out too, not merged for the second pass as A1111 does.)
+    """
+    names = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+    if not any("<" in getattr(request, n) for n in names):
+        return request, []
+    prompt, tags = lora.parse_tags(request.prompt)
+    others = {n: lora.parse_tags(getattr(request, n))[0] for n in names[1:]}
+    return dataclasses.replace(request, prompt=prompt, **others), tags
 
 
 def _total_steps(request: GenerationRequest) -> int:

@@ -90,13 +90,22 @@ class WeightPatch:
     originals: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @torch.no_grad()
-    def add(self, components: ModelComponents, deltas: Mapping[str, torch.Tensor], scale: float = 1.0) -> None:
+    def add(
+        self,
+        components: ModelComponents,
+        deltas: Mapping[str, torch.Tensor],
+        scale: float = 1.0,
+        *,
+        views: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         """Add ``scale · delta`` to each named weight (the sum in float32, then rounded once to the weight's dtype).
+
+        ``views``: ``weight_views(components)`` when the caller has it already (many small calls in a row).
 
         Raises:
             WeightPatchError: A key the model does not have, or a delta of another shape; nothing is changed then.
         """
-        views = weight_views(components)
+        views = weight_views(components) if views is None else views
         unknown = sorted(k for k in deltas if k not in views)
         if unknown:
             raise WeightPatchError(f"{len(unknown)} weight(s) not in the loaded model, e.g. {', '.join(unknown[:3])}")

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import requests
+import torch
 
 from tests.api.conftest import info_of
 
@@ -235,3 +236,30 @@ def test_bad_bodies_and_server_still_answers(server):
 def test_sampler_aliases_and_case_are_accepted(server, sampler, scheduler, name):
     body = server.txt2img(sampler_name=sampler, scheduler=scheduler, steps=2)
     assert f"Sampler: {name}," in info_of(body)["infotexts"][0]
+
+
+def test_loras_are_listed_and_a_tag_merges_one(server, tiny_models_dir):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from modules.engine.lora_names import lora_targets
+
+    with safe_open(str(tiny_models_dir / "sd1.safetensors"), "pt") as file:
+        shapes = {key: file.get_slice(key).get_shape() for key in file.keys()}  # noqa: SIM118 (safe_open has no iter)
+    name = next(n for n in lora_targets(shapes) if n.startswith("lora_unet_down_blocks_") and n.endswith("attn1_to_q"))
+    out, width = shapes[lora_targets(shapes)[name].key]
+    folder = server.data_dir / "models" / "Lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{name}.lora_down.weight": torch.ones(2, width), f"{name}.lora_up.weight": torch.ones(out, 2) * 0.1}
+    save_file(tensors, str(folder / "api_lora.safetensors"), metadata={"ss_output_name": "api_lora"})
+    assert server.post("refresh-loras").json() is None
+    (item,) = server.get("loras").json()
+    assert item["name"] == item["alias"] == "api_lora" and item["path"].endswith("Lora/api_lora.safetensors")
+    assert item["metadata"] == {"ss_output_name": "api_lora"}
+    plain = info_of(server.txt2img(prompt="a cat", seed=3))
+    tagged = server.txt2img(prompt="a cat <lora:api_lora:0.5>", seed=3)
+    assert 'Lora hashes: "api_lora: ' in info_of(tagged)["infotexts"][0]
+    assert "<lora:api_lora:0.5>" in info_of(tagged)["prompt"] and "Lora hashes" not in plain["infotexts"][0]
+    response = server.post("txt2img", {"prompt": "a cat <lora:missing:1>", "width": 64, "height": 64, "steps": 2})
+    assert response.status_code == 422 and "LoRA 'missing' not found" in response.text and "api_lora" in response.text
+    assert len(server.txt2img()["images"]) == 1
