@@ -37,6 +37,7 @@ from modules.engine.types import (
     CheckpointInfo,
     GenerationOptions,
     GenerationRequest,
+    LoraFile,
     SamplerSettings,
 )
 from modules.engine.upscalers import UpscalerRegistry
@@ -299,6 +300,10 @@ class AppContext:
     def schedule_labels(self) -> list[str]:
         """Schedule-type labels as the UI shows them (``Automatic`` first)."""
         return [s["label"] for s in schedule_list()]
+
+    def lora_files(self, *, rescan: bool = False) -> list[LoraFile]:
+        """The LoRA files of ``models/Lora`` (``--lora-dir``), scanning the folder again with ``rescan``."""
+        return self.loras.refresh() if rescan else self.loras.files()
 
     def count_tokens(self, text: str) -> tuple[int, int]:
         """Token count of ``text`` and the chunk limit it falls in (the UI's ``N/75`` counter; tags not counted)."""

@@ -17,7 +17,6 @@ original weights back bit for bit, so nothing accumulates.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import struct
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from modules.engine.lora_names import LoraTarget, lora_targets
+from modules.engine.types import LoraFile
 from modules.engine.weights import weight_views
 from modules.errors import InvalidRequestError, WeightPatchError
 
@@ -96,27 +96,6 @@ def parse_tags(prompt: str) -> tuple[str, list[LoraTag]]:
         return ""
 
     return TAG.sub(take, prompt), tags
-
-
-@dataclass(frozen=True)
-class LoraFile:
-    """A LoRA file found in the folder: its name (file name without extension) and path."""
-
-    name: str
-    path: Path
-
-    @property
-    def stamp(self) -> tuple[str, int, int]:
-        """Path, size and modification time: a file changed on disk counts as another network."""
-        stat = self.path.stat()
-        return str(self.path), stat.st_size, stat.st_mtime_ns
-
-    def metadata(self) -> dict[str, str]:
-        """The safetensors header's ``__metadata__`` (training parameters), empty when there is none."""
-        with self.path.open("rb") as file:
-            (length,) = struct.unpack("<Q", file.read(8))
-            header = json.loads(file.read(length))
-        return dict(header.get("__metadata__") or {})
 
 
 class LoraLibrary:

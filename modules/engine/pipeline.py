@@ -173,6 +173,7 @@ def _generate(
     # the prompts as encoded: without their extra-network tags (the infotext keeps them); the tags' LoRAs merged
     encoded, lora_tags = _without_tags(request)
     network_extras = lora.activate(model, lora_tags, loras)
+    load_model = _without_networks(load_model, model, loras)
     refiner = RefinerRun.create(encoded, load_model)
     # 2. Fix the seeds for every image of the job.
     seed = fix_seed(request.seed)
@@ -318,6 +319,25 @@ def _without_tags(request: GenerationRequest) -> tuple[GenerationRequest, list[l
     prompt, tags = lora.parse_tags(request.prompt)
     others = {n: lora.parse_tags(getattr(request, n))[0] for n in names[1:]}
     return dataclasses.replace(request, prompt=prompt, **others), tags
+
+
+def _without_networks(
+    load_model: Callable[[str], LoadedModel] | None, main: LoadedModel, loras: lora.LoraLibrary | None
+) -> Callable[[str], LoadedModel] | None:
+    """``load_model`` for the job's other checkpoints (refiner, hires): those run without LoRAs.
+
+    A model kept in the RAM cache may still hold the LoRAs of a job in which it was the main model.
+    """
+    if load_model is None:
+        return None
+
+    def load(name: str) -> LoadedModel:
+        other = load_model(name)
+        if other.components is not main.components:
+            lora.activate(other, [], loras)
+        return other
+
+    return load
 
 
 def _total_steps(request: GenerationRequest) -> int:

@@ -6,12 +6,17 @@ This module imports no ML library at run time, so the UI and API layers can use 
 from __future__ import annotations
 
 import enum
+import json
+import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 
 # Hires. fix latent upscalers, in A1111's order (``/sdapi/v1/latent-upscale-modes``).
@@ -262,3 +267,48 @@ class GenerationResult:
     interrupted: bool = False
     job_timestamp: str = ""
     extra_generation_params: dict[str, object] = field(default_factory=dict)
+
+
+PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """A LoRA file found in the folder: its name (file name without extension) and path."""
+
+    name: str
+    path: Path
+
+    @property
+    def stamp(self) -> tuple[str, int, int]:
+        """Path, size and modification time: a file changed on disk counts as another network."""
+        stat = self.path.stat()
+        return str(self.path), stat.st_size, stat.st_mtime_ns
+
+    def user_metadata(self) -> dict[str, object]:
+        """A1111's ``<name>.json`` beside the file (``activation text``, ``preferred weight``, ``notes``…), or {}.
+
+        A file that is not a JSON object is logged and read as empty: it must not hide the LoRA.
+        """
+        path = self.path.with_suffix(".json")
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            logger.warning("%s: not read (%s)", path, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def preview(self) -> Path | None:
+        """The card image A1111 shows: ``<name>.preview.png`` (or ``.png``/``.jpg``/``.jpeg``/``.webp``) beside it."""
+        stem = self.path.with_suffix("")
+        names = [f"{stem}.preview{ext}" for ext in PREVIEW_SUFFIXES] + [f"{stem}{ext}" for ext in PREVIEW_SUFFIXES]
+        return next((Path(n) for n in names if Path(n).is_file()), None)
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header's ``__metadata__`` (training parameters), empty when there is none."""
+        with self.path.open("rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(length))
+        return dict(header.get("__metadata__") or {})

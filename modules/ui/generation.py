@@ -13,7 +13,7 @@ import gradio as gr
 
 from modules.errors import WebuiError
 from modules.settings import infotext_settings
-from modules.ui import hires
+from modules.ui import extra_networks, hires
 from modules.ui.forms import override_entries, overrides_from_entries, paste_values, to_request
 from modules.ui.views import infotext_html, progress_html, token_counter_html
 
@@ -244,5 +244,7 @@ def wire(ctx: AppContext, t: GenerationTab) -> None:
     wire_generate(ctx, t)
     wire_helpers(ctx, t)
     wire_seeds(t)
+    if t.lora is not None:
+        extra_networks.wire(ctx, t, t.lora)
     if t.hires_accordion is not None and t.hires_info is not None:
         hires.wire(t, t.hires_info)

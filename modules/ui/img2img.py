@@ -15,7 +15,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from modules.ui import refiner
+from modules.ui import extra_networks, refiner
 from modules.ui.txt2img import GenerationTab, build_dimensions, build_output_column, build_settings_column, build_toprow
 
 if TYPE_CHECKING:
@@ -319,33 +319,39 @@ def build_tab(ctx: AppContext) -> tuple[GenerationTab, Img2ImgExtras]:
     """Lay out the img2img tab (call inside its ``gr.Tab``); events are wired by ``ui.generation`` and ``wire``."""
     t = GenerationTab(tabname="img2img")
     build_toprow(t)
-    with gr.Row(equal_height=False, elem_id="img2img_extra_row"):
-        with gr.Column(scale=1, elem_id="img2img_settings"):
-            x = _build_sources(t)
-            t.fields["resize_mode"] = gr.Radio(
-                label="Resize mode",
-                choices=list(RESIZE_MODES),
-                value=RESIZE_MODES[0],
-                type="index",
-                elem_id="resize_mode",
-            )
-            x.inpaint_controls = _build_inpaint_controls(t)
-            build_settings_column(ctx, t, dimensions=_resize_dimensions(x))
-            t.fields["denoising_strength"] = gr.Slider(
-                0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
-            )
-            t.fields["image_cfg_scale"] = gr.Slider(
-                0.0,
-                3.0,
-                value=1.5,
-                step=0.05,
-                label="Image CFG Scale (instruct-pix2pix models only)",
-                elem_id="img2img_image_cfg_scale",
-            )
-            refiner.build(ctx, t)
-            x.script, x.script_controls = _build_script(t)
-        with gr.Column(scale=1, elem_id="img2img_results"):
-            build_output_column(t)
+    with gr.Tabs(elem_id="img2img_extra_tabs"):
+        with (
+            gr.Tab("Generation", id="img2img_generation_tab", elem_id="img2img_generation_tab"),
+            gr.Row(equal_height=False, elem_id="img2img_extra_row"),
+        ):
+            with gr.Column(scale=1, elem_id="img2img_settings"):
+                x = _build_sources(t)
+                t.fields["resize_mode"] = gr.Radio(
+                    label="Resize mode",
+                    choices=list(RESIZE_MODES),
+                    value=RESIZE_MODES[0],
+                    type="index",
+                    elem_id="resize_mode",
+                )
+                x.inpaint_controls = _build_inpaint_controls(t)
+                build_settings_column(ctx, t, dimensions=_resize_dimensions(x))
+                t.fields["denoising_strength"] = gr.Slider(
+                    0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
+                )
+                t.fields["image_cfg_scale"] = gr.Slider(
+                    0.0,
+                    3.0,
+                    value=1.5,
+                    step=0.05,
+                    label="Image CFG Scale (instruct-pix2pix models only)",
+                    elem_id="img2img_image_cfg_scale",
+                )
+                refiner.build(ctx, t)
+                x.script, x.script_controls = _build_script(t)
+            with gr.Column(scale=1, elem_id="img2img_results"):
+                build_output_column(t)
+        with gr.Tab("Lora", id="img2img_lora", elem_id="img2img_lora_tab"):
+            t.lora = extra_networks.build(ctx, t)
     t.extra_values = request_values
     return t, x
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from modules.engine.types import GenerationRequest
-from modules.ui import hires, refiner
+from modules.ui import extra_networks, hires, refiner
 from modules.ui.forms import NUMERIC_FIELDS
 from modules.ui.views import token_counter_html
 
@@ -50,6 +50,7 @@ class GenerationTab:
     hires_accordion: gr.Accordion | None = None
     hires_info: gr.HTML | None = None
     send_buttons: dict[str, gr.Button] = field(default_factory=dict)  # target tab id → "Send to" button
+    lora: extra_networks.LoraCards | None = None  # the "Lora" tab beside "Generation"
     extra_values: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # tab-specific request fields
     # Tab-specific generation (img2img Batch): returns the update stream, or None to generate as usual.
     runner: Callable[[AppContext, GenerationTab, dict[str, Any]], Iterator[dict[Component, Any]] | None] | None = None
@@ -215,11 +216,17 @@ def build_tab(ctx: AppContext, tabname: str = "txt2img") -> GenerationTab:
     """Lay out a generation tab (call inside its ``gr.Tab``); events are wired by ``ui.generation``."""
     t = GenerationTab(tabname=tabname)
     build_toprow(t)
-    with gr.Row(equal_height=False, elem_id=f"{tabname}_extra_row"):
-        with gr.Column(scale=1, elem_id=f"{tabname}_settings"):
-            build_settings_column(ctx, t)
-            t.hires_info = hires.build(ctx, t)
-            refiner.build(ctx, t)
-        with gr.Column(scale=1, elem_id=f"{tabname}_results"):
-            build_output_column(t)
+    with gr.Tabs(elem_id=f"{tabname}_extra_tabs"):
+        with (
+            gr.Tab("Generation", id=f"{tabname}_generation_tab", elem_id=f"{tabname}_generation_tab"),
+            gr.Row(equal_height=False, elem_id=f"{tabname}_extra_row"),
+        ):
+            with gr.Column(scale=1, elem_id=f"{tabname}_settings"):
+                build_settings_column(ctx, t)
+                t.hires_info = hires.build(ctx, t)
+                refiner.build(ctx, t)
+            with gr.Column(scale=1, elem_id=f"{tabname}_results"):
+                build_output_column(t)
+        with gr.Tab("Lora", id=f"{tabname}_lora", elem_id=f"{tabname}_lora_tab"):
+            t.lora = extra_networks.build(ctx, t)
     return t

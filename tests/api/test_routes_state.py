@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import requests
-import torch
 
 from tests.api.conftest import info_of
 
@@ -239,22 +238,15 @@ def test_sampler_aliases_and_case_are_accepted(server, sampler, scheduler, name)
 
 
 def test_loras_are_listed_and_a_tag_merges_one(server, tiny_models_dir):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from tests.support.tiny_loras import write_tiny_lora
 
-    from modules.engine.lora_names import lora_targets
-
-    with safe_open(str(tiny_models_dir / "sd1.safetensors"), "pt") as file:
-        shapes = {key: file.get_slice(key).get_shape() for key in file.keys()}  # noqa: SIM118 (safe_open has no iter)
-    name = next(n for n in lora_targets(shapes) if n.startswith("lora_unet_down_blocks_") and n.endswith("attn1_to_q"))
-    out, width = shapes[lora_targets(shapes)[name].key]
     folder = server.data_dir / "models" / "Lora"
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{name}.lora_down.weight": torch.ones(2, width), f"{name}.lora_up.weight": torch.ones(out, 2) * 0.1}
-    save_file(tensors, str(folder / "api_lora.safetensors"), metadata={"ss_output_name": "api_lora"})
+    lora = write_tiny_lora(
+        tiny_models_dir / "sd1.safetensors", folder / "api_lora.safetensors", metadata={"ss_output_name": "api_lora"}
+    )
     assert server.post("refresh-loras").json() is None
     (item,) = server.get("loras").json()
-    assert item["name"] == item["alias"] == "api_lora" and item["path"].endswith("Lora/api_lora.safetensors")
+    assert item["name"] == item["alias"] == "api_lora" and item["path"] == str(lora)
     assert item["metadata"] == {"ss_output_name": "api_lora"}
     plain = info_of(server.txt2img(prompt="a cat", seed=3))
     tagged = server.txt2img(prompt="a cat <lora:api_lora:0.5>", seed=3)

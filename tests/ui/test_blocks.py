@@ -154,6 +154,12 @@ def test_tabs_labels_ids_and_order(page):
         ("Settings", "settings", "tab_settings"),
     ]
     assert by_id["tabs"]["type"] == "tabs"
+    for tab in ("txt2img", "img2img"):  # A1111's extra-network tabs beside the generation controls
+        inner = [
+            (p["label"], p["elem_id"]) for p in tabs if p["elem_id"].startswith(f"{tab}_") and "_tab" in p["elem_id"]
+        ]
+        assert inner[:1] == [("Generation", f"{tab}_generation_tab")] and ("Lora", f"{tab}_lora_tab") in inner
+        assert by_id[f"{tab}_lora_cards"]["type"] == "gallery"
 
 
 @pytest.mark.parametrize(

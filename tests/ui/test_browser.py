@@ -347,3 +347,29 @@ def test_inpaint_draw_mask_and_generate(page, server, tmp_path):
     page.locator("#img2img_gallery img").first.wait_for()
     assert "Denoising strength" in info.inner_text()
     _screenshot(page, tmp_path, "img2img_inpaint_done.png")
+
+
+def test_a_lora_card_puts_its_tag_in_the_prompt_and_the_image_uses_it(page, server, tiny_models_dir):
+    from tests.support.tiny_loras import write_tiny_lora
+
+    write_tiny_lora(tiny_models_dir / "sd1.safetensors", server.data_dir / "models" / "Lora" / "inkwash.safetensors")
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a boat")
+    page.locator("#txt2img_extra_tabs button[role=tab]", has_text="Lora").click()
+    page.locator("#txt2img_lora_extra_refresh").click()  # the file is newer than the page
+    card = page.locator("#txt2img_lora_cards button", has_text="inkwash").first
+    card.click()
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value.includes('<lora:')")
+    assert prompt.input_value() == "a boat <lora:inkwash:1>"
+    page.locator("#txt2img_extra_tabs button[role=tab]", has_text="Generation").click()
+    _set_number(page, "txt2img_steps", 3)
+    _set_number(page, "txt2img_width", 64)
+    _set_number(page, "txt2img_height", 64)
+    page.locator("#txt2img_generate").click()
+    info = page.locator("#html_info_txt2img").filter(has_text="Lora hashes")
+    info.wait_for()
+    assert "a boat <lora:inkwash:1>" in info.inner_text() and 'Lora hashes: "inkwash: ' in info.inner_text()
+    page.locator("#txt2img_extra_tabs button[role=tab]", has_text="Lora").click()
+    card.click()  # a second click takes the tag out again
+    page.wait_for_function("() => !document.querySelector('#txt2img_prompt textarea').value.includes('<lora:')")
+    assert prompt.input_value() == "a boat"
