@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session of measurements (the device's 10-minute command limit: run the parts as separate calls).
 #
-#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|tests|all|none]
+#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|lora|tests|all|none]
 #
 # Writes full-size sd1/sdxl checkpoints to /tmp/ck once (≈70 s), then:
 #   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
@@ -13,6 +13,7 @@
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
 #   w6       W6 (a new process to its first image) four times                                  ≈ 30 s
 #   app      app_start: the whole app (webui.py --api): a first start, two restarts; page and first jobs    ≈ 1 min
+#   lora     lora_probe: merge, restore and switch times of a rank-32 LoRA, the job with it (SD1.5, SDXL)   ≈ 2 min
 #   tests    the pytest tests marked gpu (``-m gpu``: .pytest.ini leaves them out everywhere else)             ≈ 2 min
 # Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
 # and .whl-app/ (gradio, fastapi, pydantic… that the machine lacks: the app) when those folders exist. Carry .whl for
@@ -25,7 +26,7 @@
 # semantic_version tomlkit pydub python_multipart pytz truststore opentelemetry_api importlib_metadata omegaconf
 # torchsde trampoline (requirements.txt's versions; the rest is on the machine, KINDS.md).
 set -uo pipefail
-out="${1:?usage: run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|tests|all|none]}"
+out="${1:?usage: run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|lora|tests|all|none]}"
 what="${2:-all}"
 mkdir -p "${out}" /tmp/ck
 for wheels in .whl .whl-app; do
@@ -87,6 +88,10 @@ fi
 if run app; then
     python3 -m tests.gpu.app_start /tmp/ck/sd1.safetensors --runs 3 --restarts --out "${out}/app_start.json" \
         > "${out}/app_start.log" 2>&1
+fi
+if run lora; then
+    python3 -m tests.gpu.lora_probe /tmp/ck/sd1.safetensors /tmp/ck/sdxl.safetensors --out "${out}/lora_probe.json" \
+        > "${out}/lora_probe.log" 2>&1
 fi
 if run tests; then
     python3 -m pytest -m gpu -q tests/gpu > "${out}/gpu_tests.txt" 2>&1
