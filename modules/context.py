@@ -21,6 +21,7 @@ from typing import Any
 from modules.engine import hires, refiner, scripts
 from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
 from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
+from modules.engine.embeddings import Embedding, EmbeddingLibrary, model_widths
 from modules.engine.extras import ExtrasOptions, run_extras
 from modules.engine.images import encode_image, read_infotext
 from modules.engine.infotext import infotext_to_request_fields, parse_infotext
@@ -94,6 +95,7 @@ class AppContext:
         set_kernel_cache_dirs(self.flags.data_dir / "cache")
         self.upscalers = UpscalerRegistry(list(self.flags.upscaler_dirs))
         self.loras = LoraLibrary(self.flags.lora_path)
+        self.embeddings = EmbeddingLibrary(self.flags.embeddings_path)
         self.refresh_checkpoints()
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
@@ -262,6 +264,7 @@ class AppContext:
             upscaler_names=names,
             load_model=loader,
             loras=self.loras,
+            embedding_library=self.embeddings,
         )
         paths, grid = save_outputs(result, request, snapshot, self.flags.data_dir, save=save)
         info = build_info(result, request, model.checkpoint, options)
@@ -301,6 +304,23 @@ class AppContext:
         """Schedule-type labels as the UI shows them (``Automatic`` first)."""
         return [s["label"] for s in schedule_list()]
 
+    def embedding_list(self) -> dict[str, dict[str, dict[str, object]]]:
+        """``/sdapi/v1/embeddings``: those that fit the loaded model (``loaded``), and the rest (``skipped``)."""
+        current = self.models.current
+        encoders = (current.components.text_encoder, current.components.text_encoder_2) if current else ()
+        usable, skipped = self.embeddings.for_model(model_widths(encoders))
+
+        def item(embedding: Embedding) -> dict[str, object]:
+            return {
+                "step": embedding.info.get("step"),
+                "sd_checkpoint": embedding.info.get("sd_checkpoint"),
+                "sd_checkpoint_name": embedding.info.get("sd_checkpoint_name"),
+                "shape": max(embedding.vectors),
+                "vectors": embedding.count,
+            }
+
+        return {"loaded": {n: item(e) for n, e in usable.items()}, "skipped": {n: item(e) for n, e in skipped.items()}}
+
     def lora_files(self, *, rescan: bool = False) -> list[LoraFile]:
         """The LoRA files of ``models/Lora`` (``--lora-dir``), scanning the folder again with ``rescan``."""
         return self.loras.refresh() if rescan else self.loras.files()
@@ -309,7 +329,8 @@ class AppContext:
         """Token count of ``text`` and the chunk limit it falls in (the UI's ``N/75`` counter; tags not counted)."""
         current = self.models.current
         tokenizer = current.components.tokenizer if current is not None else clip_tokenizer()
-        return count_tokens(tokenizer, EXTRA_NETWORK_TAG.sub("", text))
+        index = current.components.embeddings if current is not None else None
+        return count_tokens(tokenizer, EXTRA_NETWORK_TAG.sub("", text), embeddings=index)
 
     @staticmethod
     def read_image_info(image: Any) -> tuple[str | None, dict[str, Any]]:

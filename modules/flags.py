@@ -36,6 +36,7 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
         for kind in ("esrgan", "realesrgan", "dat", "bsrgan", "scunet", "swinir")
     ),
     ("--lora-dir", {**_STR, "help": "folder of LoRA networks (default <models-dir>/Lora)"}),
+    ("--embeddings-dir", {**_STR, "help": "folder of textual-inversion embeddings (default <data-dir>/embeddings)"}),
     ("--ckpt", {**_STR, "help": "checkpoint to add to the list and load"}),
     ("--no-download-sd-model", {"action": "store_true", "help": "do not download SD1.5 when no checkpoint exists"}),
     ("--use-cpu", {"nargs": "+", "default": [], "help": "modules to run on the CPU ('all' or 'sd')"}),
@@ -151,7 +152,6 @@ _IGNORED_VALUE: tuple[str, ...] = (
     "--config",
     "--vae-dir",
     "--vae-path",
-    "--embeddings-dir",
     "--hypernetwork-dir",
     "--codeformer-models-path",
     "--gfpgan-models-path",
@@ -236,6 +236,7 @@ class LaunchFlags(BaseModel):
     compile: bool = False
     bf16: bool = False
     lora_dir: Path | None = None
+    embeddings_dir: Path | None = None
     esrgan_models_path: Path | None = None
     realesrgan_models_path: Path | None = None
     dat_models_path: Path | None = None
@@ -259,6 +260,11 @@ class LaunchFlags(BaseModel):
     def lora_path(self) -> Path:
         """``--lora-dir`` or ``models/Lora``: where ``<lora:name:…>`` prompt tags find their files."""
         return self.lora_dir if self.lora_dir is not None else self.models_path / "Lora"
+
+    @property
+    def embeddings_path(self) -> Path:
+        """``--embeddings-dir`` or ``<data-dir>/embeddings``: textual-inversion embeddings named in prompts."""
+        return self.embeddings_dir if self.embeddings_dir is not None else self.data_dir / "embeddings"
 
     @property
     def upscaler_dirs(self) -> tuple[Path, ...]:

@@ -75,6 +75,8 @@ def test_every_ignored_flag_is_registered():
 
 
 def test_ignored_flags_reported():
-    flags = parse_flags(["--xformers", "--embeddings-dir", "x", "--lora-dir", "y", "--port", "1"], environ={})
-    assert ignored_flags_used(flags) == ["--embeddings-dir", "--xformers"]
+    argv = ["--xformers", "--hypernetwork-dir", "x", "--lora-dir", "y", "--embeddings-dir", "z", "--port", "1"]
+    flags = parse_flags(argv, environ={})
+    assert ignored_flags_used(flags) == ["--hypernetwork-dir", "--xformers"]
     assert flags.lora_path == Path("y") and parse_flags([], environ={}).lora_path.parts[-2:] == ("models", "Lora")
+    assert flags.embeddings_path == Path("z") and parse_flags([], environ={}).embeddings_path.name == "embeddings"

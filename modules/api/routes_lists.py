@@ -48,7 +48,7 @@ _EMPTY_LISTS: tuple[tuple[str, type], ...] = (
     ("/extensions", ExtensionItem),
 )
 # Refresh actions with nothing to rescan yet: they succeed and return null, as A1111's do.
-_NOOP_REFRESH = ("/refresh-vae", "/refresh-embeddings")
+_NOOP_REFRESH = ("/refresh-vae",)
 _STOP_DELAY_S = 0.5
 
 
@@ -68,6 +68,7 @@ def create_lists_router(server_stop: bool) -> APIRouter:
         router.add_api_route(path, empty_list, methods=["GET"], response_model=list[item], name=path.strip("/"))
     router.add_api_route("/loras", loras, methods=["GET"], response_model=list[LoraItem])
     router.add_api_route("/refresh-loras", refresh_loras, methods=["POST"])
+    router.add_api_route("/refresh-embeddings", refresh_embeddings, methods=["POST"])
     router.add_api_route("/refresh-checkpoints", refresh_checkpoints, methods=["POST"])
     for path in _NOOP_REFRESH:
         router.add_api_route(path, refresh_nothing, methods=["POST"], name=path.strip("/"))
@@ -115,9 +116,9 @@ def latent_upscale_modes() -> list[NameItem]:
     return [NameItem(name=name) for name in LATENT_UPSCALE_MODES]
 
 
-def embeddings() -> EmbeddingsResponse:
-    """Textual-inversion embeddings: none are loaded by this version."""
-    return EmbeddingsResponse()
+def embeddings(ctx: Ctx) -> EmbeddingsResponse:
+    """Textual-inversion embeddings of ``embeddings/``: those that fit the loaded model, and the skipped ones."""
+    return EmbeddingsResponse(**ctx.embedding_list())
 
 
 def script_info(ctx: Ctx) -> list[dict[str, object]]:
@@ -142,7 +143,13 @@ def refresh_checkpoints(ctx: Ctx) -> None:
 
 
 def refresh_nothing() -> None:
-    """Refresh a list that has no sources yet (VAEs, embeddings)."""
+    """Refresh a list that has no sources yet (VAEs)."""
+
+
+def refresh_embeddings(ctx: Ctx) -> None:
+    """Read the embeddings folder again (every job does too: new and changed files are picked up by themselves)."""
+    loaded = ctx.embedding_list()["loaded"]
+    logger.info("Embeddings refreshed: %d usable", len(loaded))
 
 
 def loras(ctx: Ctx) -> list[LoraItem]:

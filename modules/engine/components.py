@@ -42,6 +42,7 @@ class ModelComponents:
         unet: The denoising UNet.
         vae: The autoencoder.
         offload_hooks: The hooks of the memory mode, when it offloads (set by ``offload.apply_mode``).
+        embeddings: The textual-inversion embeddings its prompts may name (set for each job by the pipeline).
         schedule: The noise schedule (``num_train_timesteps``, ``beta_start``/``beta_end``, ``beta_schedule``,
             ``prediction_type``), read by ``sampling.DiscreteModel.from_config``.
     """
@@ -54,6 +55,7 @@ class ModelComponents:
     tokenizer: Any = field(default=None, repr=False)
     tokenizer_2: Any = field(default=None, repr=False)
     offload_hooks: Any = field(default=None, repr=False)  # engine/offload.py's ModelOffload / SequentialOffload
+    embeddings: Any = field(default=None, repr=False)  # engine/embeddings.py's EmbeddingIndex, set per job
 
     def models(self) -> dict[str, torch.nn.Module]:
         """The networks by name, in the order a job uses them (text encoders, UNet, VAE)."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import hires, img2img, kernel_build, kloop, lora, offload, scripts
+from modules.engine import embeddings, hires, img2img, kernel_build, kloop, lora, offload, scripts
 from modules.engine.accel import graphs_enabled, start_queued_compiles
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
@@ -43,6 +43,7 @@ def generate(
     upscaler_names: list[str] | None = None,
     load_model: Callable[[str], LoadedModel] | None = None,
     loras: lora.LoraLibrary | None = None,
+    embedding_library: embeddings.EmbeddingLibrary | None = None,
 ) -> GenerationResult:
     """Run a txt2img or img2img job (see ``_generate``), retrying once in a lighter memory mode on out of memory.
 
@@ -54,7 +55,7 @@ def generate(
         InvalidRequestError: For an out-of-range field or an unknown sampler/schedule.
         OutOfMemoryError: The device ran out of memory twice; its cache was emptied so the next job can run.
     """
-    args = (model, request, options, controls, on_step, upscaler, upscaler_names, load_model, loras)
+    args = (model, request, options, controls, on_step, upscaler, upscaler_names, load_model, loras, embedding_library)
     preferred = model.preferred_mode or model.memory_mode
     if model.memory_mode != preferred:  # an earlier out of memory left it lighter: try the faster mode again
         try:
@@ -140,6 +141,7 @@ def _generate(
     upscaler_names: list[str] | None = None,
     load_model: Callable[[str], LoadedModel] | None = None,
     loras: lora.LoraLibrary | None = None,
+    embedding_library: embeddings.EmbeddingLibrary | None = None,
 ) -> GenerationResult:
     """Run ``n_iter`` batches of ``batch_size`` images (txt2img, or img2img when init images are given).
 
@@ -153,6 +155,7 @@ def _generate(
         upscaler_names: The names ``upscaler`` knows, to check ``hr_upscaler`` before any work.
         load_model: Loads another checkpoint by name (the refiner).
         loras: The LoRA files that ``<lora:…>`` tags name (engine/lora.py).
+        embedding_library: The textual-inversion embeddings prompts may name (engine/embeddings.py).
 
     Returns:
         The images with their seeds and infotexts; ``interrupted`` is set if the job was stopped.
@@ -173,7 +176,9 @@ def _generate(
     # the prompts as encoded: without their extra-network tags (the infotext keeps them); the tags' LoRAs merged
     encoded, lora_tags = _without_tags(request)
     network_extras = lora.activate(model, lora_tags, loras)
-    load_model = _without_networks(load_model, model, loras)
+    texts = (encoded.prompt, encoded.negative_prompt, encoded.hr_prompt, encoded.hr_negative_prompt)
+    network_extras |= embeddings.activate(model.components, embedding_library, texts)
+    load_model = _other_models(load_model, model, loras, embedding_library)
     refiner = RefinerRun.create(encoded, load_model)
     # 2. Fix the seeds for every image of the job.
     seed = fix_seed(request.seed)
@@ -321,10 +326,13 @@ def _without_tags(request: GenerationRequest) -> tuple[GenerationRequest, list[l
     return dataclasses.replace(request, prompt=prompt, **others), tags
 
 
-def _without_networks(
-    load_model: Callable[[str], LoadedModel] | None, main: LoadedModel, loras: lora.LoraLibrary | None
+def _other_models(
+    load_model: Callable[[str], LoadedModel] | None,
+    main: LoadedModel,
+    loras: lora.LoraLibrary | None,
+    embedding_library: embeddings.EmbeddingLibrary | None,
 ) -> Callable[[str], LoadedModel] | None:
-    """``load_model`` for the job's other checkpoints (refiner, hires): those run without LoRAs.
+    """``load_model`` for the job's other checkpoints (refiner, hires): those run without LoRAs, with embeddings.
 
     A model kept in the RAM cache may still hold the LoRAs of a job in which it was the main model.
     """
@@ -335,6 +343,7 @@ def _without_networks(
         other = load_model(name)
         if other.components is not main.components:
             lora.activate(other, [], loras)
+            embeddings.activate(other.components, embedding_library, ())
         return other
 
     return load

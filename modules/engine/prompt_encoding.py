@@ -13,7 +13,10 @@ from modules.engine.types import ModelType
 from modules.errors import InvalidRequestError
 
 if TYPE_CHECKING:
+    from modules.engine.embeddings import Embedding
     from modules.engine.prompts import PromptChunk, TokenizedPrompt
+
+    Fixes = tuple[tuple[int, Embedding], ...]  # a chunk's embeddings: (offset after BOS, embedding)
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +107,28 @@ def _pad_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tens
     return torch.where(positions > first_eos, torch.full_like(tokens, pad_id), tokens)
 
 
-def _run(encoder: _Encoder, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _inputs_embeds(te: Any, ids: torch.Tensor, fixes: Sequence[Fixes]) -> torch.Tensor | None:
+    """The token vectors of ``ids`` with each row's textual-inversion embeddings put in (None when there are none)."""
+    if not any(fixes):
+        return None
+    vectors = te.token_embedding(ids)
+    width = vectors.shape[-1]
+    for row, row_fixes in enumerate(fixes):
+        for offset, embedding in row_fixes:  # offset counts from after BOS
+            matrix = embedding.vectors[width].to(device=vectors.device, dtype=vectors.dtype)
+            vectors[row, 1 + offset : 1 + offset + matrix.shape[0]] = matrix
+    return vectors
+
+
+def _run(
+    encoder: _Encoder, tokens: torch.Tensor, fixes: Sequence[Fixes] = ()
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Encode one chunk batch ``(B, 77)``; return the hidden state ``(B, 77, C)`` and pooled ``(B, P)`` or None."""
     te = encoder.text_encoder
     ids = _pad_after_eos(tokens, encoder.eos_id, encoder.pad_id).to(te.device)
-    out = te(input_ids=ids, output_hidden_states=encoder.layer is not None)
+    embeds = _inputs_embeds(te, ids, fixes)
+    extra = {"inputs_embeds": embeds} if embeds is not None else {}
+    out = te(input_ids=ids, output_hidden_states=encoder.layer is not None, **extra)
     hidden = out.last_hidden_state if encoder.layer is None else out.hidden_states[encoder.layer]
     if encoder.final_norm:
         hidden = te.final_layer_norm(hidden)
@@ -132,9 +152,9 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor, mode: str) -> tor
     return z
 
 
-def _empty_chunk(bos: int, eos: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Return the tokens and weights of an empty chunk: BOS followed by 76 EOS."""
-    return (bos, *([eos] * 76)), (1.0,) * 77
+def _empty_chunk(bos: int, eos: int) -> tuple[tuple[int, ...], tuple[float, ...], Fixes]:
+    """Return the tokens, weights and (no) embeddings of an empty chunk: BOS followed by 76 EOS."""
+    return (bos, *([eos] * 76)), (1.0,) * 77, ()
 
 
 def _encode_side(
@@ -150,7 +170,7 @@ def _encode_side(
             rows = [_chunk_row(p.chunks[i]) if i < len(p.chunks) else empty for p in prompts]
             tokens = torch.tensor([r[0] for r in rows], dtype=torch.long)
             weights = torch.tensor([r[1] for r in rows], dtype=torch.float32)
-            hidden, chunk_pooled = _run(encoder, tokens)
+            hidden, chunk_pooled = _run(encoder, tokens, [r[2] for r in rows])
             outputs.append(apply_emphasis(hidden, weights, emphasis))
             if i == 0 and chunk_pooled is not None:
                 pooled = chunk_pooled
@@ -158,9 +178,9 @@ def _encode_side(
     return torch.cat(per_encoder, dim=2), pooled
 
 
-def _chunk_row(chunk: PromptChunk) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Return a chunk's tokens and multipliers."""
-    return chunk.tokens, chunk.multipliers
+def _chunk_row(chunk: PromptChunk) -> tuple[tuple[int, ...], tuple[float, ...], Fixes]:
+    """Return a chunk's tokens, multipliers and embeddings."""
+    return chunk.tokens, chunk.multipliers, chunk.fixes
 
 
 def encode_chunks(

@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,9 +26,13 @@ from modules.engine.prompt_encoding import EMPHASIS_MODES, PromptEmbeddings, enc
 from modules.engine.types import ModelType
 from modules.errors import InvalidRequestError
 
+if TYPE_CHECKING:
+    from modules.engine.embeddings import Embedding, EmbeddingIndex
+
 logger = logging.getLogger(__name__)
 
 CHUNK_LENGTH = 75
+EMBEDDING_PLACEHOLDER = 0  # the id at an embedding's positions (A1111's); the encoder puts its vectors there
 BREAK_MARKER = ("BREAK", -1.0)
 """The ``(text, weight)`` item ``parse_prompt_attention`` emits for BREAK (weight −1, as A1111)."""
 
@@ -135,10 +139,15 @@ def _merge_runs(res: list[list[Any]]) -> list[tuple[str, float]]:
 
 @dataclass(frozen=True, slots=True)
 class PromptChunk:
-    """One 77-token window: BOS + 75 tokens (padded with EOS) + EOS, and a weight per position."""
+    """One 77-token window: BOS + 75 tokens (padded with EOS) + EOS, and a weight per position.
+
+    ``fixes``: textual-inversion embeddings as (offset after BOS, embedding); their positions hold placeholder ids
+    whose vectors the encoder replaces (engine/embeddings.py).
+    """
 
     tokens: tuple[int, ...]
     multipliers: tuple[float, ...]
+    fixes: tuple[tuple[int, Embedding], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +166,7 @@ class _ChunkBuilder:
         self.chunks: list[PromptChunk] = []
         self.tokens: list[int] = []
         self.weights: list[float] = []
+        self.fixes: list[tuple[int, Embedding]] = []
         self.last_comma = -1
         self.token_count = 0
 
@@ -166,12 +176,15 @@ class _ChunkBuilder:
         pad = CHUNK_LENGTH - len(self.tokens)
         tokens = [self.bos, *self.tokens, *([self.eos] * pad), self.eos]
         weights = [1.0, *self.weights, *([1.0] * pad), 1.0]
-        self.chunks.append(PromptChunk(tuple(tokens), tuple(weights)))
-        self.tokens, self.weights, self.last_comma = [], [], -1
+        self.chunks.append(PromptChunk(tuple(tokens), tuple(weights), tuple(self.fixes)))
+        self.tokens, self.weights, self.fixes, self.last_comma = [], [], [], -1
 
-    def add(self, token: int, weight: float) -> None:
-        """Append one token; a full chunk is closed first, moving the words after a recent comma along."""
-        if token == self.comma:
+    def _make_room(self, token: int | None) -> None:
+        """Before a token (None: an embedding): note a comma, and close a full chunk.
+
+        The words after a recent comma move along to the next chunk, embeddings among them with their vectors.
+        """
+        if token is not None and token == self.comma:
             self.last_comma = len(self.tokens)
         elif (
             self.backtrack
@@ -181,17 +194,37 @@ class _ChunkBuilder:
         ):
             cut = self.last_comma + 1
             moved_tokens, moved_weights = self.tokens[cut:], self.weights[cut:]
+            moved_fixes = [(offset - cut, e) for offset, e in self.fixes if offset >= cut]
             self.tokens, self.weights = self.tokens[:cut], self.weights[:cut]
+            self.fixes = [(offset, e) for offset, e in self.fixes if offset < cut]
             self.close()
-            self.tokens, self.weights = moved_tokens, moved_weights
+            self.tokens, self.weights, self.fixes = moved_tokens, moved_weights, moved_fixes
         if len(self.tokens) == CHUNK_LENGTH:
             self.close()
+
+    def add(self, token: int, weight: float) -> None:
+        """Append one token."""
+        self._make_room(token)
         self.tokens.append(token)
         self.weights.append(weight)
 
+    def add_embedding(self, embedding: Embedding, weight: float) -> None:
+        """Append an embedding's vectors; one that does not fit in the rest of the chunk starts the next (A1111)."""
+        self._make_room(None)
+        if len(self.tokens) + embedding.count > CHUNK_LENGTH:
+            self.close()
+        self.fixes.append((len(self.tokens), embedding))
+        self.tokens += [EMBEDDING_PLACEHOLDER] * embedding.count
+        self.weights += [weight] * embedding.count
+
 
 def tokenize_prompt(
-    tokenizer: Any, text: str, *, emphasis: str = "Original", comma_padding_backtrack: int = 20
+    tokenizer: Any,
+    text: str,
+    *,
+    emphasis: str = "Original",
+    comma_padding_backtrack: int = 20,
+    embeddings: EmbeddingIndex | None = None,
 ) -> TokenizedPrompt:
     """Cut a prompt into weighted 77-token chunks as A1111 does (``tokenize_line`` in sd_hijack_clip).
 
@@ -201,6 +234,7 @@ def tokenize_prompt(
         emphasis: ``"None"`` keeps brackets (and BREAK) as literal text; other modes parse them.
         comma_padding_backtrack: When a chunk fills up, the tokens after a comma within this many last tokens move
             to the next chunk; 0 disables.
+        embeddings: Textual-inversion embeddings whose names become their vectors.
 
     Returns:
         At least one chunk; ``token_count`` counts earlier chunks as 75 each plus the tokens of the last one.
@@ -214,16 +248,27 @@ def tokenize_prompt(
         if run == BREAK_MARKER:
             builder.close()
             continue
-        for token in next(ids):
-            builder.add(token, run[1])
+        tokens = next(ids)
+        position = 0
+        while position < len(tokens):
+            found = embeddings.match(tokens, position) if embeddings is not None else None
+            if found is None:
+                builder.add(tokens[position], run[1])
+                position += 1
+            else:
+                builder.add_embedding(found[1], run[1])
+                position += found[0]
     if builder.tokens or not builder.chunks:
         builder.close(is_last=True)
     return TokenizedPrompt(tuple(builder.chunks), builder.token_count)
 
 
-def count_tokens(tokenizer: Any, text: str, *, comma_padding_backtrack: int = 20) -> tuple[int, int]:
+def count_tokens(
+    tokenizer: Any, text: str, *, comma_padding_backtrack: int = 20, embeddings: EmbeddingIndex | None = None
+) -> tuple[int, int]:
     """Return ``(tokens, next multiple of 75)`` for the UI's ``N/75`` counter (``0/75`` for an empty prompt)."""
-    count = tokenize_prompt(tokenizer, text, comma_padding_backtrack=comma_padding_backtrack).token_count
+    options = {"comma_padding_backtrack": comma_padding_backtrack, "embeddings": embeddings}
+    count = tokenize_prompt(tokenizer, text, **options).token_count
     return count, math.ceil(max(count, 1) / CHUNK_LENGTH) * CHUNK_LENGTH
 
 
@@ -264,14 +309,13 @@ def encode_prompt_pair(
         raise InvalidRequestError(f"Unknown emphasis {emphasis!r}; use one of: {', '.join(EMPHASIS_MODES)}")
     tokenizer = parts.tokenizer if getattr(parts, "tokenizer", None) is not None else parts.tokenizer_2
     # 2. Cut every prompt into chunks, with one tokenizer (SDXL's two share the CLIP vocabulary).
-    cond = [
-        tokenize_prompt(tokenizer, p, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
-        for p in prompts
-    ]
-    uncond = [
-        tokenize_prompt(tokenizer, p, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
-        for p in negative_prompts
-    ]
+    options = {
+        "emphasis": emphasis,
+        "comma_padding_backtrack": comma_padding_backtrack,
+        "embeddings": getattr(parts, "embeddings", None),
+    }
+    cond = [tokenize_prompt(tokenizer, p, **options) for p in prompts]
+    uncond = [tokenize_prompt(tokenizer, p, **options) for p in negative_prompts]
     # 3. Encode both sides with the same chunk count; SDXL zeroes an all-empty negative side (as A1111 and sgm).
     n_chunks = max(len(t.chunks) for t in (*cond, *uncond))
     zero_uncond = (
@@ -300,9 +344,12 @@ def encode_group(
     whole batch. An all-empty negative batch of an SDXL model gives zeros, as in ``encode_prompt_pair``.
     """
     tokenizer = parts.tokenizer if getattr(parts, "tokenizer", None) is not None else parts.tokenizer_2
-    tokens = [
-        tokenize_prompt(tokenizer, t, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack) for t in texts
-    ]
+    options = {
+        "emphasis": emphasis,
+        "comma_padding_backtrack": comma_padding_backtrack,
+        "embeddings": getattr(parts, "embeddings", None),
+    }
+    tokens = [tokenize_prompt(tokenizer, t, **options) for t in texts]
     n_chunks = max(len(t.chunks) for t in tokens)
     context, pooled = encode_one_side(parts, model_type, tokens, n_chunks, clip_skip=clip_skip, emphasis=emphasis)
     zero = negative and model_type.is_sdxl and all(t == "" for t in texts)

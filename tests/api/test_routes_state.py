@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import requests
+import torch
 
 from tests.api.conftest import info_of
 
@@ -255,3 +256,21 @@ def test_loras_are_listed_and_a_tag_merges_one(server, tiny_models_dir):
     response = server.post("txt2img", {"prompt": "a cat <lora:missing:1>", "width": 64, "height": 64, "steps": 2})
     assert response.status_code == 422 and "LoRA 'missing' not found" in response.text and "api_lora" in response.text
     assert len(server.txt2img()["images"]) == 1
+
+
+def test_embeddings_are_listed_for_the_loaded_model_and_named_in_the_infotext(server):
+    from safetensors.torch import save_file
+
+    assert info_of(server.txt2img())["sd_model_name"] == "sd1"  # the tiny SD1 is loaded
+    width = server.ctx.models.current.components.text_encoder.token_embedding.weight.shape[1]
+    folder = server.data_dir / "embeddings"
+    folder.mkdir(exist_ok=True)
+    save_file({"emb_params": torch.randn(3, width)}, str(folder / "grainy.safetensors"))
+    save_file({"emb_params": torch.randn(2, width + 8)}, str(folder / "other_model.safetensors"))
+    assert server.post("refresh-embeddings").status_code == 200
+    listing = server.get("embeddings").json()
+    assert listing["loaded"]["grainy"]["vectors"] == 3 and listing["loaded"]["grainy"]["shape"] == width
+    assert listing["skipped"]["other_model"]["shape"] == width + 8
+    body = server.txt2img(prompt="a photo, grainy", negative_prompt="other_model")
+    infotext = info_of(body)["infotexts"][0]
+    assert 'TI hashes: "grainy: ' in infotext and "other_model:" not in infotext

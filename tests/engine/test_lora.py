@@ -161,16 +161,16 @@ def test_the_library_lists_sub_folders_and_reads_metadata(case):
 
 
 def test_the_jobs_other_checkpoints_run_without_the_loras_a_cached_model_still_holds(case, load_tiny):
-    from modules.engine.pipeline import _without_networks
+    from modules.engine.pipeline import _other_models
 
     _, library, _, paths = case
     other = load_tiny(paths["base"])
     base, _ = _image(other, "a red cat", library)
     _image(other, "a red cat <lora:detail>", library)  # a job in which it was the main model merged the LoRA
     main = load_tiny(paths["merged"])
-    loaded = _without_networks(lambda name: other, main, library)("base")  # as a refiner or hires checkpoint
+    loaded = _other_models(lambda name: other, main, library, None)("base")  # as a refiner or hires checkpoint
     assert loaded is other and other.merged_loras == ()
     assert np.array_equal(_image(other, "a red cat", library)[0], base)
-    same = _without_networks(lambda name: main, main, library)
+    same = _other_models(lambda name: main, main, library, None)
     _image(main, "a red cat <lora:detail>", library)
     assert same("merged").merged_loras != ()  # the main model itself keeps its LoRAs

@@ -222,12 +222,17 @@ class TextEncoder(nn.Module):
         """The device of the weights."""
         return self.token_embedding.weight.device
 
-    def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False) -> TextEncoderOutput:
+    def forward(
+        self, input_ids: torch.Tensor, output_hidden_states: bool = False, inputs_embeds: torch.Tensor | None = None
+    ) -> TextEncoderOutput:
         """Encode token ids ``(B, T)`` (T ≤ ``max_position_embeddings``); no host synchronisation.
 
-        Only the causal mask is applied: padding tokens are attended to, as by transformers without a mask.
+        ``inputs_embeds`` (B, T, C) replaces the token vectors of ``input_ids`` (textual inversion), which still
+        locate the EOS token for the pooled output. Only the causal mask is applied: padding tokens are attended to,
+        as by transformers without a mask.
         """
-        x = self.token_embedding(input_ids) + self.positional_embedding[: input_ids.shape[-1]]
+        tokens = self.token_embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        x = tokens + self.positional_embedding[: input_ids.shape[-1]]
         states = [x] if output_hidden_states else None
         for block in self.transformer.resblocks:
             x = block(x)
