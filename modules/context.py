@@ -38,7 +38,7 @@ from modules.engine.types import (
     CheckpointInfo,
     GenerationOptions,
     GenerationRequest,
-    LoraFile,
+    NetworkFile,
     SamplerSettings,
 )
 from modules.engine.upscalers import UpscalerRegistry
@@ -321,7 +321,12 @@ class AppContext:
 
         return {"loaded": {n: item(e) for n, e in usable.items()}, "skipped": {n: item(e) for n, e in skipped.items()}}
 
-    def lora_files(self, *, rescan: bool = False) -> list[LoraFile]:
+    def embedding_files(self) -> list[NetworkFile]:
+        """The embedding files of ``embeddings/`` (read again when they change), whatever model they fit."""
+        found, _ = self.embeddings.scan()
+        return [NetworkFile(e.name, e.path) for e in found.values()]
+
+    def lora_files(self, *, rescan: bool = False) -> list[NetworkFile]:
         """The LoRA files of ``models/Lora`` (``--lora-dir``), scanning the folder again with ``rescan``."""
         return self.loras.refresh() if rescan else self.loras.files()
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from modules.engine.lora_names import LoraTarget, lora_targets
-from modules.engine.types import LoraFile
+from modules.engine.types import NetworkFile
 from modules.engine.weights import weight_views
 from modules.errors import InvalidRequestError, WeightPatchError
 
@@ -104,26 +104,26 @@ class LoraLibrary:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self._lock = threading.Lock()
-        self._files: dict[str, LoraFile] | None = None
+        self._files: dict[str, NetworkFile] | None = None
         self._hashes: dict[tuple[str, int, int], str] = {}
 
-    def refresh(self) -> list[LoraFile]:
+    def refresh(self) -> list[NetworkFile]:
         """Scan the folder again (sub-folders too) and return the files, sorted by name."""
         found = sorted(self.folder.rglob("*.safetensors"), key=lambda p: (p.stem.lower(), str(p)))
         files = {}
         for path in found:
-            files.setdefault(path.stem, LoraFile(path.stem, path))
+            files.setdefault(path.stem, NetworkFile(path.stem, path))
         with self._lock:
             self._files = files
         return list(files.values())
 
-    def files(self) -> list[LoraFile]:
+    def files(self) -> list[NetworkFile]:
         """The files found by the last scan (scanning first if there was none)."""
         with self._lock:
             files = self._files
         return list(files.values()) if files is not None else self.refresh()
 
-    def find(self, name: str) -> LoraFile:
+    def find(self, name: str) -> NetworkFile:
         """The file named ``name`` (scanning again when it is not known yet).
 
         Raises:
@@ -136,7 +136,7 @@ class LoraLibrary:
         names = ", ".join(f.name for f in self.files()) or "none"
         raise InvalidRequestError(f"prompt: LoRA {name!r} not found in {self.folder} (found: {names})")
 
-    def short_hash(self, file: LoraFile) -> str:
+    def short_hash(self, file: NetworkFile) -> str:
         """A1111's LoRA hash: the file's ``sshs_model_hash`` metadata, else SHA-256 of the data after the header."""
         stamp = file.stamp
         with self._lock:
@@ -226,7 +226,7 @@ def _target(name: str, layer: LoraLayer, targets: dict[str, LoraTarget]) -> Lora
 
 
 def _changes(
-    file: LoraFile, tag: LoraTag, views: dict[str, torch.Tensor], targets: dict[str, LoraTarget]
+    file: NetworkFile, tag: LoraTag, views: dict[str, torch.Tensor], targets: dict[str, LoraTarget]
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(checkpoint key, change) for every layer of ``file`` that the model has, with the tag's multipliers."""
     layers = read_layers(file.path)

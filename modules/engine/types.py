@@ -273,8 +273,8 @@ PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass(frozen=True)
-class LoraFile:
-    """A LoRA file found in the folder: its name (file name without extension) and path."""
+class NetworkFile:
+    """A LoRA or embedding file found in its folder: its name (file name without extension) and path."""
 
     name: str
     path: Path

@@ -1,9 +1,10 @@
-"""A1111's "Lora" tab beside "Generation": a card per LoRA file, whose click adds its tag to the prompt or removes it.
+"""A1111's extra-network tabs beside "Generation": "Textual Inversion" and "Lora", a card per file.
 
 A card shows the file's preview (``<name>.preview.png`` and the like beside it, else a blank card) and its name.
-Clicking it appends ``<lora:name:weight>`` to the prompt — the weight is the ``preferred weight`` of A1111's
-``<name>.json`` beside the file, else 1 — followed by its ``activation text``; clicking a card whose tag is in the
-prompt removes the tag (and that text). The search box filters by name and path; 🔄 scans the folder again.
+A click on a Lora card appends ``<lora:name:weight>`` to the prompt — the weight is the ``preferred weight`` of
+A1111's ``<name>.json`` beside the file, else 1 — followed by its ``activation text``; on a Textual Inversion card it
+appends the embedding's name. A click on a card already in the prompt takes it out again. The search box filters by
+name and path; 🔄 scans the folder again.
 """
 
 from __future__ import annotations
@@ -16,26 +17,39 @@ import gradio as gr
 from PIL import Image
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from modules.context import AppContext
-    from modules.engine.types import LoraFile
+    from modules.engine.types import NetworkFile
     from modules.ui.txt2img import GenerationTab
 
 _BLANK_CARD = (256, 384)
 _CARD_COLOUR = (64, 64, 72)
 
 
-@dataclass
-class LoraCards:
-    """The Lora tab of one generation tab."""
+@dataclass(frozen=True)
+class Kind:
+    """One kind of card: its tab label, element-id part, files and what a click does to the prompt."""
 
+    label: str
+    key: str  # A1111's element ids: ``{tab}_{key}_cards``
+    files: Callable[[AppContext, bool], list[NetworkFile]]
+    toggle: Callable[[str, NetworkFile], str]
+
+
+@dataclass
+class NetworkCards:
+    """One kind's tab inside one generation tab."""
+
+    kind: Kind
     gallery: gr.Gallery
     search: gr.Textbox
     refresh: gr.Button
     names: gr.State  # the names of the cards shown, in order
 
 
-def card_tag(file: LoraFile) -> str:
-    """What a click adds: the tag with the preferred weight, then the activation text (A1111's card prompt)."""
+def card_tag(file: NetworkFile) -> str:
+    """What a click on a Lora card adds: the tag with the preferred weight, then the activation text (A1111's)."""
     meta = file.user_metadata()
     weight = meta.get("preferred weight")
     weight = weight if isinstance(weight, int | float) and not isinstance(weight, bool) and weight else 1
@@ -43,8 +57,8 @@ def card_tag(file: LoraFile) -> str:
     return f"<lora:{file.name}:{weight:g}>" + (f" {text}" if text else "")
 
 
-def toggle(prompt: str, file: LoraFile) -> str:
-    """``prompt`` with ``file``'s card text appended, or, when its tag is there already, with that tag taken out."""
+def toggle(prompt: str, file: NetworkFile) -> str:
+    """``prompt`` with ``file``'s Lora card text appended, or, when its tag is there already, with it taken out."""
     tag = re.compile(rf"\s*<lora:{re.escape(file.name)}(?::[^>]*)?>")
     if tag.search(prompt) is None:
         return f"{prompt.rstrip()} {card_tag(file)}".lstrip()
@@ -55,49 +69,76 @@ def toggle(prompt: str, file: LoraFile) -> str:
     return without.strip()
 
 
-def cards(ctx: AppContext, query: str = "", *, rescan: bool = False) -> tuple[list[tuple[Any, str]], list[str]]:
+def toggle_word(prompt: str, file: NetworkFile) -> str:
+    """``prompt`` with the embedding's name appended, or, when the name is a word of it already, taken out."""
+    word = re.compile(rf"(?i)(?<![\w<:]){re.escape(file.name)}(?![\w>])")
+    if word.search(prompt) is None:
+        return f"{prompt.rstrip()} {file.name}".lstrip()
+    text = word.sub("", prompt, count=1)
+    text = re.sub(r"\(\s*(?::\s*[\d.]+)?\s*\)|\[\s*\]", "", text)  # brackets left empty
+    text = re.sub(r"\s*,(\s*,)+", ",", text)  # commas left doubled
+    return re.sub(r"\s{2,}", " ", text).strip(" ,")
+
+
+KINDS = (
+    Kind("Textual Inversion", "textual_inversion", lambda ctx, rescan: ctx.embedding_files(), toggle_word),
+    Kind("Lora", "lora", lambda ctx, rescan: ctx.lora_files(rescan=rescan), toggle),
+)
+
+
+def cards(
+    ctx: AppContext, kind: Kind, query: str = "", *, rescan: bool = False
+) -> tuple[list[tuple[Any, str]], list[str]]:
     """The gallery's cards (image, name) for the files whose name or path contains ``query``, and their names."""
-    files = ctx.lora_files(rescan=rescan)
     words = query.lower().split()
-    shown = [f for f in files if all(w in f"{f.name} {f.path}".lower() for w in words)]
+    shown = [f for f in kind.files(ctx, rescan) if all(w in f"{f.name} {f.path}".lower() for w in words)]
     blank = Image.new("RGB", _BLANK_CARD, _CARD_COLOUR)
     items = [(str(preview) if (preview := f.preview()) else blank, f.name) for f in shown]
     return items, [f.name for f in shown]
 
 
-def build(ctx: AppContext, t: GenerationTab) -> LoraCards:
-    """The tab's contents (call inside its ``gr.Tab``)."""
-    tab = t.tabname
-    items, names = cards(ctx)
-    with gr.Row(elem_id=f"{tab}_lora_controls"):
+def build(ctx: AppContext, t: GenerationTab, kind: Kind) -> NetworkCards:
+    """One kind's tab contents (call inside its ``gr.Tab``)."""
+    prefix = f"{t.tabname}_{kind.key}"
+    items, names = cards(ctx, kind)
+    with gr.Row(elem_id=f"{prefix}_controls"):
         search = gr.Textbox(
-            placeholder="Search", show_label=False, container=False, elem_id=f"{tab}_lora_extra_search", scale=6
+            placeholder="Search", show_label=False, container=False, elem_id=f"{prefix}_extra_search", scale=6
         )
-        refresh = gr.Button("🔄", elem_id=f"{tab}_lora_extra_refresh", elem_classes=["tool-button"], scale=0)
+        refresh = gr.Button("🔄", elem_id=f"{prefix}_extra_refresh", elem_classes=["tool-button"], scale=0)
     gallery = gr.Gallery(
         value=items,
-        label="Lora",
+        label=kind.label,
         show_label=False,
         columns=6,
         height="auto",
         allow_preview=False,
         object_fit="cover",
         interactive=False,
-        elem_id=f"{tab}_lora_cards",
+        elem_id=f"{prefix}_cards",
     )
-    return LoraCards(gallery=gallery, search=search, refresh=refresh, names=gr.State(names))
+    return NetworkCards(kind=kind, gallery=gallery, search=search, refresh=refresh, names=gr.State(names))
 
 
-def wire(ctx: AppContext, t: GenerationTab, c: LoraCards) -> None:
-    """Card clicks toggle tags in the prompt; search filters; 🔄 rescans."""
+def build_tabs(ctx: AppContext, t: GenerationTab) -> list[NetworkCards]:
+    """Every kind's tab (call inside the ``gr.Tabs`` that holds "Generation")."""
+    built = []
+    for kind in KINDS:
+        with gr.Tab(kind.label, id=f"{t.tabname}_{kind.key}", elem_id=f"{t.tabname}_{kind.key}_tab"):
+            built.append(build(ctx, t, kind))
+    return built
+
+
+def wire(ctx: AppContext, t: GenerationTab, c: NetworkCards) -> None:
+    """Card clicks toggle the prompt text; search filters; 🔄 rescans."""
     prompt = t.fields["prompt"]
 
     def on_select(evt: gr.SelectData, names: list[str], text: str) -> str:
-        file = next((f for f in ctx.lora_files() if f.name == names[evt.index]), None)
-        return toggle(text or "", file) if file is not None else gr.update()
+        file = next((f for f in c.kind.files(ctx, False) if f.name == names[evt.index]), None)
+        return c.kind.toggle(text or "", file) if file is not None else gr.update()
 
     def show(query: str, rescan: bool = False) -> tuple[list[tuple[Any, str]], list[str]]:
-        return cards(ctx, query or "", rescan=rescan)
+        return cards(ctx, c.kind, query or "", rescan=rescan)
 
     private = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
     c.gallery.select(on_select, inputs=[c.names, prompt], outputs=prompt, **private)

@@ -244,7 +244,7 @@ def wire(ctx: AppContext, t: GenerationTab) -> None:
     wire_generate(ctx, t)
     wire_helpers(ctx, t)
     wire_seeds(t)
-    if t.lora is not None:
-        extra_networks.wire(ctx, t, t.lora)
+    for cards in t.networks:
+        extra_networks.wire(ctx, t, cards)
     if t.hires_accordion is not None and t.hires_info is not None:
         hires.wire(t, t.hires_info)

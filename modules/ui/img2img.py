@@ -350,8 +350,7 @@ def build_tab(ctx: AppContext) -> tuple[GenerationTab, Img2ImgExtras]:
                 x.script, x.script_controls = _build_script(t)
             with gr.Column(scale=1, elem_id="img2img_results"):
                 build_output_column(t)
-        with gr.Tab("Lora", id="img2img_lora", elem_id="img2img_lora_tab"):
-            t.lora = extra_networks.build(ctx, t)
+        t.networks = extra_networks.build_tabs(ctx, t)
     t.extra_values = request_values
     return t, x
 

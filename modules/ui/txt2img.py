@@ -50,7 +50,7 @@ class GenerationTab:
     hires_accordion: gr.Accordion | None = None
     hires_info: gr.HTML | None = None
     send_buttons: dict[str, gr.Button] = field(default_factory=dict)  # target tab id → "Send to" button
-    lora: extra_networks.LoraCards | None = None  # the "Lora" tab beside "Generation"
+    networks: list[extra_networks.NetworkCards] = field(default_factory=list)  # tabs beside "Generation"
     extra_values: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # tab-specific request fields
     # Tab-specific generation (img2img Batch): returns the update stream, or None to generate as usual.
     runner: Callable[[AppContext, GenerationTab, dict[str, Any]], Iterator[dict[Component, Any]] | None] | None = None
@@ -227,6 +227,5 @@ def build_tab(ctx: AppContext, tabname: str = "txt2img") -> GenerationTab:
                 refiner.build(ctx, t)
             with gr.Column(scale=1, elem_id=f"{tabname}_results"):
                 build_output_column(t)
-        with gr.Tab("Lora", id=f"{tabname}_lora", elem_id=f"{tabname}_lora_tab"):
-            t.lora = extra_networks.build(ctx, t)
+        t.networks = extra_networks.build_tabs(ctx, t)
     return t

@@ -159,6 +159,7 @@ def test_tabs_labels_ids_and_order(page):
             (p["label"], p["elem_id"]) for p in tabs if p["elem_id"].startswith(f"{tab}_") and "_tab" in p["elem_id"]
         ]
         assert inner[:1] == [("Generation", f"{tab}_generation_tab")] and ("Lora", f"{tab}_lora_tab") in inner
+        assert ("Textual Inversion", f"{tab}_textual_inversion_tab") in inner
         assert by_id[f"{tab}_lora_cards"]["type"] == "gallery"
 
 

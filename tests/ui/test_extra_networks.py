@@ -1,22 +1,25 @@
-"""The Lora tab: cards from the real LoRA folder, and what a click does to the prompt."""
+"""The Lora and Textual Inversion tabs: cards from the real folders, and what a click does to the prompt."""
 
 from __future__ import annotations
 
 import json
 
+import torch
 from PIL import Image
 
-from modules.engine.types import LoraFile
-from modules.ui.extra_networks import card_tag, cards, toggle
+from modules.engine.types import NetworkFile
+from modules.ui.extra_networks import KINDS, card_tag, cards, toggle, toggle_word
 from tests.ui.conftest import make_context
 
+TEXTUAL_INVERSION, LORA = KINDS
 
-def _file(folder, name: str, meta: dict | None = None) -> LoraFile:
+
+def _file(folder, name: str, meta: dict | None = None) -> NetworkFile:
     path = folder / f"{name}.safetensors"
     path.write_bytes(b"")
     if meta is not None:
         path.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
-    return LoraFile(name, path)
+    return NetworkFile(name, path)
 
 
 def test_a_click_adds_the_tag_with_preferred_weight_and_activation_text_and_a_second_takes_them_out(tmp_path):
@@ -39,17 +42,37 @@ def test_cards_show_previews_filter_and_rescan(tmp_path):
     ctx = make_context(tmp_path)
     try:
         folder = tmp_path / "models" / "Lora"
-        assert cards(ctx) == ([], [])
+        assert cards(ctx, LORA) == ([], [])
         (folder / "people").mkdir(parents=True)
         _file(folder / "people", "portrait")
         landscape = _file(folder, "landscape")
         Image.new("RGB", (8, 8), "red").save(landscape.path.with_suffix(".preview.png"))
-        assert cards(ctx)[1] == []  # listed as scanned, until a rescan (the 🔄 button)
-        items, names = cards(ctx, rescan=True)
+        assert cards(ctx, LORA)[1] == []  # listed as scanned, until a rescan (the 🔄 button)
+        items, names = cards(ctx, LORA, rescan=True)
         assert names == ["landscape", "portrait"]
         assert items[0] == (str(landscape.path.with_suffix(".preview.png")), "landscape")
         assert isinstance(items[1][0], Image.Image) and items[1][1] == "portrait"  # no preview: a blank card
-        assert cards(ctx, "PEOPLE")[1] == ["portrait"]  # name or folder, any case
-        assert cards(ctx, "land scape")[1] == ["landscape"] and cards(ctx, "nothing")[1] == []
+        assert cards(ctx, LORA, "PEOPLE")[1] == ["portrait"]  # name or folder, any case
+        assert cards(ctx, LORA, "land scape")[1] == ["landscape"] and cards(ctx, LORA, "nothing")[1] == []
+    finally:
+        ctx.close()
+
+
+def test_textual_inversion_cards_add_and_remove_the_name(tmp_path):
+    from safetensors.torch import save_file
+
+    ctx = make_context(tmp_path)
+    try:
+        folder = tmp_path / "embeddings"
+        folder.mkdir()
+        save_file({"emb_params": torch.zeros(2, 768)}, str(folder / "grainy.safetensors"))
+        save_file({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, str(folder / "xl_style.safetensors"))
+        assert cards(ctx, TEXTUAL_INVERSION)[1] == ["grainy", "xl_style"]  # whatever model they fit
+        (grainy,) = [f for f in ctx.embedding_files() if f.name == "grainy"]
+        assert toggle_word("a cat,", grainy) == "a cat, grainy"
+        assert toggle_word("a cat, grainy", grainy) == "a cat"
+        assert toggle_word("cat, grainy, dog", grainy) == "cat, dog"
+        assert toggle_word("a (Grainy:1.2) cat", grainy) == "a cat"
+        assert toggle_word("grainyfilm cat", grainy) == "grainyfilm cat grainy"  # another word: added
     finally:
         ctx.close()
