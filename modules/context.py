@@ -28,6 +28,7 @@ from modules.engine.infotext import infotext_to_request_fields, parse_infotext
 from modules.engine.loader import LoadedModel, LoadOptions, ModelManager, load_checkpoint, select_device
 from modules.engine.lora import TAG as EXTRA_NETWORK_TAG
 from modules.engine.lora import LoraLibrary
+from modules.engine.networks import Networks
 from modules.engine.pipeline import generate
 from modules.engine.pipeline import warm_up as warm_up_model
 from modules.engine.prompts import count_tokens
@@ -42,6 +43,7 @@ from modules.engine.types import (
     SamplerSettings,
 )
 from modules.engine.upscalers import UpscalerRegistry
+from modules.engine.vae_files import VaeLibrary
 from modules.engine.validation import validate_request
 from modules.errors import CheckpointNotFoundError, InvalidRequestError
 from modules.flags import LaunchFlags
@@ -96,6 +98,7 @@ class AppContext:
         self.upscalers = UpscalerRegistry(list(self.flags.upscaler_dirs))
         self.loras = LoraLibrary(self.flags.lora_path)
         self.embeddings = EmbeddingLibrary(self.flags.embeddings_path)
+        self.vaes = VaeLibrary(self.flags.vae_folder)
         self.refresh_checkpoints()
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
@@ -251,6 +254,7 @@ class AppContext:
             version=INFOTEXT_VERSION,
             use_old_scheduling=snapshot.use_old_scheduling,
             sampler=sampler_settings(snapshot),
+            vae=snapshot.sd_vae,
         )
         self.upscalers.device = model.device
         names = self.upscaler_names()
@@ -263,8 +267,7 @@ class AppContext:
             upscaler=self.upscalers,
             upscaler_names=names,
             load_model=loader,
-            loras=self.loras,
-            embedding_library=self.embeddings,
+            networks=Networks(loras=self.loras, embeddings=self.embeddings, vaes=self.vaes),
         )
         paths, grid = save_outputs(result, request, snapshot, self.flags.data_dir, save=save)
         info = build_info(result, request, model.checkpoint, options)
@@ -320,6 +323,10 @@ class AppContext:
             }
 
         return {"loaded": {n: item(e) for n, e in usable.items()}, "skipped": {n: item(e) for n, e in skipped.items()}}
+
+    def vae_choices(self) -> list[str]:
+        """The values of the ``sd_vae`` setting: ``Automatic``, ``None`` and the files of ``models/VAE``."""
+        return ["Automatic", "None", *self.vaes.files()]
 
     def embedding_files(self) -> list[NetworkFile]:
         """The embedding files of ``embeddings/`` (read again when they change), whatever model they fit."""

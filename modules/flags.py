@@ -37,6 +37,7 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
     ),
     ("--lora-dir", {**_STR, "help": "folder of LoRA networks (default <models-dir>/Lora)"}),
     ("--embeddings-dir", {**_STR, "help": "folder of textual-inversion embeddings (default <data-dir>/embeddings)"}),
+    ("--vae-dir", {**_STR, "help": "folder of VAE files for the sd_vae setting (default <models-dir>/VAE)"}),
     ("--ckpt", {**_STR, "help": "checkpoint to add to the list and load"}),
     ("--no-download-sd-model", {"action": "store_true", "help": "do not download SD1.5 when no checkpoint exists"}),
     ("--use-cpu", {"nargs": "+", "default": [], "help": "modules to run on the CPU ('all' or 'sd')"}),
@@ -150,7 +151,6 @@ _IGNORED_VALUE: tuple[str, ...] = (
     "--ngrok-region",
     "--gradio-allowed-path",
     "--config",
-    "--vae-dir",
     "--vae-path",
     "--hypernetwork-dir",
     "--codeformer-models-path",
@@ -237,6 +237,7 @@ class LaunchFlags(BaseModel):
     bf16: bool = False
     lora_dir: Path | None = None
     embeddings_dir: Path | None = None
+    vae_dir: Path | None = None
     esrgan_models_path: Path | None = None
     realesrgan_models_path: Path | None = None
     dat_models_path: Path | None = None
@@ -265,6 +266,11 @@ class LaunchFlags(BaseModel):
     def embeddings_path(self) -> Path:
         """``--embeddings-dir`` or ``<data-dir>/embeddings``: textual-inversion embeddings named in prompts."""
         return self.embeddings_dir if self.embeddings_dir is not None else self.data_dir / "embeddings"
+
+    @property
+    def vae_folder(self) -> Path:
+        """``--vae-dir`` or ``models/VAE``: the files the ``sd_vae`` setting names."""
+        return self.vae_dir if self.vae_dir is not None else self.models_path / "VAE"
 
     @property
     def upscaler_dirs(self) -> tuple[Path, ...]:

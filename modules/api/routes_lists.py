@@ -40,15 +40,12 @@ logger = logging.getLogger(__name__)
 
 # (path, response model) of listings that are empty until the feature exists.
 _EMPTY_LISTS: tuple[tuple[str, type], ...] = (
-    ("/sd-vae", SDVaeItem),
     ("/prompt-styles", PromptStyleItem),
     ("/hypernetworks", NamePathItem),
     ("/face-restorers", FaceRestorerItem),
     ("/realesrgan-models", RealesrganItem),
     ("/extensions", ExtensionItem),
 )
-# Refresh actions with nothing to rescan yet: they succeed and return null, as A1111's do.
-_NOOP_REFRESH = ("/refresh-vae",)
 _STOP_DELAY_S = 0.5
 
 
@@ -69,9 +66,9 @@ def create_lists_router(server_stop: bool) -> APIRouter:
     router.add_api_route("/loras", loras, methods=["GET"], response_model=list[LoraItem])
     router.add_api_route("/refresh-loras", refresh_loras, methods=["POST"])
     router.add_api_route("/refresh-embeddings", refresh_embeddings, methods=["POST"])
+    router.add_api_route("/sd-vae", sd_vae, methods=["GET"], response_model=list[SDVaeItem])
+    router.add_api_route("/refresh-vae", refresh_vae, methods=["POST"])
     router.add_api_route("/refresh-checkpoints", refresh_checkpoints, methods=["POST"])
-    for path in _NOOP_REFRESH:
-        router.add_api_route(path, refresh_nothing, methods=["POST"], name=path.strip("/"))
     router.add_api_route("/unload-checkpoint", unload_checkpoint, methods=["POST"])
     router.add_api_route("/reload-checkpoint", reload_checkpoint, methods=["POST"])
     if server_stop:
@@ -142,8 +139,14 @@ def refresh_checkpoints(ctx: Ctx) -> None:
     logger.info("Checkpoint list refreshed: %d found", len(found))
 
 
-def refresh_nothing() -> None:
-    """Refresh a list that has no sources yet (VAEs)."""
+def sd_vae(ctx: Ctx) -> list[SDVaeItem]:
+    """The VAE files of ``models/VAE`` (``--vae-dir``) that the ``sd_vae`` option may name."""
+    return [SDVaeItem(model_name=name, filename=str(path)) for name, path in ctx.vaes.files().items()]
+
+
+def refresh_vae(ctx: Ctx) -> None:
+    """Rescan the VAE folder (every job looks again by itself)."""
+    logger.info("VAE list refreshed: %d found", len(ctx.vaes.files()))
 
 
 def refresh_embeddings(ctx: Ctx) -> None:

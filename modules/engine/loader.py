@@ -162,6 +162,8 @@ class LoadedModel:
         cuda_graphs: Whether the UNet replays CUDA graphs in ``full`` mode.
         weight_patch: The LoRA changes merged into its weights in place, with the originals (engine/lora.py).
         merged_loras: Which files and multipliers ``weight_patch`` holds.
+        vae_patch: A separate VAE file's weights copied over the checkpoint's own, with the originals.
+        vae_file: Which file ``vae_patch`` holds (path, size, modification time), or None.
     """
 
     checkpoint: CheckpointInfo
@@ -177,6 +179,8 @@ class LoadedModel:
     preferred_mode: str = ""  # the mode chosen at load ("" = memory_mode); a job returns to it when it can
     weight_patch: WeightPatch = field(default_factory=WeightPatch, repr=False)  # LoRAs merged in place (lora.py)
     merged_loras: tuple = ()  # what weight_patch holds: ((file stamp, te, unet), ...)
+    vae_patch: WeightPatch = field(default_factory=WeightPatch, repr=False)  # a VAE file in place (vae_files.py)
+    vae_file: tuple | None = None  # which file vae_patch holds: (path, size, mtime)
 
     def set_memory_mode(self, mode: str) -> None:
         """Switch to another memory mode in place (e.g. a lighter one after running out of memory).

@@ -15,10 +15,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import embeddings, hires, img2img, kernel_build, kloop, lora, offload, scripts
+from modules.engine import hires, img2img, kernel_build, kloop, offload, scripts
 from modules.engine.accel import graphs_enabled, start_queued_compiles
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
+from modules.engine.networks import Networks, for_other_models
+from modules.engine.networks import prepare as prepare_networks
 from modules.engine.progress import JobControls, NoControls, noise_spec
 from modules.engine.prompt_schedule import old_timelines_differ, strip_comments
 from modules.engine.refiner import RefinerRun
@@ -42,8 +44,7 @@ def generate(
     upscaler: hires.ImageUpscaler | None = None,
     upscaler_names: list[str] | None = None,
     load_model: Callable[[str], LoadedModel] | None = None,
-    loras: lora.LoraLibrary | None = None,
-    embedding_library: embeddings.EmbeddingLibrary | None = None,
+    networks: Networks | None = None,
 ) -> GenerationResult:
     """Run a txt2img or img2img job (see ``_generate``), retrying once in a lighter memory mode on out of memory.
 
@@ -55,7 +56,17 @@ def generate(
         InvalidRequestError: For an out-of-range field or an unknown sampler/schedule.
         OutOfMemoryError: The device ran out of memory twice; its cache was emptied so the next job can run.
     """
-    args = (model, request, options, controls, on_step, upscaler, upscaler_names, load_model, loras, embedding_library)
+    args = (
+        model,
+        request,
+        options,
+        controls,
+        on_step,
+        upscaler,
+        upscaler_names,
+        load_model,
+        networks,
+    )
     preferred = model.preferred_mode or model.memory_mode
     if model.memory_mode != preferred:  # an earlier out of memory left it lighter: try the faster mode again
         try:
@@ -140,8 +151,7 @@ def _generate(
     upscaler: hires.ImageUpscaler | None = None,
     upscaler_names: list[str] | None = None,
     load_model: Callable[[str], LoadedModel] | None = None,
-    loras: lora.LoraLibrary | None = None,
-    embedding_library: embeddings.EmbeddingLibrary | None = None,
+    networks: Networks | None = None,
 ) -> GenerationResult:
     """Run ``n_iter`` batches of ``batch_size`` images (txt2img, or img2img when init images are given).
 
@@ -154,8 +164,7 @@ def _generate(
         upscaler: Image upscalers for hires fix (the app's registry); latent modes need none.
         upscaler_names: The names ``upscaler`` knows, to check ``hr_upscaler`` before any work.
         load_model: Loads another checkpoint by name (the refiner).
-        loras: The LoRA files that ``<lora:…>`` tags name (engine/lora.py).
-        embedding_library: The textual-inversion embeddings prompts may name (engine/embeddings.py).
+        networks: The LoRAs, embeddings and VAE files the job may use (engine/networks.py).
 
     Returns:
         The images with their seeds and infotexts; ``interrupted`` is set if the job was stopped.
@@ -174,11 +183,8 @@ def _generate(
     inputs = img2img.prepare(request) if request.mode == "img2img" else None
     sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
     # the prompts as encoded: without their extra-network tags (the infotext keeps them); the tags' LoRAs merged
-    encoded, lora_tags = _without_tags(request)
-    network_extras = lora.activate(model, lora_tags, loras)
-    texts = (encoded.prompt, encoded.negative_prompt, encoded.hr_prompt, encoded.hr_negative_prompt)
-    network_extras |= embeddings.activate(model.components, embedding_library, texts)
-    load_model = _other_models(load_model, model, loras, embedding_library)
+    encoded, network_extras = prepare_networks(model, request, options.vae, networks)
+    load_model = for_other_models(load_model, model, networks)
     refiner = RefinerRun.create(encoded, load_model)
     # 2. Fix the seeds for every image of the job.
     seed = fix_seed(request.seed)
@@ -311,42 +317,6 @@ def _strip_comments(request: GenerationRequest) -> GenerationRequest:
     if not any("#" in getattr(request, n) for n in names):
         return request
     return dataclasses.replace(request, **{n: strip_comments(getattr(request, n)) for n in names})
-
-
-def _without_tags(request: GenerationRequest) -> tuple[GenerationRequest, list[lora.LoraTag]]:
-    """The request with its prompts' extra-network tags taken out, and the main prompt's LoRA tags.
-
-    (The hires prompts' own tags are taken out too, not merged for the second pass as A1111 does.)
-    """
-    names = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
-    if not any("<" in getattr(request, n) for n in names):
-        return request, []
-    prompt, tags = lora.parse_tags(request.prompt)
-    others = {n: lora.parse_tags(getattr(request, n))[0] for n in names[1:]}
-    return dataclasses.replace(request, prompt=prompt, **others), tags
-
-
-def _other_models(
-    load_model: Callable[[str], LoadedModel] | None,
-    main: LoadedModel,
-    loras: lora.LoraLibrary | None,
-    embedding_library: embeddings.EmbeddingLibrary | None,
-) -> Callable[[str], LoadedModel] | None:
-    """``load_model`` for the job's other checkpoints (refiner, hires): those run without LoRAs, with embeddings.
-
-    A model kept in the RAM cache may still hold the LoRAs of a job in which it was the main model.
-    """
-    if load_model is None:
-        return None
-
-    def load(name: str) -> LoadedModel:
-        other = load_model(name)
-        if other.components is not main.components:
-            lora.activate(other, [], loras)
-            embeddings.activate(other.components, embedding_library, ())
-        return other
-
-    return load
 
 
 def _total_steps(request: GenerationRequest) -> int:

@@ -214,6 +214,7 @@ class GenerationOptions:
         version: Written as ``Version`` in the infotext.
         use_old_scheduling: A1111's old prompt-editing timelines (``when`` below 1 is a fraction, else a step).
         sampler: Sampler parameters from the settings.
+        vae: ``sd_vae``: ``Automatic``, ``None`` or a file name of ``models/VAE`` (engine/vae_files.py).
     """
 
     clip_skip: int = 1
@@ -224,6 +225,7 @@ class GenerationOptions:
     version: str = ""
     use_old_scheduling: bool = False
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    vae: str = "Automatic"
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,14 +106,7 @@ class WeightPatch:
             WeightPatchError: A key the model does not have, or a delta of another shape; nothing is changed then.
         """
         views = weight_views(components) if views is None else views
-        unknown = sorted(k for k in deltas if k not in views)
-        if unknown:
-            raise WeightPatchError(f"{len(unknown)} weight(s) not in the loaded model, e.g. {', '.join(unknown[:3])}")
-        for key, delta in deltas.items():
-            if tuple(delta.shape) != tuple(views[key].shape):
-                raise WeightPatchError(
-                    f"{key}: a change of shape {tuple(delta.shape)} for a weight of {tuple(views[key].shape)}"
-                )
+        self._check(views, deltas)
         for key, delta in deltas.items():
             view = views[key]
             if key not in self.originals:
@@ -121,6 +114,31 @@ class WeightPatch:
             total = view.float() + delta.to(device=view.device, dtype=torch.float32) * scale
             view.copy_(total)
         logger.debug("Changed %d weight(s) in place", len(deltas))
+
+    @torch.no_grad()
+    def put(self, components: ModelComponents, values: Mapping[str, torch.Tensor]) -> None:
+        """Set each named weight to a new value (converted to the weight's dtype and device), in place.
+
+        Raises:
+            WeightPatchError: A key the model does not have, or a value of another shape; nothing is changed then.
+        """
+        views = weight_views(components)
+        self._check(views, values)
+        for key, value in values.items():
+            view = views[key]
+            if key not in self.originals:
+                self.originals[key] = view.to("cpu", copy=True)
+            view.copy_(value)
+
+    @staticmethod
+    def _check(views: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
+        unknown = sorted(k for k in values if k not in views)
+        if unknown:
+            raise WeightPatchError(f"{len(unknown)} weight(s) not in the loaded model, e.g. {', '.join(unknown[:3])}")
+        for key, value in values.items():
+            if tuple(value.shape) != tuple(views[key].shape):
+                shapes = f"{tuple(value.shape)} for a weight of {tuple(views[key].shape)}"
+                raise WeightPatchError(f"{key}: a change of shape {shapes}")
 
     @torch.no_grad()
     def restore(self, components: ModelComponents) -> int:

@@ -57,6 +57,16 @@ def build_tab(ctx: AppContext) -> SettingsTab:
         for index, (title, specs) in enumerate(group_by_section(settings_specs(exclude=QUICKSETTINGS)).items()):
             with gr.Tab(title, id=f"settings_section_{index}", elem_id=f"settings_section_{specs[0].section}"):
                 for spec in specs:
+                    if spec.key == "sd_vae":  # the files of models/VAE, as A1111's dropdown lists them
+                        tab.widgets[spec.key] = gr.Dropdown(
+                            choices=ctx.vae_choices(),
+                            value=current.sd_vae,
+                            label=spec.label,
+                            elem_id=spec.elem_id,
+                            allow_custom_value=True,
+                            interactive=True,
+                        )
+                        continue
                     tab.widgets[spec.key] = make_widget(spec, getattr(current, spec.key))
     return tab
 

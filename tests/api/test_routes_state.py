@@ -7,7 +7,7 @@ import pytest
 import requests
 import torch
 
-from tests.api.conftest import info_of
+from tests.api.conftest import decode_image, info_of
 
 pytestmark = pytest.mark.slow  # drives a real server
 
@@ -274,3 +274,26 @@ def test_embeddings_are_listed_for_the_loaded_model_and_named_in_the_infotext(se
     body = server.txt2img(prompt="a photo, grainy", negative_prompt="other_model")
     infotext = info_of(body)["infotexts"][0]
     assert 'TI hashes: "grainy: ' in infotext and "other_model:" not in infotext
+
+
+def test_sd_vae_lists_the_vae_folder_and_a_request_can_choose_a_file(server, tiny_models_dir):
+    from safetensors.torch import load_file, save_file
+
+    prefix = "first_stage_model."
+    tensors = load_file(str(tiny_models_dir / "sd1.safetensors"))
+    vae = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    folder = server.data_dir / "models" / "VAE"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(vae, str(folder / "same.vae.safetensors"))
+    assert server.post("refresh-vae").status_code == 200
+    assert server.get("sd-vae").json() == [
+        {"model_name": "same.vae.safetensors", "filename": str(folder / "same.vae.safetensors")}
+    ]
+    plain = server.txt2img(seed=5)
+    chosen = server.txt2img(seed=5, override_settings={"sd_vae": "same.vae.safetensors"})
+    assert "VAE: same.vae.safetensors" in info_of(chosen)["infotexts"][0]
+    same = [decode_image(b).tobytes() for b in (chosen["images"][0], plain["images"][0])]
+    assert same[0] == same[1]  # the checkpoint's own VAE weights from a file: the same pixels
+    bad = server.post("txt2img", {"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                  "override_settings": {"sd_vae": "gone.pt"}})  # fmt: skip
+    assert bad.status_code == 422 and "same.vae.safetensors" in bad.text

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from modules.engine.embeddings import Embedding, EmbeddingIndex, EmbeddingLibrary, read_embedding
+from modules.engine.networks import Networks
 from modules.engine.pipeline import generate
 from modules.engine.prompts import EMBEDDING_PLACEHOLDER, tokenize_prompt
 from modules.engine.tokenizers import clip_tokenizer
@@ -25,7 +26,7 @@ def _rows(encoder, tokenizer, words: str) -> torch.Tensor:
 
 def _image(model, prompt: str, library: EmbeddingLibrary) -> tuple[np.ndarray, str]:
     request = GenerationRequest(prompt=prompt, negative_prompt="blurry", steps=3, width=64, height=64, seed=4)
-    result = generate(model, request, embedding_library=library)
+    result = generate(model, request, networks=Networks(embeddings=library))
     return np.asarray(result.images[0], dtype=np.int16), result.infotexts[0]
 
 

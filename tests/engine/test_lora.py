@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from modules.engine.lora import LoraLibrary, LoraTag, parse_tags, read_layers
 from modules.engine.lora_names import lora_targets
+from modules.engine.networks import Networks, for_other_models
 from modules.engine.pipeline import generate
 from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
@@ -95,7 +96,7 @@ def case(request, tmp_path_factory):
 
 def _image(model, prompt: str, loras: LoraLibrary) -> tuple[np.ndarray, str]:
     request = GenerationRequest(prompt=prompt, negative_prompt="ugly", steps=3, width=64, height=64, seed=21)
-    result = generate(model, request, loras=loras)
+    result = generate(model, request, networks=Networks(loras=loras))
     return np.asarray(result.images[0], dtype=np.int16), result.infotexts[0]
 
 
@@ -161,16 +162,17 @@ def test_the_library_lists_sub_folders_and_reads_metadata(case):
 
 
 def test_the_jobs_other_checkpoints_run_without_the_loras_a_cached_model_still_holds(case, load_tiny):
-    from modules.engine.pipeline import _other_models
 
     _, library, _, paths = case
     other = load_tiny(paths["base"])
     base, _ = _image(other, "a red cat", library)
     _image(other, "a red cat <lora:detail>", library)  # a job in which it was the main model merged the LoRA
     main = load_tiny(paths["merged"])
-    loaded = _other_models(lambda name: other, main, library, None)("base")  # as a refiner or hires checkpoint
+    loaded = for_other_models(lambda name: other, main, Networks(loras=library))(
+        "base"
+    )  # as a refiner or hires checkpoint
     assert loaded is other and other.merged_loras == ()
     assert np.array_equal(_image(other, "a red cat", library)[0], base)
-    same = _other_models(lambda name: main, main, library, None)
+    same = for_other_models(lambda name: main, main, Networks(loras=library))
     _image(main, "a red cat <lora:detail>", library)
     assert same("merged").merged_loras != ()  # the main model itself keeps its LoRAs

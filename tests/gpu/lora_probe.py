@@ -26,6 +26,7 @@ import torch
 
 from modules.engine import lora
 from modules.engine.loader import LoadOptions, ModelManager, select_device
+from modules.engine.networks import Networks
 from modules.engine.pipeline import generate
 from modules.engine.types import CheckpointInfo, GenerationRequest
 from tests.support.tiny_loras import TRAINED, write_lora
@@ -55,7 +56,7 @@ def probe(path: Path, *, rank: int, runs: int, size: int | None = None, steps: i
         )
         _sync(device)
         start = time.perf_counter()
-        image = generate(model, request, loras=library).images[0]
+        image = generate(model, request, networks=Networks(loras=library)).images[0]
         _sync(device)
         return time.perf_counter() - start, np.asarray(image, dtype=np.int16)
 
