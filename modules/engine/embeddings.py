@@ -11,7 +11,6 @@ The infotext gets ``TI hashes: "name: hash, …"`` (the first 12 hex digits of t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from modules.engine.hashes import FileDigests
 from modules.engine.safe_load import load_pickle_checkpoint
 from modules.errors import WebuiError
 
@@ -125,7 +125,7 @@ class EmbeddingLibrary:
         self.folder = Path(folder)
         self._lock = threading.Lock()
         self._read: dict[tuple[str, int, int], Embedding | str] = {}  # file state → embedding, or why not
-        self._hashes: dict[tuple[str, int, int], str] = {}
+        self._hashes = FileDigests()
 
     @staticmethod
     def _stamp(path: Path) -> tuple[str, int, int]:
@@ -166,18 +166,7 @@ class EmbeddingLibrary:
 
     def short_hash(self, embedding: Embedding) -> str:
         """A1111's TI hash: the first 12 hex digits of the file's SHA-256."""
-        stamp = self._stamp(embedding.path)
-        with self._lock:
-            cached = self._hashes.get(stamp)
-        if cached is None:
-            digest = hashlib.sha256()
-            with embedding.path.open("rb") as file:
-                while block := file.read(1 << 20):
-                    digest.update(block)
-            cached = digest.hexdigest()
-            with self._lock:
-                self._hashes[stamp] = cached
-        return cached[:HASH_LENGTH]
+        return self._hashes.get(embedding.path)[:HASH_LENGTH]
 
 
 def used(index: EmbeddingIndex, tokenizer: Any, texts: Iterable[str]) -> list[Embedding]:

@@ -163,3 +163,27 @@ class HashCache:
             logger.warning("Cannot write hash cache %s: %s", self._path, error)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+
+
+class FileDigests:
+    """Digests of small user files (LoRAs, embeddings, VAEs), computed once per file state (path, size, mtime).
+
+    Held in memory by the library that owns the files; ``digest`` defaults to the whole file's SHA-256.
+    """
+
+    def __init__(self, digest: Callable[[Path], str] = sha256_file) -> None:
+        self._digest = digest
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, int, int], str] = {}
+
+    def get(self, path: Path) -> str:
+        """The digest of ``path`` as it is now (computed outside the lock, so one large file blocks no other)."""
+        stat = Path(path).stat()
+        stamp = (str(path), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            known = self._known.get(stamp)
+        if known is None:
+            known = self._digest(Path(path))
+            with self._lock:
+                self._known[stamp] = known
+        return known

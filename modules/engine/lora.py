@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from modules.engine.hashes import FileDigests
 from modules.engine.lora_names import LoraTarget, lora_targets
 from modules.engine.types import NetworkFile
 from modules.engine.weights import weight_views
@@ -105,7 +106,7 @@ class LoraLibrary:
         self.folder = Path(folder)
         self._lock = threading.Lock()
         self._files: dict[str, NetworkFile] | None = None
-        self._hashes: dict[tuple[str, int, int], str] = {}
+        self._hashes = FileDigests(_lora_hash)
 
     def refresh(self) -> list[NetworkFile]:
         """Scan the folder again (sub-folders too) and return the files, sorted by name."""
@@ -138,14 +139,11 @@ class LoraLibrary:
 
     def short_hash(self, file: NetworkFile) -> str:
         """A1111's LoRA hash: the file's ``sshs_model_hash`` metadata, else SHA-256 of the data after the header."""
-        stamp = file.stamp
-        with self._lock:
-            cached = self._hashes.get(stamp)
-        if cached is None:
-            cached = file.metadata().get("sshs_model_hash") or _tensor_data_sha256(file.path)
-            with self._lock:
-                self._hashes[stamp] = cached
-        return cached[:HASH_LENGTH]
+        return self._hashes.get(file.path)[:HASH_LENGTH]
+
+
+def _lora_hash(path: Path) -> str:
+    return NetworkFile(path.stem, path).metadata().get("sshs_model_hash") or _tensor_data_sha256(path)
 
 
 def _tensor_data_sha256(path: Path) -> str:

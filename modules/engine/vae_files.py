@@ -10,15 +10,14 @@ The infotext gets ``VAE hash`` (the file's SHA-256, 10 digits) and ``VAE`` (its 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from modules.engine.architecture import VAE
+from modules.engine.hashes import FileDigests
 from modules.engine.safe_load import load_ckpt_state_dict
 from modules.engine.weights import weight_views
 from modules.errors import InvalidRequestError, WeightPatchError
@@ -36,8 +35,7 @@ class VaeLibrary:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._lock = threading.Lock()
-        self._hashes: dict[tuple[str, int, int], str] = {}
+        self._hashes = FileDigests()
 
     def files(self) -> dict[str, Path]:
         """``{file name: path}``, sorted by name; the first of two files with one name wins."""
@@ -68,19 +66,7 @@ class VaeLibrary:
 
     def short_hash(self, path: Path) -> str:
         """A1111's VAE hash: the first 10 hex digits of the file's SHA-256."""
-        stat = path.stat()
-        stamp = (str(path), stat.st_size, stat.st_mtime_ns)
-        with self._lock:
-            cached = self._hashes.get(stamp)
-        if cached is None:
-            digest = hashlib.sha256()
-            with path.open("rb") as file:
-                while block := file.read(1 << 20):
-                    digest.update(block)
-            cached = digest.hexdigest()
-            with self._lock:
-                self._hashes[stamp] = cached
-        return cached[:HASH_LENGTH]
+        return self._hashes.get(path)[:HASH_LENGTH]
 
 
 def read_vae(path: Path) -> dict[str, torch.Tensor]:

@@ -170,3 +170,26 @@ def test_cache_is_thread_safe(tmp_path):
     assert {_key(m) for m in models} == set(stored)
     for model in models:
         assert stored[_key(model)]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def test_file_digests_are_computed_once_per_file_state(tmp_path):
+    import hashlib
+    import os
+
+    from modules.engine.hashes import FileDigests
+
+    calls = []
+
+    def digest(path):
+        calls.append(path)
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    digests = FileDigests(digest)
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"one")
+    assert digests.get(path) == hashlib.sha256(b"one").hexdigest() == digests.get(path)
+    assert len(calls) == 1
+    path.write_bytes(b"two!")
+    os.utime(path, ns=(1, 1))  # another size and time: another state
+    assert digests.get(path) == hashlib.sha256(b"two!").hexdigest() and len(calls) == 2
+    assert FileDigests().get(path) == hashlib.sha256(b"two!").hexdigest()  # the whole file's SHA-256 by default
