@@ -21,7 +21,7 @@ from typing import Any
 from modules.engine import hires, refiner, scripts
 from modules.engine.checkpoints import HashCache, find_checkpoint, scan_checkpoints
 from modules.engine.download import DEFAULT_MODEL, ModelDownload, download_file
-from modules.engine.embeddings import Embedding, EmbeddingLibrary, model_widths
+from modules.engine.embeddings import EmbeddingLibrary, model_widths
 from modules.engine.extras import ExtrasOptions, run_extras
 from modules.engine.images import encode_image, read_infotext
 from modules.engine.infotext import infotext_to_request_fields, parse_infotext
@@ -33,6 +33,7 @@ from modules.engine.pipeline import generate
 from modules.engine.pipeline import warm_up as warm_up_model
 from modules.engine.prompts import count_tokens
 from modules.engine.samplers import resolve_sampler, sampler_list, schedule_list
+from modules.engine.styles import PromptStyle, StyleLibrary
 from modules.engine.tokenizers import clip_tokenizer
 from modules.engine.types import (
     LATENT_UPSCALE_MODES,
@@ -99,6 +100,7 @@ class AppContext:
         self.loras = LoraLibrary(self.flags.lora_path)
         self.embeddings = EmbeddingLibrary(self.flags.embeddings_path)
         self.vaes = VaeLibrary(self.flags.vae_folder)
+        self.styles = StyleLibrary(self.flags.style_files)
         self.refresh_checkpoints()
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
@@ -233,9 +235,12 @@ class AppContext:
         Raises:
             SettingsError: If ``overrides`` holds unknown keys or bad values.
             CheckpointNotFoundError: If the chosen checkpoint does not exist.
+            InvalidRequestError: A style that no styles file has (styles are applied here, so the job's prompts,
+                infotext and saved files carry them).
         """
         snapshot = self.settings.with_overrides(overrides or {})
         ckpt = self.selected_checkpoint(snapshot)
+        request = self.styles.apply(request)
         run: Callable[[Job], JobOutput] = lambda job: self._run(job, request, snapshot, ckpt, save)  # noqa: E731
         return self.jobs.submit(run, kind=request.mode, job_id=job_id)
 
@@ -311,18 +316,11 @@ class AppContext:
         """``/sdapi/v1/embeddings``: those that fit the loaded model (``loaded``), and the rest (``skipped``)."""
         current = self.models.current
         encoders = (current.components.text_encoder, current.components.text_encoder_2) if current else ()
-        usable, skipped = self.embeddings.for_model(model_widths(encoders))
+        return self.embeddings.listing(model_widths(encoders))
 
-        def item(embedding: Embedding) -> dict[str, object]:
-            return {
-                "step": embedding.info.get("step"),
-                "sd_checkpoint": embedding.info.get("sd_checkpoint"),
-                "sd_checkpoint_name": embedding.info.get("sd_checkpoint_name"),
-                "shape": max(embedding.vectors),
-                "vectors": embedding.count,
-            }
-
-        return {"loaded": {n: item(e) for n, e in usable.items()}, "skipped": {n: item(e) for n, e in skipped.items()}}
+    def style_list(self) -> list[PromptStyle]:
+        """The prompt styles of ``styles.csv`` (``--styles-file``), read again when the files change."""
+        return list(self.styles.styles().values())
 
     def vae_choices(self) -> list[str]:
         """The values of the ``sd_vae`` setting: ``Automatic``, ``None`` and the files of ``models/VAE``."""

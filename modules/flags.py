@@ -38,6 +38,7 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--lora-dir", {**_STR, "help": "folder of LoRA networks (default <models-dir>/Lora)"}),
     ("--embeddings-dir", {**_STR, "help": "folder of textual-inversion embeddings (default <data-dir>/embeddings)"}),
     ("--vae-dir", {**_STR, "help": "folder of VAE files for the sd_vae setting (default <models-dir>/VAE)"}),
+    ("--styles-file", {"action": "append", "default": [], "help": "styles CSV file (repeatable, wildcards allowed)"}),
     ("--ckpt", {**_STR, "help": "checkpoint to add to the list and load"}),
     ("--no-download-sd-model", {"action": "store_true", "help": "do not download SD1.5 when no checkpoint exists"}),
     ("--use-cpu", {"nargs": "+", "default": [], "help": "modules to run on the CPU ('all' or 'sd')"}),
@@ -159,7 +160,6 @@ _IGNORED_VALUE: tuple[str, ...] = (
     "--clip-models-path",
     "--localizations-dir",
     "--textual-inversion-templates-dir",
-    "--styles-file",
     "--sub-quad-q-chunk-size",
     "--sub-quad-kv-chunk-size",
     "--sub-quad-chunk-threshold",
@@ -238,6 +238,7 @@ class LaunchFlags(BaseModel):
     lora_dir: Path | None = None
     embeddings_dir: Path | None = None
     vae_dir: Path | None = None
+    styles_file: tuple[str, ...] = ()
     esrgan_models_path: Path | None = None
     realesrgan_models_path: Path | None = None
     dat_models_path: Path | None = None
@@ -271,6 +272,11 @@ class LaunchFlags(BaseModel):
     def vae_folder(self) -> Path:
         """``--vae-dir`` or ``models/VAE``: the files the ``sd_vae`` setting names."""
         return self.vae_dir if self.vae_dir is not None else self.models_path / "VAE"
+
+    @property
+    def style_files(self) -> tuple[str, ...]:
+        """``--styles-file`` patterns, or ``<data-dir>/styles.csv`` (A1111's default)."""
+        return self.styles_file or (str(self.data_dir / "styles.csv"),)
 
     @property
     def upscaler_dirs(self) -> tuple[Path, ...]:

@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 # (path, response model) of listings that are empty until the feature exists.
 _EMPTY_LISTS: tuple[tuple[str, type], ...] = (
-    ("/prompt-styles", PromptStyleItem),
     ("/hypernetworks", NamePathItem),
     ("/face-restorers", FaceRestorerItem),
     ("/realesrgan-models", RealesrganItem),
@@ -67,6 +66,7 @@ def create_lists_router(server_stop: bool) -> APIRouter:
     router.add_api_route("/refresh-loras", refresh_loras, methods=["POST"])
     router.add_api_route("/refresh-embeddings", refresh_embeddings, methods=["POST"])
     router.add_api_route("/sd-vae", sd_vae, methods=["GET"], response_model=list[SDVaeItem])
+    router.add_api_route("/prompt-styles", prompt_styles, methods=["GET"], response_model=list[PromptStyleItem])
     router.add_api_route("/refresh-vae", refresh_vae, methods=["POST"])
     router.add_api_route("/refresh-checkpoints", refresh_checkpoints, methods=["POST"])
     router.add_api_route("/unload-checkpoint", unload_checkpoint, methods=["POST"])
@@ -142,6 +142,11 @@ def refresh_checkpoints(ctx: Ctx) -> None:
 def sd_vae(ctx: Ctx) -> list[SDVaeItem]:
     """The VAE files of ``models/VAE`` (``--vae-dir``) that the ``sd_vae`` option may name."""
     return [SDVaeItem(model_name=name, filename=str(path)) for name, path in ctx.vaes.files().items()]
+
+
+def prompt_styles(ctx: Ctx) -> list[PromptStyleItem]:
+    """The styles of ``styles.csv`` (``--styles-file``)."""
+    return [PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt) for s in ctx.style_list()]
 
 
 def refresh_vae(ctx: Ctx) -> None:

@@ -164,6 +164,17 @@ class EmbeddingLibrary:
         usable = {n: e for n, e in found.items() if widths and set(e.vectors) == set(widths)}
         return usable, {n: e for n, e in found.items() if n not in usable}
 
+    def listing(self, widths: tuple[int, ...]) -> dict[str, dict[str, dict[str, object]]]:
+        """A1111's ``/sdapi/v1/embeddings``: ``loaded`` (usable with encoders of ``widths``) and ``skipped``."""
+        usable, skipped = self.for_model(widths)
+
+        def item(embedding: Embedding) -> dict[str, object]:
+            info = embedding.info
+            names = ("step", "sd_checkpoint", "sd_checkpoint_name")
+            return {**{k: info.get(k) for k in names}, "shape": max(embedding.vectors), "vectors": embedding.count}
+
+        return {"loaded": {n: item(e) for n, e in usable.items()}, "skipped": {n: item(e) for n, e in skipped.items()}}
+
     def short_hash(self, embedding: Embedding) -> str:
         """A1111's TI hash: the first 12 hex digits of the file's SHA-256."""
         return self._hashes.get(embedding.path)[:HASH_LENGTH]

@@ -20,9 +20,13 @@ TITLE = "Stable Diffusion"
 
 
 def _wire_page_load(
-    ctx: AppContext, blocks: gr.Blocks, qs: quicksettings.Quicksettings, st: settings_tab.SettingsTab
+    ctx: AppContext,
+    blocks: gr.Blocks,
+    qs: quicksettings.Quicksettings,
+    st: settings_tab.SettingsTab,
+    style_boxes: list[Component],
 ) -> None:
-    """On each page load show the current checkpoint list/selection and settings (they may have changed)."""
+    """On each page load show the current checkpoint list/selection, settings and styles (they may have changed)."""
 
     def on_load() -> dict[Component, Any]:
         updates: dict[Component, Any] = {
@@ -30,11 +34,13 @@ def _wire_page_load(
             qs.notice: quicksettings.notice(ctx),
         }
         updates.update(settings_tab.current_values(ctx, st))
+        styles = [s.name for s in ctx.style_list()]
+        updates.update({box: gr.update(choices=styles) for box in style_boxes})
         return updates
 
     blocks.load(
         on_load,
-        outputs=[qs.checkpoint, qs.notice, *st.widgets.values()],
+        outputs=[qs.checkpoint, qs.notice, *st.widgets.values(), *style_boxes],
         queue=False,
         show_progress="hidden",
         api_visibility="private",
@@ -75,6 +81,6 @@ def create_ui(ctx: AppContext) -> gr.Blocks:
         sendto.wire_gallery(ctx, i2i, targets)
         sendto.wire_pnginfo(ctx, png, targets)
         settings_tab.wire(ctx, st)
-        _wire_page_load(ctx, blocks, qs, st)
+        _wire_page_load(ctx, blocks, qs, st, [t2i.fields["styles"], i2i.fields["styles"]])
     logger.debug("UI built")
     return blocks

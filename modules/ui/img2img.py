@@ -318,7 +318,7 @@ def _resize_dimensions(x: Img2ImgExtras) -> Any:
 def build_tab(ctx: AppContext) -> tuple[GenerationTab, Img2ImgExtras]:
     """Lay out the img2img tab (call inside its ``gr.Tab``); events are wired by ``ui.generation`` and ``wire``."""
     t = GenerationTab(tabname="img2img")
-    build_toprow(t)
+    build_toprow(ctx, t)
     with gr.Tabs(elem_id="img2img_extra_tabs"):
         with (
             gr.Tab("Generation", id="img2img_generation_tab", elem_id="img2img_generation_tab"),

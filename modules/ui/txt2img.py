@@ -66,7 +66,7 @@ def _tool(symbol: str, elem_id: str) -> gr.Button:
     return gr.Button(symbol, elem_id=elem_id, elem_classes=["tool-button"], scale=0, min_width=40)
 
 
-def build_toprow(t: GenerationTab) -> None:
+def build_toprow(ctx: AppContext, t: GenerationTab) -> None:
     """Prompt and negative prompt (with token counters) beside Interrupt/Skip/Generate and the tool buttons."""
     tab = t.tabname
     with gr.Row(elem_id=f"{tab}_toprow"):
@@ -101,7 +101,7 @@ def build_toprow(t: GenerationTab) -> None:
                 t.clear_prompt = _tool("🗑️", f"{tab}_clear_prompt")
             t.fields["styles"] = gr.Dropdown(
                 label="Styles",
-                choices=[],
+                choices=[s.name for s in ctx.style_list()],
                 value=[],
                 multiselect=True,
                 elem_id=f"{tab}_styles",
@@ -215,7 +215,7 @@ def build_output_column(t: GenerationTab) -> None:
 def build_tab(ctx: AppContext, tabname: str = "txt2img") -> GenerationTab:
     """Lay out a generation tab (call inside its ``gr.Tab``); events are wired by ``ui.generation``."""
     t = GenerationTab(tabname=tabname)
-    build_toprow(t)
+    build_toprow(ctx, t)
     with gr.Tabs(elem_id=f"{tabname}_extra_tabs"):
         with (
             gr.Tab("Generation", id=f"{tabname}_generation_tab", elem_id=f"{tabname}_generation_tab"),

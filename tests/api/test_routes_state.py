@@ -297,3 +297,19 @@ def test_sd_vae_lists_the_vae_folder_and_a_request_can_choose_a_file(server, tin
     bad = server.post("txt2img", {"prompt": "x", "steps": 2, "width": 64, "height": 64,
                                   "override_settings": {"sd_vae": "gone.pt"}})  # fmt: skip
     assert bad.status_code == 422 and "same.vae.safetensors" in bad.text
+
+
+def test_prompt_styles_are_listed_and_applied_to_the_prompts(server):
+    (server.data_dir / "styles.csv").write_text(
+        'name,prompt,negative_prompt\nNoir,"film noir, {prompt}",colour\n', encoding="utf-8"
+    )
+    assert server.get("prompt-styles").json() == [
+        {"name": "Noir", "prompt": "film noir, {prompt}", "negative_prompt": "colour"}
+    ]
+    body = server.txt2img(prompt="a detective", negative_prompt="blur", styles=["Noir"])
+    info = info_of(body)
+    assert info["prompt"] == "film noir, a detective" and info["negative_prompt"] == "blur, colour"
+    assert info["infotexts"][0].startswith("film noir, a detective\nNegative prompt: blur, colour\n")
+    assert info["styles"] == ["Noir"]
+    bad = server.post("txt2img", {"prompt": "x", "steps": 2, "width": 64, "height": 64, "styles": ["Gone"]})
+    assert bad.status_code == 422 and "'Gone' not found" in bad.text and "Noir" in bad.text

@@ -232,3 +232,22 @@ def test_generate_is_a_named_api_endpoint(page):
     blocks, _ = page
     names = {d.get("api_name") for d in blocks.config["dependencies"]}
     assert {"txt2img", "pnginfo", "apply_settings", "select_checkpoint"} <= names
+
+
+def test_styles_and_vae_choices_come_from_the_users_files(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.ui.conftest import make_context
+
+    (tmp_path / "styles.csv").write_text("name,prompt,negative_prompt\nNoir,film noir,\nPastel,pastel,\n", "utf-8")
+    (tmp_path / "models" / "VAE").mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "models" / "VAE" / "mse.safetensors"))
+    ctx = make_context(tmp_path)
+    try:
+        by_id = {c["props"].get("elem_id"): c["props"] for c in create_ui(ctx).config["components"]}
+        for tab in ("txt2img", "img2img"):
+            assert [c[0] for c in by_id[f"{tab}_styles"]["choices"]] == ["Noir", "Pastel"]
+        assert [c[0] for c in by_id["setting_sd_vae"]["choices"]] == ["Automatic", "None", "mse.safetensors"]
+    finally:
+        ctx.close()

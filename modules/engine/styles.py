@@ -1,0 +1,112 @@
+"""Prompt styles (A1111's ``styles.csv``): named prompt and negative-prompt texts merged into a job's prompts.
+
+Files: ``styles.csv`` in the data dir, or the ``--styles-file`` files (repeatable, wildcards allowed). Columns
+``name,prompt,negative_prompt`` (the old ``name,text`` form is read too); rows whose name starts with ``#`` are
+ignored; a name in a later file replaces the same name in an earlier one. A style with ``{prompt}`` in it puts the
+user's prompt there; otherwise its text is appended after ``", "``. Styles apply in the order given, to the prompt,
+the negative prompt and the hires prompts when those are set; the infotext shows the prompts with them applied, as
+A1111's does. The files are read again when they change.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from modules.engine.types import GenerationRequest
+from modules.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER = "{prompt}"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """One row of a styles file."""
+
+    name: str
+    prompt: str = ""
+    negative_prompt: str = ""
+
+
+def merge(style: str, prompt: str) -> str:
+    """``prompt`` with one style text applied (A1111's rule: ``{prompt}`` replaced, else appended after ", ")."""
+    if PLACEHOLDER in style:
+        return style.replace(PLACEHOLDER, prompt)
+    return ", ".join(part for part in (prompt.strip(), style.strip()) if part)
+
+
+def read_styles(path: Path) -> list[PromptStyle]:
+    """The styles of one CSV file (a missing file has none)."""
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        rows = list(csv.DictReader(file, skipinitialspace=True))
+    styles = []
+    for row in rows:
+        name = (row.get("name") or "").strip()
+        if not name or name.startswith("#"):
+            continue
+        prompt = row.get("prompt") if "prompt" in row else row.get("text")
+        styles.append(PromptStyle(name, prompt or "", row.get("negative_prompt") or ""))
+    return styles
+
+
+class StyleLibrary:
+    """The styles of the configured files (``patterns``: paths, wildcards allowed)."""
+
+    def __init__(self, patterns: Iterable[str | Path]) -> None:
+        self.patterns = [str(p) for p in patterns]
+
+    def files(self) -> list[Path]:
+        """The files the patterns name now (a plain path also when it does not exist yet)."""
+        found: list[Path] = []
+        for pattern in self.patterns:
+            if any(char in pattern for char in "*?["):
+                found += [Path(m) for m in sorted(glob.glob(pattern))]  # noqa: PTH207 (Path.glob: relative only)
+            else:
+                found.append(Path(pattern))
+        return found
+
+    def styles(self) -> dict[str, PromptStyle]:
+        """Every style by name, in file order (a later file's style replaces an earlier one of the same name)."""
+        styles: dict[str, PromptStyle] = {}
+        for path in self.files():
+            try:
+                for style in read_styles(path):
+                    styles[style.name] = style
+            except (OSError, csv.Error, UnicodeDecodeError) as exc:
+                logger.warning("Styles file %s not read: %s", path, exc)
+        return styles
+
+    def apply(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` with its ``styles`` applied to its prompts (unchanged without styles).
+
+        Raises:
+            InvalidRequestError: A style name that no styles file has; the message lists those there are.
+        """
+        if not request.styles:
+            return request
+        known = self.styles()
+        missing = [name for name in request.styles if name not in known]
+        if missing:
+            names = ", ".join(known) or "none (styles.csv is empty or missing)"
+            raise InvalidRequestError(f"styles: {', '.join(map(repr, missing))} not found (styles: {names})")
+        chosen = [known[name] for name in request.styles]
+        fields = {"prompt": "prompt", "negative_prompt": "negative_prompt"}
+        fields |= {"hr_prompt": "prompt", "hr_negative_prompt": "negative_prompt"}
+        changes = {}
+        for field, part in fields.items():
+            text = getattr(request, field)
+            if field.startswith("hr_") and not text:
+                continue  # an empty hires prompt means "the first pass's prompt", which has the styles already
+            for style in chosen:
+                text = merge(getattr(style, part), text) if getattr(style, part) else text
+            changes[field] = text
+        return dataclasses.replace(request, **changes)
