@@ -347,10 +347,14 @@ class AppContext:
         """Infotext and other text chunks stored in an image (PNG Info)."""
         return read_infotext(image)
 
-    @staticmethod
-    def infotext_fields(text: str) -> dict[str, Any]:
+    def infotext_fields(self, text: str) -> dict[str, Any]:
         """Parse an infotext into GenerationRequest field names (plus ``clip_skip``) for "send to" buttons."""
-        return infotext_to_request_fields(parse_infotext(text))
+        fields = infotext_to_request_fields(parse_infotext(text))
+        prompt, negative = str(fields.get("prompt", "")), str(fields.get("negative_prompt", ""))
+        styles, prompt, negative = self.styles.detect(prompt, negative)
+        if styles:  # A1111's default ("Apply if any"): the styles selected, their text taken off the prompts
+            fields.update(prompt=prompt, negative_prompt=negative, styles=tuple(styles))
+        return fields
 
     # ----- first-run download ------------------------------------------------------------------------------------
     def submit_default_download(self) -> Job:

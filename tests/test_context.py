@@ -144,6 +144,27 @@ def test_facades(ctx):
     assert ctx.count_tokens("a photo <lora:detail:0.7>of a cat<hypernet:x:1>") == (5, 75)
     fields = ctx.infotext_fields("cat\nSteps: 5, Sampler: Euler a, CFG scale: 6, Seed: 9, Size: 64x128")
     assert fields["steps"] == 5 and fields["height"] == 128 and fields["sampler_name"] == "Euler a"
+    assert "styles" not in fields
+
+
+def test_a_pasted_infotext_selects_the_styles_its_prompts_carry(ctx):
+    from modules.engine.types import GenerationRequest
+
+    styles_csv = ctx.flags.data_dir / "styles.csv"
+    styles_csv.write_text(
+        'name,prompt,negative_prompt\nNoir,"film noir, {prompt}",colour\nGrain,film grain,\nUnused,zzz,\n', "utf-8"
+    )
+    try:
+        styled = ctx.styles.apply(GenerationRequest(prompt="a cat", negative_prompt="blur", styles=("Grain", "Noir")))
+        assert styled.prompt == "film noir, a cat, film grain" and styled.negative_prompt == "blur, colour"
+        fields = ctx.infotext_fields(
+            f"{styled.prompt}\nNegative prompt: {styled.negative_prompt}\nSteps: 5, Seed: 1, Size: 64x64"
+        )
+        assert (fields["prompt"], fields["negative_prompt"], fields["styles"]) == ("a cat", "blur", ("Grain", "Noir"))
+        plain = ctx.infotext_fields("a cat, film\nNegative prompt: blur\nSteps: 5, Seed: 1, Size: 64x64")
+        assert plain["prompt"] == "a cat, film" and "styles" not in plain
+    finally:
+        styles_csv.unlink()
 
 
 def _serve(directory):

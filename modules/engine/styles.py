@@ -58,6 +58,20 @@ def read_styles(path: Path) -> list[PromptStyle]:
     return styles
 
 
+def unmerge(style: str, prompt: str) -> str | None:
+    """``prompt`` without ``style`` where ``merge`` would have put it, or None when it is not there (A1111's rule)."""
+    text, style = prompt.strip(), style.strip()
+    if PLACEHOLDER in style:
+        left, _, right = style.partition(PLACEHOLDER)
+        if text.startswith(left) and text.endswith(right) and len(text) >= len(left) + len(right):
+            return text[len(left) : len(text) - len(right)]
+        return None
+    if not text.endswith(style):
+        return None
+    rest = text[: len(text) - len(style)]
+    return rest[:-2] if rest.endswith(", ") else rest
+
+
 class StyleLibrary:
     """The styles of the configured files (``patterns``: paths, wildcards allowed)."""
 
@@ -84,6 +98,25 @@ class StyleLibrary:
             except (OSError, csv.Error, UnicodeDecodeError) as exc:
                 logger.warning("Styles file %s not read: %s", path, exc)
         return styles
+
+    def detect(self, prompt: str, negative_prompt: str) -> tuple[list[str], str, str]:
+        """The styles a pasted infotext's prompts carry, and the prompts without them (A1111's "Apply if any").
+
+        Styles are taken off the end (or the ``{prompt}`` frame) one at a time, each style at most once, while one
+        matches both prompts; the names come back in the order they were applied.
+        """
+        left = [s for s in self.styles().values() if s.prompt or s.negative_prompt]
+        found: list[str] = []
+        while True:
+            for style in left:
+                positive, negative = unmerge(style.prompt, prompt), unmerge(style.negative_prompt, negative_prompt)
+                if positive is not None and negative is not None:
+                    prompt, negative_prompt = positive, negative
+                    found.append(style.name)
+                    left.remove(style)
+                    break
+            else:
+                return list(reversed(found)), prompt, negative_prompt
 
     def apply(self, request: GenerationRequest) -> GenerationRequest:
         """``request`` with its ``styles`` applied to its prompts (unchanged without styles).

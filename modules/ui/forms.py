@@ -68,6 +68,7 @@ OPTIONAL_FIELDS: frozenset[str] = frozenset({"hr_sampler_name", "hr_scheduler", 
 PASTE_GATES: Mapping[str, str | None] = {
     "prompt": None,
     "negative_prompt": None,
+    "styles": None,  # found in a pasted prompt by ctx.infotext_fields (A1111's "Apply if any")
     "steps": None,
     "sampler_name": None,
     "scheduler": None,
@@ -198,7 +199,7 @@ def paste_values(fields: Mapping[str, Any], settings: Settings, choices: Mapping
         if name in choices and value not in list(choices[name]):
             logger.info("Not pasting %s=%r: not one of the available choices", name, value)
             continue
-        out[name] = value
+        out[name] = list(value) if name == "styles" else value
     resize = out.get("seed_resize_from_w", -1), out.get("seed_resize_from_h", -1)
     for name in ("seed_resize_from_w", "seed_resize_from_h"):
         if name in out and out[name] <= 0:

@@ -56,3 +56,14 @@ def test_styles_apply_in_order_to_every_prompt_and_unknown_names_are_clear_error
     assert library.apply(GenerationRequest(prompt="a cat")) == GenerationRequest(prompt="a cat")
     with pytest.raises(InvalidRequestError, match=r"styles: 'Nope' not found \(styles: Cinematic, Plain\)"):
         library.apply(GenerationRequest(styles=("Plain", "Nope")))
+
+
+def test_unmerge_takes_a_style_off_where_merge_put_it():
+    from modules.engine.styles import unmerge
+
+    for style in ("masterpiece, {prompt}, 8k", "oil painting"):
+        assert unmerge(style, merge(style, "a cat")) == "a cat"
+    assert unmerge("oil painting", "oil painting") == ""
+    assert unmerge("oil painting", "a cat") is None
+    assert unmerge("masterpiece, {prompt}, 8k", "a cat, 8k") is None
+    assert unmerge("", "a cat") == "a cat"  # an empty style part matches anything and takes nothing off
