@@ -144,7 +144,7 @@ class EmbeddingLibrary:
             if entry is None:
                 try:
                     entry = read_embedding(path)
-                except (WebuiError, OSError, ValueError, RuntimeError) as exc:
+                except Exception as exc:  # a file that cannot be read is skipped, whatever the reader raised
                     entry = str(exc)
                     logger.warning("Embedding %s skipped: %s", path, exc)
                 with self._lock:

@@ -180,11 +180,14 @@ def read_layers(path: Path) -> dict[str, LoraLayer]:
     """The low-rank pairs of a LoRA file by kohya name (diffusers/PEFT names are translated).
 
     Raises:
-        InvalidRequestError: Not a LoRA this engine can merge (LoHa, LoKr, …), or no low-rank pair in it.
+        InvalidRequestError: Unreadable, not a LoRA this engine can merge (LoHa, LoKr, …), or no low-rank pair in it.
     """
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # truncated or not safetensors: whatever the reader raised
+        raise InvalidRequestError(f"{path.name}: cannot be read as a LoRA: {exc}") from exc
     for fragment, kind in _UNSUPPORTED:
         if any(fragment in key for key in tensors):
             raise InvalidRequestError(f"{path.name}: {kind} networks are not supported; only LoRA/LoCon")
@@ -266,8 +269,8 @@ def activate(model: object, tags: list[LoraTag], library: LoraLibrary | None) ->
     are put back first, then each tag's layers are added in place. ``model`` is a ``loader.LoadedModel``.
 
     Raises:
-        InvalidRequestError: An unknown name, an unsupported or unreadable file, or one made for another model type;
-            the model then holds its original weights.
+        InvalidRequestError: An unknown name (the model keeps what it held), an unsupported or unreadable file, or
+            one made for another model type (the model then holds its original weights).
     """
     if tags and library is None:
         raise InvalidRequestError("prompt: LoRA tags need a LoRA folder, and this engine was started without one")

@@ -65,6 +65,7 @@ def test_files_in_a1111s_diffusers_and_sdxl_formats(tmp_path):
     torch.save({"<cat-toy>": matrix[0]}, tmp_path / "learned_embeds.bin")
     save_file({"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, str(tmp_path / "xl.safetensors"))
     save_file({"something": torch.randn(2, 768), "else": torch.randn(2)}, str(tmp_path / "not_one.safetensors"))
+    (tmp_path / "truncated.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{nothing")
     a1111 = read_embedding(tmp_path / "a1111.pt")
     assert (a1111.name, a1111.count, a1111.info["step"], a1111.info["sd_checkpoint_name"]) == ("a1111", 3, 1500, "v1-5")
     assert torch.equal(a1111.vectors[768], matrix)
@@ -76,7 +77,7 @@ def test_files_in_a1111s_diffusers_and_sdxl_formats(tmp_path):
         read_embedding(tmp_path / "not_one.safetensors")
     library = EmbeddingLibrary(tmp_path)
     found, failed = library.scan()
-    assert sorted(found) == ["a1111", "learned_embeds", "xl"] and list(failed) == ["not_one"]
+    assert sorted(found) == ["a1111", "learned_embeds", "xl"] and sorted(failed) == ["not_one", "truncated"]
     usable, skipped = library.for_model((768,))  # SD1: one CLIP-L encoder
     assert sorted(usable) == ["a1111", "learned_embeds"] and list(skipped) == ["xl"]
     assert sorted(library.for_model((768, 1280))[0]) == ["xl"]  # SDXL needs both matrices

@@ -134,6 +134,9 @@ def test_bad_tags_are_clear_errors_and_leave_the_weights_alone(case, load_tiny, 
     save_file({"lora_unet_x.hada_w1_a": torch.ones(2, 2)}, str(other / "loha.safetensors"))
     with pytest.raises(InvalidRequestError, match=r"foreign.*another model type"):
         _image(model, "a red cat <lora:foreign>", LoraLibrary(other))
+    (other / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{nothing")
+    with pytest.raises(InvalidRequestError, match=r"broken\.safetensors: cannot be read as a LoRA"):
+        _image(model, "a red cat <lora:broken>", LoraLibrary(other))
     with pytest.raises(InvalidRequestError, match=r"loha\.safetensors: LyCORIS LoHa networks are not supported"):
         _image(model, "a red cat <lora:loha>", LoraLibrary(other))
     assert np.array_equal(_image(model, "a red cat", library)[0], base)
