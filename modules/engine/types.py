@@ -309,8 +309,18 @@ class NetworkFile:
         return next((Path(n) for n in names if Path(n).is_file()), None)
 
     def metadata(self) -> dict[str, str]:
-        """The safetensors header's ``__metadata__`` (training parameters), empty when there is none."""
+        """The safetensors header's ``__metadata__`` (training parameters), empty when there is none.
+
+        Raises:
+            OSError: The file cannot be read.
+            ValueError: It is not a safetensors file (the message names it).
+        """
         with self.path.open("rb") as file:
-            (length,) = struct.unpack("<Q", file.read(8))
-            header = json.loads(file.read(length))
+            try:
+                (length,) = struct.unpack("<Q", file.read(8))
+                header = json.loads(file.read(length))
+            except (struct.error, ValueError) as exc:
+                raise ValueError(f"{self.path.name}: not a safetensors file ({exc})") from exc
+        if not isinstance(header, dict):
+            raise ValueError(f"{self.path.name}: not a safetensors file (its header is not an object)")
         return dict(header.get("__metadata__") or {})

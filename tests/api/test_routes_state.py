@@ -245,8 +245,10 @@ def test_loras_are_listed_and_a_tag_merges_one(server, tiny_models_dir):
     lora = write_tiny_lora(
         tiny_models_dir / "sd1.safetensors", folder / "api_lora.safetensors", metadata={"ss_output_name": "api_lora"}
     )
+    (folder / "broken.safetensors").write_bytes(b"garbage")  # listed with the reason, never a failed listing
     assert server.post("refresh-loras").json() is None
-    (item,) = server.get("loras").json()
+    item, broken = server.get("loras").json()
+    assert broken["name"] == "broken" and "broken.safetensors: not a safetensors file" in broken["metadata"]["error"]
     assert item["name"] == item["alias"] == "api_lora" and item["path"] == str(lora)
     assert item["metadata"] == {"ss_output_name": "api_lora"}
     plain = info_of(server.txt2img(prompt="a cat", seed=3))
