@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import struct
 import threading
@@ -63,9 +64,12 @@ class LoraTag:
 
 def _number(text: str, tag: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InvalidRequestError(f"prompt: {tag}: {text!r} is not a number") from None
+    if not math.isfinite(value):  # an infinite weight would turn every image into NaNs
+        raise InvalidRequestError(f"prompt: {tag}: {text!r} is not a finite number")
+    return value
 
 
 def _lora_tag(args: str, tag: str) -> LoraTag:

@@ -122,7 +122,7 @@ def activate(model: Any, setting: str, library: VaeLibrary | None) -> dict[str, 
                     f" shape, e.g. {missing[0]})"
                 )
             try:
-                model.vae_patch.put(model.components, values)
+                model.vae_patch.put(model.components, values, views=views)
             except WeightPatchError as exc:
                 model.vae_patch.restore(model.components)
                 raise InvalidRequestError(f"sd_vae: {path.name}: {exc}") from exc

@@ -116,13 +116,21 @@ class WeightPatch:
         logger.debug("Changed %d weight(s) in place", len(deltas))
 
     @torch.no_grad()
-    def put(self, components: ModelComponents, values: Mapping[str, torch.Tensor]) -> None:
+    def put(
+        self,
+        components: ModelComponents,
+        values: Mapping[str, torch.Tensor],
+        *,
+        views: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         """Set each named weight to a new value (converted to the weight's dtype and device), in place.
+
+        ``views``: ``weight_views(components)`` when the caller has it already.
 
         Raises:
             WeightPatchError: A key the model does not have, or a value of another shape; nothing is changed then.
         """
-        views = weight_views(components)
+        views = weight_views(components) if views is None else views
         self._check(views, values)
         for key, value in values.items():
             view = views[key]

@@ -38,6 +38,8 @@ def test_tags_are_taken_out_of_the_prompt_with_a1111s_arguments():
     assert parse_tags("no tags (a:1.2) [b:c:3]") == ("no tags (a:1.2) [b:c:3]", [])
     with pytest.raises(InvalidRequestError, match=r"<lora:x:lots>: 'lots' is not a number"):
         parse_tags("<lora:x:lots>")
+    with pytest.raises(InvalidRequestError, match=r"<lora:x:1:inf>: 'inf' is not a finite number"):
+        parse_tags("<lora:x:1:inf>")
 
 
 def _kohya_names(keys: list[str], kind: str) -> list[str]:
