@@ -23,8 +23,10 @@ import re
 import struct
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -280,20 +282,31 @@ def activate(model: object, tags: list[LoraTag], library: LoraLibrary | None) ->
         raise InvalidRequestError("prompt: LoRA tags need a LoRA folder, and this engine was started without one")
     files = [library.find(tag.name) for tag in tags] if tags else []
     wanted = tuple((file.stamp, tag.te, tag.unet) for file, tag in zip(files, tags, strict=True))
-    if wanted != model.merged_loras:
-        model.weight_patch.restore(model.components)
-        model.merged_loras = ()
-        if tags:
-            views = weight_views(model.components)
-            targets = lora_targets(views)
-            try:
-                for file, tag in zip(files, tags, strict=True):
-                    for key, delta in _changes(file, tag, views, targets):
-                        model.weight_patch.add(model.components, {key: delta}, views=views)
-            except BaseException:
-                model.weight_patch.restore(model.components)
-                raise
-            logger.info("LoRA merged: %s", ", ".join(f"{t.name} (te {t.te:g}, unet {t.unet:g})" for t in tags))
-        model.merged_loras = wanted
-    hashes = {file.name: library.short_hash(file) for file in files}
-    return {"Lora hashes": ", ".join(f"{name}: {value}" for name, value in hashes.items())} if hashes else {}
+    if not files:
+        _merge(model, [], [], wanted)
+        return {}
+    # A file's first hash reads all of it (0.45 s for an SDXL LoRA of 450 MB): it runs beside the merge.
+    with ThreadPoolExecutor(max_workers=len(files), thread_name_prefix="lora-hash") as pool:
+        hashes = {file.name: pool.submit(library.short_hash, file) for file in files}
+        _merge(model, files, tags, wanted)
+        return {"Lora hashes": ", ".join(f"{name}: {value.result()}" for name, value in hashes.items())}
+
+
+def _merge(model: Any, files: list[NetworkFile], tags: list[LoraTag], wanted: tuple) -> None:
+    """Put ``model``'s original weights back and add ``tags``' layers, unless ``wanted`` is merged already."""
+    if wanted == model.merged_loras:
+        return
+    model.weight_patch.restore(model.components)
+    model.merged_loras = ()
+    if tags:
+        views = weight_views(model.components)
+        targets = lora_targets(views)
+        try:
+            for file, tag in zip(files, tags, strict=True):
+                for key, delta in _changes(file, tag, views, targets):
+                    model.weight_patch.add(model.components, {key: delta}, views=views)
+        except BaseException:
+            model.weight_patch.restore(model.components)
+            raise
+        logger.info("LoRA merged: %s", ", ".join(f"{t.name} (te {t.te:g}, unet {t.unet:g})" for t in tags))
+    model.merged_loras = wanted

@@ -11,8 +11,10 @@ recompile (tests/gpu/test_gpu_smoke.py). The text is encoded afresh for every jo
 
 :class:`WeightPatch` adds changes and keeps the first original of every weight it touched (in host memory, as A1111
 keeps its LoRA backups), so taking the changes away restores the file's weights bit for bit, whatever the rounding of
-the additions. Views are looked up at each call, not kept: a memory mode that moves the networks between devices
-moves their weights to new tensors.
+the additions. The originals stay after a restore (the weights equal them again), so the next LoRA on the same layers
+copies nothing out; for weights on CUDA they lie in page-locked slabs, which both copies cross at the bus's full speed
+(tests/gpu/results/lora_probe-h200.json). Views are looked up at each call, not kept: a memory mode that moves the
+networks between devices moves their weights to new tensors.
 """
 
 from __future__ import annotations
@@ -79,15 +81,68 @@ def weight_views(components: ModelComponents) -> dict[str, torch.Tensor]:
     return views
 
 
+# Page-locked host memory for originals is taken in slabs of this size (PyTorch's pinned allocator rounds every
+# request up to a power of two: one allocation per weight would waste a quarter of it), offsets aligned for any dtype.
+_SLAB_BYTES = 256 << 20
+_ALIGN = 512
+# Pinned memory cannot be swapped out: slabs are page-locked only while this share of the RAM stays available.
+_KEEP_AVAILABLE = 0.25
+
+
+def _pinnable(nbytes: int) -> bool:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a requirement; without it, stay with pageable memory
+        return False
+    memory = psutil.virtual_memory()
+    return memory.available - nbytes > memory.total * _KEEP_AVAILABLE
+
+
+@dataclass
+class _HostCopies:
+    """Host copies of device tensors, page-locked for CUDA ones (in slabs), copied without blocking the host."""
+
+    slabs: list[torch.Tensor] = field(default_factory=list)
+    used: int = 0  # bytes taken from the last slab
+    pending: torch.device | None = None  # the device whose copies out may still be running
+
+    def copy_of(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device.type != "cuda":
+            return tensor.to("cpu", copy=True)
+        nbytes = tensor.numel() * tensor.element_size()
+        if nbytes > _SLAB_BYTES:
+            out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=_pinnable(nbytes))
+        else:
+            if not self.slabs or self.used + nbytes > _SLAB_BYTES:
+                pinned = _pinnable(_SLAB_BYTES)
+                self.slabs.append(torch.empty(_SLAB_BYTES, dtype=torch.uint8, pin_memory=pinned))
+                self.used = 0
+            out = self.slabs[-1][self.used : self.used + nbytes].view(tensor.dtype).view(tensor.shape)
+            self.used += -(-nbytes // _ALIGN) * _ALIGN
+        out.copy_(tensor, non_blocking=True)
+        self.pending = tensor.device
+        return out
+
+    def wait(self) -> None:
+        """Return once every copy has landed (the host may then read them)."""
+        if self.pending is not None:
+            torch.cuda.synchronize(self.pending)
+            self.pending = None
+
+
 @dataclass
 class WeightPatch:
     """Changes added to a loaded model's weights in place, with the originals kept to put back exactly.
 
     Attributes:
-        originals: The weights as they were before the first change, by checkpoint key (host memory).
+        originals: The weights as they were before the first change, by checkpoint key (host memory). Kept after a
+            restore: the next change of the same weight copies nothing out.
+        changed: The keys whose weights differ from their originals now.
     """
 
     originals: dict[str, torch.Tensor] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+    _host: _HostCopies = field(default_factory=_HostCopies, repr=False)
 
     @torch.no_grad()
     def add(
@@ -108,11 +163,10 @@ class WeightPatch:
         views = weight_views(components) if views is None else views
         self._check(views, deltas)
         for key, delta in deltas.items():
-            view = views[key]
-            if key not in self.originals:
-                self.originals[key] = view.to("cpu", copy=True)
+            view = self._keep(key, views[key])
             total = view.float() + delta.to(device=view.device, dtype=torch.float32) * scale
             view.copy_(total)
+        self._host.wait()
         logger.debug("Changed %d weight(s) in place", len(deltas))
 
     @torch.no_grad()
@@ -133,10 +187,15 @@ class WeightPatch:
         views = weight_views(components) if views is None else views
         self._check(views, values)
         for key, value in values.items():
-            view = views[key]
-            if key not in self.originals:
-                self.originals[key] = view.to("cpu", copy=True)
-            view.copy_(value)
+            self._keep(key, views[key]).copy_(value)
+        self._host.wait()
+
+    def _keep(self, key: str, view: torch.Tensor) -> torch.Tensor:
+        """``view``, its original kept first if it has none yet, and marked changed."""
+        if key not in self.originals:
+            self.originals[key] = self._host.copy_of(view)
+        self.changed.add(key)
+        return view
 
     @staticmethod
     def _check(views: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
@@ -151,9 +210,11 @@ class WeightPatch:
     @torch.no_grad()
     def restore(self, components: ModelComponents) -> int:
         """Put every changed weight back as it was; return how many."""
+        if not self.changed:
+            return 0
         views = weight_views(components)
-        for key, original in self.originals.items():
-            views[key].copy_(original)
-        count = len(self.originals)
-        self.originals.clear()
+        for key in self.changed:
+            views[key].copy_(self.originals[key], non_blocking=True)  # stream-ordered before the next job's reads
+        count = len(self.changed)
+        self.changed.clear()
         return count

@@ -381,8 +381,9 @@ def test_configure_allocator_leaves_user_settings_and_other_platforms_alone(monk
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert loader.configure_allocator()
-    assert applied == [loader.ALLOCATOR_SETTINGS] == ["expandable_segments:True"]
-    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"  # child processes inherit it
+    assert applied == [loader.ALLOCATOR_SETTINGS]
+    assert loader.ALLOCATOR_SETTINGS.startswith("expandable_segments:True,pinned_use_cuda_host_register:True")
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == loader.ALLOCATOR_SETTINGS  # child processes inherit it
 
 
 def test_unknown_dtype_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:

@@ -87,7 +87,14 @@ def test_a_patch_gives_the_merged_files_images_in_place_and_restores_the_origina
     assert np.array_equal(changed, _image(load_tiny(merged)))  # exactly what the merged file generates
     assert patch.restore(model.components) == len(deltas)
     assert np.array_equal(_image(model), before)
-    assert _pointers(model) == pointers and patch.originals == {}
+    assert _pointers(model) == pointers and patch.changed == set()
+    kept = {key: original.data_ptr() for key, original in patch.originals.items()}
+    assert set(kept) == set(deltas)  # kept for the next change of the same weights
+    patch.add(model.components, deltas, scale=0.75)  # from the kept originals: the same merge again
+    assert np.array_equal(_image(model), changed)
+    assert {key: original.data_ptr() for key, original in patch.originals.items()} == kept  # nothing copied anew
+    assert patch.restore(model.components) == len(deltas) and patch.restore(model.components) == 0
+    assert np.array_equal(_image(model), before)
 
 
 def test_a_patch_that_does_not_fit_changes_nothing(checkpoint, load_tiny):

@@ -13,7 +13,8 @@
 #   startup  startup_profile three times, then once with --warm-up                            ≈ 1 min
 #   w6       W6 (a new process to its first image) four times                                  ≈ 30 s
 #   app      app_start: the whole app (webui.py --api): a first start, two restarts; page and first jobs    ≈ 1 min
-#   lora     lora_probe: merge, restore and switch times of a rank-32 LoRA, the job with it (SD1.5, SDXL)   ≈ 2 min
+#   lora     lora_probe: merge, restore and switch times of a rank-32 LoRA, the job with it (SD1.5, SDXL);
+#            pin_probe: pinned host memory with PyTorch's defaults and with the app's allocator settings        ≈ 3 min
 #   tests    the pytest tests marked gpu (``-m gpu``: .pytest.ini leaves them out everywhere else)             ≈ 2 min
 # Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
 # and .whl-app/ (gradio, fastapi, pydantic… that the machine lacks: the app) when those folders exist. Carry .whl for
@@ -92,6 +93,8 @@ fi
 if run lora; then
     python3 -m tests.gpu.lora_probe /tmp/ck/sd1.safetensors /tmp/ck/sdxl.safetensors --out "${out}/lora_probe.json" \
         > "${out}/lora_probe.log" 2>&1
+    python3 -m tests.gpu.pin_probe "" "pinned_use_cuda_host_register:True,pinned_num_register_threads:8" \
+        > "${out}/pin_probe.txt" 2>&1
 fi
 if run tests; then
     python3 -m pytest -m gpu -q tests/gpu > "${out}/gpu_tests.txt" 2>&1
