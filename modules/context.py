@@ -41,6 +41,7 @@ from modules.engine.types import (
     GenerationOptions,
     GenerationRequest,
     NetworkFile,
+    PreviewSettings,
     SamplerSettings,
 )
 from modules.engine.upscalers import UpscalerRegistry
@@ -260,6 +261,7 @@ class AppContext:
             use_old_scheduling=snapshot.use_old_scheduling,
             sampler=sampler_settings(snapshot),
             vae=snapshot.sd_vae,
+            preview=preview_settings(snapshot),
         )
         self.upscalers.device = model.device
         names = self.upscaler_names()
@@ -493,3 +495,14 @@ def _elapsed(job: Job) -> float:
 def sampler_settings(settings: Settings) -> SamplerSettings:
     """The engine's sampler parameters from the settings of the same names."""
     return SamplerSettings(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(SamplerSettings)})
+
+
+def preview_settings(settings: Settings) -> PreviewSettings:
+    """The engine's live-preview settings (``live_previews_enable`` off, or a period of -1: none while sampling)."""
+    every = settings.show_progress_every_n_steps if settings.live_previews_enable else 0
+    return PreviewSettings(
+        every_n_steps=max(every, 0),
+        method=settings.show_progress_type,
+        content=settings.live_preview_content,
+        grid=settings.show_progress_grid,
+    )

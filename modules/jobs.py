@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -13,9 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 from modules.errors import QueueFullError, WebuiError
 
 logger = logging.getLogger(__name__)
+
+# How long one progress request keeps live previews coming: the web page asks every 0.25 s, API clients typically
+# every 0.5-2 s; when nobody asks, the worker draws nothing.
+PREVIEW_WATCH_S = 5.0
 
 
 class JobStatus(str, enum.Enum):
@@ -55,6 +62,10 @@ class Job:
     textinfo: str = ""
     result: Any = None
     error: BaseException | None = None
+    current_image: Image.Image | None = None  # the latest live preview (drawn by the worker, engine/previews.py)
+    id_live_preview: int = 0  # counts previews: a watcher re-sends the image only when this moved
+    preview_step: int = 0
+    _preview_wanted_at: float = field(default=-math.inf, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -92,6 +103,19 @@ class Job:
     def report(self, step: int, total_steps: int, job_no: int = 0, job_count: int = 1) -> None:
         """Record progress: ``step`` of ``total_steps`` in batch ``job_no`` of ``job_count``."""
         self.step, self.total_steps, self.job_no, self.job_count = step, total_steps, job_no, job_count
+
+    def want_preview(self) -> None:
+        """Someone watches this job (a progress request that takes the live preview): draw previews for a while."""
+        self._preview_wanted_at = time.monotonic()
+
+    def preview_wanted(self) -> bool:
+        """Whether a watcher asked within the last ``PREVIEW_WATCH_S`` seconds."""
+        return time.monotonic() - self._preview_wanted_at < PREVIEW_WATCH_S
+
+    def show_preview(self, image: Image.Image, step: int) -> None:
+        """Keep the live preview drawn after sampling step ``step`` (called by the worker)."""
+        self.current_image, self.preview_step = image, step
+        self.id_live_preview += 1
 
     @property
     def progress(self) -> float:

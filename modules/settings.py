@@ -49,13 +49,6 @@ IGNORED_A1111_OPTIONS: frozenset[str] = frozenset(
         "face_restoration_unload",
         "tiling",
         "show_progressbar",
-        "live_previews_enable",
-        "live_previews_image_format",
-        "show_progress_grid",
-        "show_progress_every_n_steps",
-        "show_progress_type",
-        "live_preview_content",
-        "live_preview_refresh_period",
         "export_for_4chan",
         "img_downscale_threshold",
         "target_side_length",
@@ -242,6 +235,27 @@ class Settings(BaseModel):
     outdir_save: str = _opt("log/images", "Directory for saving images using the Save button", "saving_paths")
     send_seed: bool = _opt(True, "Send seed when sending prompt or image to other interface", "ui")
     send_size: bool = _opt(True, "Send size when sending prompt or image to another interface", "ui")
+    live_previews_enable: bool = _opt(True, "Show live previews of the created image", "live_previews")
+    live_previews_image_format: Literal["png", "jpeg", "webp"] = _opt(
+        "png", "Live preview file format", "live_previews"
+    )
+    show_progress_grid: bool = _opt(True, "Show previews of all images generated in a batch as a grid", "live_previews")
+    show_progress_every_n_steps: int = _opt(
+        10,
+        "Live preview display period (in sampling steps; -1: only after a batch is done)",
+        "live_previews",
+        ge=-1,
+        le=32,
+    )
+    show_progress_type: Literal["Full", "Approx NN", "Approx cheap", "TAESD"] = _opt(
+        "Approx NN", "Live preview method (Approx NN and TAESD draw as Approx cheap here)", "live_previews"
+    )
+    live_preview_content: Literal["Combined", "Prompt", "Negative prompt"] = _opt(
+        "Prompt", "Live preview subject", "live_previews"
+    )
+    live_preview_refresh_period: float = _opt(
+        1000, "Progressbar and preview update period (ms)", "live_previews", ge=100, le=10000
+    )
 
     @classmethod
     def load(cls, path: Path) -> Settings:

@@ -110,3 +110,24 @@ def test_find_by_id(q):
     assert q.find("task(abc)") is job and q.current is job
     gate.set()
     job.wait(5)
+
+
+def test_previews_are_wanted_while_someone_asks_and_kept_with_their_step(q, monkeypatch):
+    from PIL import Image
+
+    from modules import jobs
+
+    clock = [1000.0]
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    job = q.submit(lambda job: None)
+    job.wait(5)
+    assert not job.preview_wanted() and job.current_image is None  # nobody asked yet
+    job.want_preview()
+    clock[0] += jobs.PREVIEW_WATCH_S - 0.1
+    assert job.preview_wanted()
+    clock[0] += 0.2
+    assert not job.preview_wanted()  # the watcher went away: the worker stops drawing
+    first, second = Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), "red")
+    job.show_preview(first, 10)
+    job.show_preview(second, 20)
+    assert (job.current_image, job.preview_step, job.id_live_preview) == (second, 20, 2)

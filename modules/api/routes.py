@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Query
 
 from modules.api.deps import Ctx
 from modules.api.generation import run_generation
-from modules.api.images import decode_base64_image
+from modules.api.images import decode_base64_image, encode_base64
 from modules.api.schemas import ImageResponse, ImageToImageRequest, TextToImageRequest
 from modules.api.schemas_info import PNGInfoRequest, PNGInfoResponse, ProgressResponse, ProgressState
 from modules.errors import WebuiError
@@ -88,9 +88,20 @@ def progress(
         sampling_step=job.step,
         sampling_steps=job.total_steps,
     )
-    # No live previews are produced yet, so there is never a current_image to send (or to skip).
-    del skip_current_image
-    return ProgressResponse(progress=frac, eta_relative=job.eta or 0.0, state=state, textinfo=job.textinfo or None)
+    current_image = None
+    if not skip_current_image and ctx.settings.live_previews_enable:
+        job.want_preview()  # the worker draws previews while someone asks for them (engine/previews.py)
+        image = job.current_image
+        if image is not None:
+            snap = ctx.settings
+            current_image = encode_base64(ctx.encode_image(image, snap.samples_format, None, snap.jpeg_quality))
+    return ProgressResponse(
+        progress=frac,
+        eta_relative=job.eta or 0.0,
+        state=state,
+        current_image=current_image,
+        textinfo=job.textinfo or None,
+    )
 
 
 def interrupt(ctx: Ctx) -> dict[str, Any]:

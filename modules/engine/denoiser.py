@@ -21,8 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from modules.engine.previews import DenoiserRows
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,7 @@ class CFGDenoiser:
         space: Space | None = None,
         keep_uncond: bool = False,
         skip_uncond: SkipUncond | None = None,
+        rows: DenoiserRows | None = None,
     ) -> None:
         """Wrap ``unet``; ``step`` counts model calls from 0.
 
@@ -246,12 +251,14 @@ class CFGDenoiser:
             space: How levels, inputs and outputs are read (default: k-diffusion over ``sigma_to_t``).
             keep_uncond: Keep the unconditional prediction of each call in ``last_uncond`` (DDIM CFG++).
             skip_uncond: NGMS: when to skip the uncond pass at low noise.
+            rows: Where each call's own cond and uncond predictions are kept (a live preview of the prompt's).
         """
         self.unet = unet
         self.space: Space = space or KSpace(sigma_to_t, prediction_type == "v_prediction")
         self.keep_uncond = keep_uncond
         self.last_uncond: torch.Tensor | None = None
         self.skip_uncond = skip_uncond or SkipUncond()
+        self.rows = rows
         self.conds = conds
         self.cfg_scale = cfg_scale
         self.image_cond = image_cond
@@ -280,6 +287,9 @@ class CFGDenoiser:
         uncond_rows = [] if plain else step.unconds
         cond_owners = [i for i, _, _ in parts]
         cond_out = self._model(x, sigma, _pad_to_longest([c for _, c, _ in parts]), cond_owners, list(uncond_rows))
+        if self.rows is not None:  # views, no copies: the next call makes new tensors
+            n, u = len(parts), len(uncond_rows)
+            self.rows.record(cond_out[:n], cond_owners, cond_out[n : n + u] if u else None)
         if self.edit_scale is not None:
             n, u = len(parts), len(uncond_rows)
             image, blank = cond_out[n : n + u], cond_out[n + u :]
@@ -316,6 +326,8 @@ class CFGDenoiser:
         for k, (i, _, _) in enumerate(parts):
             first.setdefault(i, k)
         stand_in = torch.stack([cond_out[first[i]] for i in range(x.shape[0])])
+        if self.rows is not None:
+            self.rows.record(cond_out, [i for i, _, _ in parts], None)
         if self.keep_uncond:
             self.last_uncond = stand_in
         denoised = stand_in.clone()

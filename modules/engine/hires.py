@@ -28,6 +28,7 @@ from torch.nn import functional
 
 from modules.engine import kloop
 from modules.engine.loader import LoadedModel
+from modules.engine.previews import PreviewTap
 from modules.engine.progress import JobControls
 from modules.engine.refiner import RefinerRun
 from modules.engine.rng import NoiseSpec, batch_noise
@@ -323,4 +324,5 @@ class HiresPass:
             progress=lambda i: StepInfo(request.steps + i + 1, total, job_no, request.n_iter),
             refiner=switch,
             params=resolve_params(self.sampler, self.schedule, request, options.sampler, sdxl=model.model_type.is_sdxl),
+            preview=PreviewTap.create(model, options.preview, controls),
         )

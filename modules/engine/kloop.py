@@ -30,6 +30,7 @@ from modules.engine.ksampling.schedules import sigmas_for
 from modules.engine.ksampling.timesteps import a1111_timesteps, ddim, ddim_cfgpp, img2img_start, plms
 from modules.engine.ksampling.unipc import unipc
 from modules.engine.loader import LoadedModel
+from modules.engine.previews import PreviewTap
 from modules.engine.progress import JobControls
 from modules.engine.prompt_schedule import ScheduledPrompt
 from modules.engine.prompts import encode_group
@@ -186,15 +187,20 @@ def sampler_options(discrete: DiscreteModel, setup: BatchSetup, steps: int, base
 
 
 def _step_callback(
-    controls: JobControls, progress: Callable[[int], StepInfo], on_step: Callable[[StepInfo], None] | None
+    controls: JobControls,
+    progress: Callable[[int], StepInfo],
+    on_step: Callable[[StepInfo], None] | None,
+    preview: PreviewTap | None,
 ) -> Callable[[int, torch.Tensor, torch.Tensor], None]:
-    """Report progress after each step; stop (with the current denoised prediction) when asked to."""
+    """Report progress after each step and draw the live preview when due; stop (with the denoised prediction)."""
 
     def callback(i: int, latents: torch.Tensor, denoised: torch.Tensor) -> None:
         info = progress(i)
         controls.report(info.step, info.total_steps, info.job_no, info.job_count)
         if on_step is not None:
             on_step(info)
+        if preview is not None:
+            preview(info.step, denoised)
         if controls.should_stop() or controls.should_skip():
             raise SamplingInterrupted(denoised)
 
@@ -224,13 +230,17 @@ def run_batch(
     on_step: Callable[[StepInfo], None] | None = None,
     refiner: RefinerSwitch | None = None,
     params: SamplerParams | None = None,
+    preview: PreviewTap | None = None,
 ) -> torch.Tensor:
-    """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction."""
+    """Sample one batch and return its latents (fp32). Stop/skip returns the last step's denoised prediction.
+
+    ``preview``: draws the batch's live previews (engine/previews.py); None: none.
+    """
     params = params or SamplerParams(discard_next_to_last=sampler.options.get("discard_next_to_last_sigma") == "True")
     discrete = DiscreteModel.from_config(model.components.schedule)
     device = torch.device(model.device)
 
-    callback = _step_callback(controls, progress, on_step)
+    callback = _step_callback(controls, progress, on_step, preview)
     denoiser_args: dict[str, Any] = {
         "image_cond": setup.image_cond.to(device) if setup.image_cond is not None else None,
         "mask": setup.mask,
@@ -242,6 +252,8 @@ def run_batch(
     if sampler.name in TIMESTEP_SAMPLERS:
         run = TimestepRun(discrete.alphas_cumprod, callback, noise.next, params, setup.init is not None)
         return _run_timesteps(model, setup, conds, sampler, steps, cfg_scale, denoiser_args, run)
+    if preview is not None and preview.settings.content != "Combined":  # the rows are x0 predictions here (not ε)
+        denoiser_args["rows"] = preview.rows
     space = None
     if sampler.name == "LCM":
         discrete = discrete.lcm()

@@ -21,6 +21,7 @@ from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
 from modules.engine.networks import Networks, for_other_models
 from modules.engine.networks import prepare as prepare_networks
+from modules.engine.previews import PreviewTap
 from modules.engine.progress import JobControls, NoControls, noise_spec
 from modules.engine.prompt_schedule import old_timelines_differ, strip_comments
 from modules.engine.refiner import RefinerRun
@@ -296,6 +297,7 @@ def _sample_batch(
         on_step=on_step,
         refiner=switch,
         params=run.sampling,
+        preview=PreviewTap.create(model, options.preview, controls),
     )
 
 

@@ -1,20 +1,20 @@
-"""What the engine needs from the job running it (progress, stop/skip), and the per-step callback it builds."""
+"""What the engine needs from the job running it: progress and live previews out, stop/skip requests in."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
+from PIL import Image
 
 from modules.engine.loader import LoadedModel
 from modules.engine.rng import NoiseSpec
-from modules.engine.types import GenerationOptions, GenerationRequest, StepInfo
+from modules.engine.types import GenerationOptions, GenerationRequest
 
 
 class JobControls(Protocol):
-    """What the engine needs from the job running it: progress out, stop/skip requests in."""
+    """What the engine needs from the job running it: progress and live previews out, stop/skip requests in."""
 
     def report(self, step: int, total_steps: int, job_no: int = 0, job_count: int = 1) -> None:
         """Record progress after a sampling step."""
@@ -27,6 +27,12 @@ class JobControls(Protocol):
 
     def clear_skip(self) -> None:
         """Reset the skip request at the start of a batch."""
+
+    def preview_wanted(self) -> bool:
+        """Whether someone watches the job now, so that live previews are worth drawing."""
+
+    def show_preview(self, image: Image.Image, step: int) -> None:
+        """Take the live preview drawn after sampling step ``step``."""
 
 
 @dataclass
@@ -47,6 +53,13 @@ class NoControls:
     def clear_skip(self) -> None:
         """Nothing to clear."""
 
+    def preview_wanted(self) -> bool:
+        """Nobody watches."""
+        return False
+
+    def show_preview(self, image: Image.Image, step: int) -> None:
+        """Ignore previews."""
+
 
 def noise_spec(model: LoadedModel, request: GenerationRequest, options: GenerationOptions) -> NoiseSpec:
     """Latent noise shape (4 channels, also for 9-channel inpainting and 8-channel instruct-pix2pix UNets)."""
@@ -54,27 +67,3 @@ def noise_spec(model: LoadedModel, request: GenerationRequest, options: Generati
     channels = model.components.unet.config.in_channels if not (kind.is_inpaint or kind.is_edit) else 4
     shape = (channels, request.height // 8, request.width // 8)
     return NoiseSpec(shape, torch.device(model.device), options.randn_source)
-
-
-def step_callback(
-    controls: JobControls,
-    total: int,
-    job_no: int,
-    job_count: int,
-    on_step: Callable[[StepInfo], None] | None,
-    offset: int = 0,
-) -> Callable[..., dict[str, Any]]:
-    """Build the per-step callback (``callback_on_step_end``'s signature): report progress, stop on interrupt or skip.
-
-    ``offset`` counts steps already done in this batch (the first pass, when this is the hires pass).
-    """
-
-    def step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        controls.report(offset + i + 1, total, job_no, job_count)
-        if on_step is not None:
-            on_step(StepInfo(offset + i + 1, total, job_no, job_count))
-        if controls.should_stop() or controls.should_skip():
-            p._interrupt = True
-        return {}
-
-    return step_end

@@ -202,6 +202,24 @@ class SamplerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PreviewSettings:
+    """Live previews (A1111's settings; engine/previews.py).
+
+    Attributes:
+        every_n_steps: ``show_progress_every_n_steps``: steps between previews; 0 or less: none while sampling
+            (A1111's -1; also what ``live_previews_enable`` off gives).
+        method: ``show_progress_type``: ``Full``, ``Approx NN``, ``Approx cheap`` or ``TAESD``.
+        content: ``live_preview_content``: ``Combined``, ``Prompt`` or ``Negative prompt``.
+        grid: ``show_progress_grid``: the whole batch in a grid, else its first image.
+    """
+
+    every_n_steps: int = 10
+    method: str = "Approx NN"
+    content: str = "Prompt"
+    grid: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationOptions:
     """Settings that shape a generation but are not request fields in A1111 (they live in its options).
 
@@ -215,6 +233,7 @@ class GenerationOptions:
         use_old_scheduling: A1111's old prompt-editing timelines (``when`` below 1 is a fraction, else a step).
         sampler: Sampler parameters from the settings.
         vae: ``sd_vae``: ``Automatic``, ``None`` or a file name of ``models/VAE`` (engine/vae_files.py).
+        preview: Live previews (drawn only while the job's owner asks for them).
     """
 
     clip_skip: int = 1
@@ -226,6 +245,7 @@ class GenerationOptions:
     use_old_scheduling: bool = False
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     vae: str = "Automatic"
+    preview: PreviewSettings = field(default_factory=PreviewSettings)
 
 
 @dataclass(frozen=True, slots=True)

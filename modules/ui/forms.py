@@ -87,6 +87,7 @@ SECTION_LABELS: Mapping[str, str] = {
     "saving": "Saving images/grids",
     "saving_paths": "Paths for saving",
     "ui": "User interface",
+    "live_previews": "Live previews",
     "compatibility": "Compatibility",
 }
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from modules.engine.images import encode_image
 from modules.errors import WebuiError
 from modules.settings import infotext_settings
 from modules.ui import extra_networks, hires
 from modules.ui.forms import override_entries, overrides_from_entries, paste_values, to_request
-from modules.ui.views import infotext_html, progress_html, token_counter_html
+from modules.ui.views import infotext_html, live_preview_html, progress_html, token_counter_html
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -30,11 +32,27 @@ POLL_INTERVAL_S = 0.25
 
 
 def watch(ctx: AppContext, job: Job, interval: float = POLL_INTERVAL_S) -> Iterator[str]:
-    """Yield the progress-bar HTML every ``interval`` seconds until ``job`` is done."""
+    """Yield the progress-bar HTML, with the live preview under it, each time it changes, until ``job`` is done.
+
+    Watching is what asks the worker for live previews (``Settings → Live previews``); a new preview replaces the
+    shown one at most every ``live_preview_refresh_period`` ms, encoded once in ``live_previews_image_format``.
+    """
+    last, preview_id, preview, shown_at = None, 0, "", -math.inf
     while not job.done:
         pending = ctx.jobs.pending
         ahead = pending.index(job) + (ctx.jobs.current is not None) if job in pending else None
-        yield progress_html(job, ahead)
+        snap = ctx.settings
+        if snap.live_previews_enable and ahead is None:
+            job.want_preview()
+            image, due = job.current_image, time.monotonic() - shown_at >= snap.live_preview_refresh_period / 1000
+            if image is not None and job.id_live_preview != preview_id and due:
+                fmt = snap.live_previews_image_format
+                preview_id, preview = job.id_live_preview, live_preview_html(encode_image(image, fmt, None), fmt)
+                shown_at = time.monotonic()
+        html = progress_html(job, ahead) + preview
+        if html != last:
+            last = html
+            yield html
         time.sleep(interval)
 
 

@@ -41,6 +41,8 @@ CSS = """
   transition: width 0.25s; }
 #txt2img_progress .progress-text, #img2img_progress .progress-text { position: absolute; inset: 0;
   text-align: center; font-size: 0.85em; line-height: 1.4em; }
+#txt2img_progress .livePreview img, #img2img_progress .livePreview img { display: block; margin: 0.5em auto 0;
+  width: 100%; max-width: 512px; height: auto; border-radius: 6px; }
 #html_info_txt2img .performance, #html_info_img2img .performance { opacity: 0.7; font-size: 0.85em; }
 #html_info_txt2img p, #html_info_img2img p, #pnginfo_html p { word-break: break-word; }
 """

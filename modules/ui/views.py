@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from collections.abc import Mapping
@@ -62,6 +63,13 @@ def progress_html(job: JobView, queued_ahead: int | None = None) -> str:
         f"<div class='progress-bar' style='width:{percent:.1f}%'></div>"
         f"<div class='progress-text'>{text}</div></div>"
     )
+
+
+def live_preview_html(data: bytes, fmt: str) -> str:
+    """The live preview under the progress bar (A1111's ``livePreview``), from the encoded image ``data``."""
+    mime = {"jpg": "jpeg"}.get(fmt, fmt)
+    uri = f"data:image/{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return f"<div class='livePreview'><img src='{uri}' alt='Live preview'></div>"
 
 
 def infotext_html(infotext: str, seconds: float | None = None, comment: str = "") -> str:

@@ -299,8 +299,15 @@ def test_progress_and_interrupt_from_another_thread(server):
         time.sleep(0.05)
     state = progress["state"]
     assert state["sampling_steps"] == 500 and state["job_count"] == 1 and 0 < progress["progress"] < 1
-    assert progress["eta_relative"] > 0 and len(state["job_timestamp"]) == 14 and progress["current_image"] is None
-    assert server.get("progress", params={"skip_current_image": "true"}).status_code == 200
+    assert progress["eta_relative"] > 0 and len(state["job_timestamp"]) == 14
+    # asking for progress is what makes the worker draw live previews: one comes within the next 10 steps
+    while progress["current_image"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        progress = server.get("progress").json()
+    preview = decode_image(progress["current_image"])
+    assert preview.format == "PNG" and preview.size == (256 // 8, 256 // 8)  # Approx NN draws as Approx cheap
+    skipped = server.get("progress", params={"skip_current_image": "true"})
+    assert skipped.status_code == 200 and skipped.json()["current_image"] is None
     assert server.post("interrupt").json() == {}
     worker.join(60)
     response = result["response"]

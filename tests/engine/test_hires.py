@@ -9,6 +9,7 @@ from PIL import Image
 from modules.engine import hires
 from modules.engine.infotext import infotext_to_request_fields, parse_infotext
 from modules.engine.pipeline import generate
+from modules.engine.progress import NoControls
 from modules.engine.types import LATENT_UPSCALE_MODES, GenerationRequest
 from modules.errors import InvalidRequestError
 
@@ -20,7 +21,7 @@ def px(image):
     return np.asarray(image.convert("RGB")).astype(int)
 
 
-class Recorder:
+class Recorder(NoControls):
     """Job controls that record every progress report."""
 
     def __init__(self):

@@ -7,6 +7,7 @@ from PIL import Image
 from modules.engine.img2img import effective_steps
 from modules.engine.infotext import parse_infotext
 from modules.engine.pipeline import generate
+from modules.engine.progress import NoControls
 from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
 
@@ -48,7 +49,7 @@ def test_img2img_batch_image_equals_single_with_seed_plus_i(load_tiny, tiny_mode
     assert np.abs(px(batch.images[1]) - px(single.images[0])).max() <= 1
 
 
-class Recorder:
+class Recorder(NoControls):
     def __init__(self):
         self.reports = []
 

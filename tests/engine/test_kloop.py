@@ -13,6 +13,7 @@ import torch
 from modules.engine import kloop
 from modules.engine.ksampling.schedules import AYS_SD1, AYS_SDXL
 from modules.engine.pipeline import decode_latents, generate
+from modules.engine.progress import NoControls
 from modules.engine.prompts import encode_group, encode_prompt_pair
 from modules.engine.rng import NoiseSpec, batch_noise, make_generator
 from modules.engine.types import GenerationOptions, GenerationRequest
@@ -133,7 +134,7 @@ def test_ancestral_batch_equals_single_jobs(load_tiny, tiny_models):
 def test_interrupt_returns_the_last_denoised_prediction(load_tiny, tiny_models):
     model = load_tiny(tiny_models["sd1"])
 
-    class StopAfterTwo:
+    class StopAfterTwo(NoControls):
         def __init__(self):
             self.steps = []
 

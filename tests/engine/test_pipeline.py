@@ -5,6 +5,7 @@ import pytest
 
 from modules.engine.infotext import parse_infotext
 from modules.engine.pipeline import generate
+from modules.engine.progress import NoControls
 from modules.engine.types import GenerationOptions, GenerationRequest
 from modules.errors import InvalidRequestError
 
@@ -76,7 +77,7 @@ def test_batch_image_i_equals_single_with_seed_plus_i(load_tiny, tiny_models, sa
 def test_interrupt_returns_what_was_made(load_tiny, tiny_models):
     model = load_tiny(tiny_models["sd1"])
 
-    class StopAfterFirstBatch:
+    class StopAfterFirstBatch(NoControls):
         steps = 0
 
         def report(self, step, total, job_no=0, job_count=1):

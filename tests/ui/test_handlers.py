@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from types import SimpleNamespace
 
@@ -9,6 +11,7 @@ import gradio as gr
 import pytest
 from PIL import Image, PngImagePlugin
 
+from modules.settings import Settings
 from modules.ui import generation, pnginfo, quicksettings, settings_tab, txt2img
 
 INFOTEXT = (
@@ -135,6 +138,10 @@ class FakeJob:
         self.steps, self.polls = steps, 0
         self.step, self.total_steps, self.job_no, self.job_count, self.textinfo = 0, steps, 0, 1, ""
         self.eta = 1.0
+        self.current_image, self.id_live_preview, self.wanted = None, 0, 0
+
+    def want_preview(self):
+        self.wanted += 1
 
     @property
     def done(self):
@@ -148,7 +155,7 @@ class FakeJob:
 def test_watch_streams_progress_until_the_job_is_done():
     job = FakeJob(3)
     jobs = SimpleNamespace(pending=[], current=job)
-    ctx = SimpleNamespace(jobs=jobs)
+    ctx = SimpleNamespace(jobs=jobs, settings=Settings())
     seen = []
     for html in generation.watch(ctx, job, interval=0):
         seen.append(html)
@@ -161,9 +168,37 @@ def test_watch_streams_progress_until_the_job_is_done():
 
 def test_watch_shows_queue_position():
     job, running = FakeJob(1), FakeJob(1)
-    ctx = SimpleNamespace(jobs=SimpleNamespace(pending=[FakeJob(1), job], current=running))
+    ctx = SimpleNamespace(jobs=SimpleNamespace(pending=[FakeJob(1), job], current=running), settings=Settings())
     first = next(generation.watch(ctx, job, interval=0))
-    assert "Waiting in queue (2 jobs ahead)" in first
+    assert "Waiting in queue (2 jobs ahead)" in first and job.wanted == 0  # a queued job has nothing to preview
+
+
+class PreviewedJob(FakeJob):
+    """Checked once per poll: the worker draws a preview after the second poll; the step stops at 1."""
+
+    @property
+    def done(self):
+        self.polls += 1
+        self.step = min(self.polls - 1, 1)
+        if self.polls == 3:
+            self.current_image, self.id_live_preview = Image.new("RGB", (12, 8), "red"), 1
+        return self.polls > 5
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_watch_asks_for_live_previews_and_shows_each_new_one_once(enabled):
+    job = PreviewedJob(4)
+    settings = Settings(live_previews_enable=enabled, live_previews_image_format="jpeg")
+    ctx = SimpleNamespace(jobs=SimpleNamespace(pending=[], current=job), settings=settings)
+    seen = list(generation.watch(ctx, job, interval=0))
+    previews = [html for html in seen if "livePreview" in html]
+    if not enabled:
+        assert previews == [] and job.wanted == 0 and len(seen) == 2  # step 0, step 1
+        return
+    assert job.wanted == 5  # every poll of the running job asks the worker for previews
+    assert len(seen) == 3 and len(previews) == 1  # step 0, step 1, then the preview: nothing sent twice
+    data = previews[0].split("data:image/jpeg;base64,", 1)[1].split("'", 1)[0]
+    assert Image.open(io.BytesIO(base64.b64decode(data))).size == (12, 8)
 
 
 def test_pasted_settings_are_offered_as_overrides_and_apply_to_that_job_only(tmp_path, tiny_models_dir):
