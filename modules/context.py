@@ -6,7 +6,6 @@ time, so a settings change never affects a running job.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -38,21 +37,18 @@ from modules.engine.tokenizers import clip_tokenizer
 from modules.engine.types import (
     LATENT_UPSCALE_MODES,
     CheckpointInfo,
-    GenerationOptions,
     GenerationRequest,
     NetworkFile,
-    PreviewSettings,
-    SamplerSettings,
 )
 from modules.engine.upscalers import UpscalerRegistry
 from modules.engine.vae_files import VaeLibrary
 from modules.engine.validation import validate_request
 from modules.errors import CheckpointNotFoundError, InvalidRequestError
 from modules.flags import LaunchFlags
+from modules.generation_options import generation_options
 from modules.jobs import Job, JobQueue
 from modules.outputs import ExtrasOutput, JobOutput, build_info, save_extras, save_outputs
 from modules.settings import Settings
-from modules.version import INFOTEXT_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +96,7 @@ class AppContext:
         self.upscalers = UpscalerRegistry(list(self.flags.upscaler_dirs))
         self.loras = LoraLibrary(self.flags.lora_path)
         self.embeddings = EmbeddingLibrary(self.flags.embeddings_path)
-        self.vaes = VaeLibrary(self.flags.vae_folder)
+        self.vaes = VaeLibrary(self.flags.vae_folder, forced=self.flags.vae_path)
         self.styles = StyleLibrary(self.flags.style_files)
         self.refresh_checkpoints()
 
@@ -251,18 +247,7 @@ class AppContext:
         job.textinfo = f"Loading {ckpt.name}"
         model = self._load(ckpt)
         job.textinfo = "Generating"
-        options = GenerationOptions(
-            clip_skip=snapshot.CLIP_stop_at_last_layers,
-            eta_noise_seed_delta=snapshot.eta_noise_seed_delta,
-            randn_source=snapshot.randn_source,
-            emphasis=snapshot.emphasis,
-            comma_padding_backtrack=snapshot.comma_padding_backtrack,
-            version=INFOTEXT_VERSION,
-            use_old_scheduling=snapshot.use_old_scheduling,
-            sampler=sampler_settings(snapshot),
-            vae=snapshot.sd_vae,
-            preview=preview_settings(snapshot),
-        )
+        options = generation_options(snapshot)
         self.upscalers.device = model.device
         names = self.upscaler_names()
         loader = self._job_loader(request, model)
@@ -323,6 +308,23 @@ class AppContext:
     def style_list(self) -> list[PromptStyle]:
         """The prompt styles of ``styles.csv`` (``--styles-file``), read again when the files change."""
         return list(self.styles.styles().values())
+
+    def save_style(self, name: str, prompt: str, negative_prompt: str) -> Path:
+        """The style editor's Save (``StyleLibrary.save``: its errors); returns the file written."""
+        return self.styles.save(PromptStyle(name, prompt, negative_prompt))
+
+    def delete_style(self, name: str) -> Path:
+        """The style editor's Delete (``StyleLibrary.delete``: its errors); returns the file written."""
+        return self.styles.delete(name)
+
+    def apply_styles(self, prompt: str, negative_prompt: str, names: list[str]) -> tuple[str, str]:
+        """The prompts with the styles ``names`` written into them (A1111's "apply styles to the prompt").
+
+        Raises:
+            InvalidRequestError: A style that no styles file has.
+        """
+        applied = self.styles.apply(GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, styles=names))
+        return applied.prompt, applied.negative_prompt
 
     def vae_choices(self) -> list[str]:
         """The values of the ``sd_vae`` setting: ``Automatic``, ``None`` and the files of ``models/VAE``."""
@@ -490,19 +492,3 @@ class AppContext:
 
 def _elapsed(job: Job) -> float:
     return 0.0 if job.started_at is None else time.time() - job.started_at
-
-
-def sampler_settings(settings: Settings) -> SamplerSettings:
-    """The engine's sampler parameters from the settings of the same names."""
-    return SamplerSettings(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(SamplerSettings)})
-
-
-def preview_settings(settings: Settings) -> PreviewSettings:
-    """The engine's live-preview settings (``live_previews_enable`` off, or a period of -1: none while sampling)."""
-    every = settings.show_progress_every_n_steps if settings.live_previews_enable else 0
-    return PreviewSettings(
-        every_n_steps=max(every, 0),
-        method=settings.show_progress_type,
-        content=settings.live_preview_content,
-        grid=settings.show_progress_grid,
-    )

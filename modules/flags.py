@@ -38,6 +38,7 @@ _IMPLEMENTED: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--lora-dir", {**_STR, "help": "folder of LoRA networks (default <models-dir>/Lora)"}),
     ("--embeddings-dir", {**_STR, "help": "folder of textual-inversion embeddings (default <data-dir>/embeddings)"}),
     ("--vae-dir", {**_STR, "help": "folder of VAE files for the sd_vae setting (default <models-dir>/VAE)"}),
+    ("--vae-path", {**_STR, "help": "a VAE file used with every model; the sd_vae setting then has no effect"}),
     ("--styles-file", {"action": "append", "default": [], "help": "styles CSV file (repeatable, wildcards allowed)"}),
     ("--ckpt", {**_STR, "help": "checkpoint to add to the list and load"}),
     ("--no-download-sd-model", {"action": "store_true", "help": "do not download SD1.5 when no checkpoint exists"}),
@@ -152,7 +153,6 @@ _IGNORED_VALUE: tuple[str, ...] = (
     "--ngrok-region",
     "--gradio-allowed-path",
     "--config",
-    "--vae-path",
     "--hypernetwork-dir",
     "--codeformer-models-path",
     "--gfpgan-models-path",
@@ -238,6 +238,7 @@ class LaunchFlags(BaseModel):
     lora_dir: Path | None = None
     embeddings_dir: Path | None = None
     vae_dir: Path | None = None
+    vae_path: Path | None = None
     styles_file: tuple[str, ...] = ()
     esrgan_models_path: Path | None = None
     realesrgan_models_path: Path | None = None
@@ -333,7 +334,10 @@ def parse_flags(argv: Sequence[str], environ: dict[str, str] | None = None) -> L
     raw = vars(ns)
     known = {k: v for k, v in raw.items() if k in LaunchFlags.model_fields and v is not None}
     known["use_cpu"] = tuple(raw.get("use_cpu") or ())
-    return LaunchFlags(**known, raw=raw)
+    flags = LaunchFlags(**known, raw=raw)
+    if flags.vae_path is not None and not flags.vae_path.is_file():
+        raise SettingsError(f"--vae-path: {flags.vae_path} is not a file (give a .safetensors, .pt or .ckpt VAE)")
+    return flags
 
 
 def ignored_flags_used(flags: LaunchFlags) -> list[str]:

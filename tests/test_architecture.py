@@ -24,6 +24,7 @@ RULES = {
     "errors": (HEAVY | WEB, ("modules.",)),
     "flags": (HEAVY | WEB, ("modules.engine", "modules.jobs", "modules.context", "modules.ui", "modules.api")),
     "context": (WEB, ("modules.ui", "modules.api")),
+    "generation_options": (HEAVY | WEB, ("modules.jobs", "modules.context", "modules.ui", "modules.api")),
     "outputs": (WEB, ("modules.ui", "modules.api")),
     "version": (HEAVY | WEB, ("modules.",)),
     # stdlib only (it probes "import torch" on purpose): the launchers run it before anything is installed

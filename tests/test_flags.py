@@ -80,3 +80,12 @@ def test_ignored_flags_reported():
     assert ignored_flags_used(flags) == ["--hypernetwork-dir", "--xformers"]
     assert flags.lora_path == Path("y") and parse_flags([], environ={}).lora_path.parts[-2:] == ("models", "Lora")
     assert flags.embeddings_path == Path("z") and parse_flags([], environ={}).embeddings_path.name == "embeddings"
+
+
+def test_vae_path_must_be_a_file(tmp_path):
+    vae = tmp_path / "my.vae.safetensors"
+    vae.write_bytes(b"x")
+    assert parse_flags(["--vae-path", str(vae)], environ={}).vae_path == vae
+    assert "--vae-path" not in ignored_flags_used(parse_flags(["--vae-path", str(vae)], environ={}))
+    with pytest.raises(SettingsError, match=r"--vae-path: .*missing\.pt is not a file"):
+        parse_flags(["--vae-path", str(tmp_path / "missing.pt")], environ={})

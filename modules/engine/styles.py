@@ -6,6 +6,10 @@ ignored; a name in a later file replaces the same name in an earlier one. A styl
 user's prompt there; otherwise its text is appended after ``", "``. Styles apply in the order given, to the prompt,
 the negative prompt and the hires prompts when those are set; the infotext shows the prompts with them applied, as
 A1111's does. The files are read again when they change.
+
+The style editor saves and deletes styles (:meth:`StyleLibrary.save`, :meth:`StyleLibrary.delete`): a style is
+written to the file it came from, a new one to the first file; every other row (comments, columns this app does
+not know) is kept as it was, the file is replaced atomically, and the version before goes to ``<file>.bak``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import csv
 import dataclasses
 import glob
 import logging
+import os
+import shutil
+import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +85,7 @@ class StyleLibrary:
 
     def __init__(self, patterns: Iterable[str | Path]) -> None:
         self.patterns = [str(p) for p in patterns]
+        self._write_lock = threading.Lock()
 
     def files(self) -> list[Path]:
         """The files the patterns name now (a plain path also when it does not exist yet)."""
@@ -98,6 +107,57 @@ class StyleLibrary:
             except (OSError, csv.Error, UnicodeDecodeError) as exc:
                 logger.warning("Styles file %s not read: %s", path, exc)
         return styles
+
+    def source(self, name: str) -> Path | None:
+        """The file the style ``name`` is read from (the last one that has it), or None."""
+        found = None
+        for path in self.files():
+            try:
+                if any(style.name == name for style in read_styles(path)):
+                    found = path
+            except (OSError, csv.Error, UnicodeDecodeError):
+                continue
+        return found
+
+    def save(self, style: PromptStyle) -> Path:
+        """Write ``style`` (a new one, or a new text for one there is) and return the file it went to.
+
+        Raises:
+            InvalidRequestError: No name, a name starting with ``#`` (a comment), or no file to write to.
+        """
+        name = style.name.strip()
+        if not name or name.startswith("#"):
+            raise InvalidRequestError("style name: give a name that does not start with '#'")
+        style = PromptStyle(name, style.prompt, style.negative_prompt)
+        target = self.source(name) or next(iter(self.files()), None)
+        if target is None:
+            raise InvalidRequestError("styles: no styles file to write to (the --styles-file patterns match none)")
+        with self._write_lock:
+            header, rows = _raw_rows(target)
+            row = {"name": name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+            index = next((i for i, r in enumerate(rows) if (r.get("name") or "").strip() == name), None)
+            if index is None:
+                rows.append(row)
+            else:
+                rows[index] = {**rows[index], **row}
+            _write_rows(target, header, rows)
+        logger.info("Style %r saved to %s", name, target)
+        return target
+
+    def delete(self, name: str) -> Path:
+        """Take the style ``name`` out of the file it is read from, and return that file.
+
+        Raises:
+            InvalidRequestError: No style of that name.
+        """
+        target = self.source(name)
+        if target is None:
+            raise InvalidRequestError(f"styles: {name!r} not found (styles: {', '.join(self.styles()) or 'none'})")
+        with self._write_lock:
+            header, rows = _raw_rows(target)
+            _write_rows(target, header, [r for r in rows if (r.get("name") or "").strip() != name])
+        logger.info("Style %r deleted from %s", name, target)
+        return target
 
     def detect(self, prompt: str, negative_prompt: str) -> tuple[list[str], str, str]:
         """The styles a pasted infotext's prompts carry, and the prompts without them (A1111's "Apply if any").
@@ -143,3 +203,42 @@ class StyleLibrary:
                 text = merge(getattr(style, part), text) if getattr(style, part) else text
             changes[field] = text
         return dataclasses.replace(request, **changes)
+
+
+_COLUMNS = ["name", "prompt", "negative_prompt"]
+
+
+def _raw_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Every row of a styles file as written (comments too), and its header in the current form.
+
+    The old ``text`` column becomes ``prompt``; columns this app does not know stay, after the three it knows.
+    """
+    if not path.is_file():
+        return list(_COLUMNS), []
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        reader = csv.DictReader(file, skipinitialspace=True)
+        rows = [dict(row) for row in reader]
+        fields = list(reader.fieldnames or [])
+    for row in rows:
+        if "text" in row and "prompt" not in row:
+            row["prompt"] = row.pop("text")
+        row.pop(None, None)  # a row with more cells than the header has: the extra cells have no column
+    extra = [f for f in fields if f not in (*_COLUMNS, "text")]
+    return [*_COLUMNS, *extra], rows
+
+
+def _write_rows(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    """Replace ``path`` atomically with ``rows``; the file as it was goes to ``<path>.bak`` first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        shutil.copy2(path, path.with_name(path.name + ".bak"))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=header, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -31,10 +31,14 @@ _SKIPPED = ("loss.", "model_ema.")  # training leftovers some VAE files carry
 
 
 class VaeLibrary:
-    """The VAE files of ``models/VAE`` (sub-folders too) by file name, and their hashes (cached per file state)."""
+    """The VAE files of ``models/VAE`` (sub-folders too) by file name, and their hashes (cached per file state).
 
-    def __init__(self, folder: Path) -> None:
+    ``forced``: A1111's ``--vae-path``: this file for every model, whatever ``sd_vae`` says.
+    """
+
+    def __init__(self, folder: Path, forced: Path | None = None) -> None:
         self.folder = Path(folder)
+        self.forced = forced
         self._hashes = FileDigests()
 
     def files(self) -> dict[str, Path]:
@@ -46,11 +50,13 @@ class VaeLibrary:
         return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
     def choose(self, setting: str, checkpoint: Path) -> Path | None:
-        """The file ``setting`` selects for ``checkpoint`` (None: the checkpoint's own VAE).
+        """The file ``setting`` selects for ``checkpoint`` (None: the checkpoint's own VAE); ``forced`` when set.
 
         Raises:
             InvalidRequestError: A file name that is not in the folder; the message lists the choices.
         """
+        if self.forced is not None:
+            return self.forced
         if setting in ("", NONE):
             return None
         files = self.files()

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from modules.engine.images import encode_image
 from modules.errors import WebuiError
 from modules.settings import infotext_settings
-from modules.ui import extra_networks, hires
+from modules.ui import extra_networks, hires, styles_editor
 from modules.ui.forms import override_entries, overrides_from_entries, paste_values, to_request
 from modules.ui.views import infotext_html, live_preview_html, progress_html, token_counter_html
 
@@ -47,7 +46,7 @@ def watch(ctx: AppContext, job: Job, interval: float = POLL_INTERVAL_S) -> Itera
             image, due = job.current_image, time.monotonic() - shown_at >= snap.live_preview_refresh_period / 1000
             if image is not None and job.id_live_preview != preview_id and due:
                 fmt = snap.live_previews_image_format
-                preview_id, preview = job.id_live_preview, live_preview_html(encode_image(image, fmt, None), fmt)
+                preview_id, preview = job.id_live_preview, live_preview_html(ctx.encode_image(image, fmt, None), fmt)
                 shown_at = time.monotonic()
         html = progress_html(job, ahead) + preview
         if html != last:
@@ -264,5 +263,7 @@ def wire(ctx: AppContext, t: GenerationTab) -> None:
     wire_seeds(t)
     for cards in t.networks:
         extra_networks.wire(ctx, t, cards)
+    if t.styles_editor is not None:
+        styles_editor.wire(ctx, t, t.styles_editor)
     if t.hires_accordion is not None and t.hires_info is not None:
         hires.wire(t, t.hires_info)

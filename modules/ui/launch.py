@@ -56,6 +56,8 @@ TOOLTIPS: dict[str, str] = {
     "_random_subseed": "Set variation seed to -1",
     "_reuse_subseed": "Reuse variation seed from last generation",
     "_res_switch_btn": "Switch width/height",
+    "_styles_edit_button": "Edit styles",
+    "_style_apply": "Apply all selected styles to prompts",
     "refresh_sd_model_checkpoint": "Refresh the checkpoint list",
 }
 

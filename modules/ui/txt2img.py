@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from modules.engine.types import GenerationRequest
-from modules.ui import extra_networks, hires, refiner
+from modules.ui import extra_networks, hires, refiner, styles_editor
 from modules.ui.forms import NUMERIC_FIELDS
 from modules.ui.views import token_counter_html
 
@@ -51,6 +51,7 @@ class GenerationTab:
     hires_info: gr.HTML | None = None
     send_buttons: dict[str, gr.Button] = field(default_factory=dict)  # target tab id → "Send to" button
     networks: list[extra_networks.NetworkCards] = field(default_factory=list)  # tabs beside "Generation"
+    styles_editor: styles_editor.StyleEditor | None = None
     extra_values: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # tab-specific request fields
     # Tab-specific generation (img2img Batch): returns the update stream, or None to generate as usual.
     runner: Callable[[AppContext, GenerationTab, dict[str, Any]], Iterator[dict[Component, Any]] | None] | None = None
@@ -99,6 +100,7 @@ def build_toprow(ctx: AppContext, t: GenerationTab) -> None:
             with gr.Row(elem_id=f"{tab}_tools"):
                 t.paste = _tool("↙️", f"{tab}_paste")
                 t.clear_prompt = _tool("🗑️", f"{tab}_clear_prompt")
+                t.styles_editor = styles_editor.build_buttons(tab, _tool)
             t.fields["styles"] = gr.Dropdown(
                 label="Styles",
                 choices=[s.name for s in ctx.style_list()],
@@ -109,6 +111,7 @@ def build_toprow(ctx: AppContext, t: GenerationTab) -> None:
                 container=False,
                 allow_custom_value=False,
             )
+    styles_editor.build_dialog(ctx, tab, t.styles_editor)
 
 
 def build_settings_column(

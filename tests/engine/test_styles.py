@@ -67,3 +67,46 @@ def test_unmerge_takes_a_style_off_where_merge_put_it():
     assert unmerge("oil painting", "a cat") is None
     assert unmerge("masterpiece, {prompt}, 8k", "a cat, 8k") is None
     assert unmerge("", "a cat") == "a cat"  # an empty style part matches anything and takes nothing off
+
+
+def test_the_editor_saves_and_deletes_styles_keeping_every_other_row(tmp_path):
+    first, second = tmp_path / "styles.csv", tmp_path / "more" / "extra.csv"
+    first.write_text(
+        'name,prompt,negative_prompt,rating\n# a comment row,keep me,,\nCinematic,"cinematic, {prompt}",cartoon,5\n',
+        encoding="utf-8",
+    )
+    second.parent.mkdir()
+    second.write_text("name,text\nOld,watercolor\n", encoding="utf-8")
+    library = StyleLibrary([first, tmp_path / "more" / "*.csv"])
+    before = first.read_text(encoding="utf-8")
+
+    assert library.save(PromptStyle(" Neon ", "neon lights", "dull")) == first  # new: the first file
+    assert library.styles()["Neon"] == PromptStyle("Neon", "neon lights", "dull")
+    assert (tmp_path / "styles.csv.bak").read_text(encoding="utf-8") == before  # the version before, kept
+    text = first.read_text(encoding="utf-8")
+    assert "# a comment row,keep me" in text and 'Cinematic,"cinematic, {prompt}",cartoon,5' in text  # untouched
+
+    assert library.save(PromptStyle("Old", "ink drawing", "color")) == second  # an edit goes to its own file
+    assert read_styles(second) == [PromptStyle("Old", "ink drawing", "color")]
+    assert second.read_text(encoding="utf-8").splitlines()[0] == "name,prompt,negative_prompt"  # the current form
+
+    assert library.save(PromptStyle("Cinematic", "cinema, {prompt}", "")) == first
+    assert 'Cinematic,"cinema, {prompt}",,5' in first.read_text(encoding="utf-8")  # its other column kept
+    assert library.delete("Neon") == first
+    assert list(library.styles()) == ["Cinematic", "Old"]
+    assert "# a comment row" in first.read_text(encoding="utf-8")
+    assert not list(tmp_path.rglob("*.tmp"))  # written atomically, nothing left over
+
+
+def test_bad_editor_requests_are_clear_errors_and_write_nothing(tmp_path):
+    path = tmp_path / "styles.csv"
+    library = StyleLibrary([path])
+    for name in ("", "  ", "#hidden"):
+        with pytest.raises(InvalidRequestError, match="style name"):
+            library.save(PromptStyle(name, "x"))
+    with pytest.raises(InvalidRequestError, match=r"'Nope' not found \(styles: none\)"):
+        library.delete("Nope")
+    assert not path.exists()
+    assert library.save(PromptStyle("First", "x")) == path and read_styles(path) == [PromptStyle("First", "x")]
+    with pytest.raises(InvalidRequestError, match="no styles file"):
+        StyleLibrary([tmp_path / "none" / "*.csv"]).save(PromptStyle("A", "x"))

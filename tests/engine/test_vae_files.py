@@ -91,3 +91,16 @@ def test_bad_vae_choices_are_clear_errors_and_the_model_keeps_its_vae(case, load
         _image(model, "small.safetensors", VaeLibrary(bad))
     assert np.array_equal(_image(model, "None", library)[0], own)
     assert sorted(library.files()) == ["other.pt", "other.safetensors"]
+
+
+def test_a_forced_vae_file_is_used_whatever_the_setting_says(case, load_tiny, tmp_path):
+    library, paths, folder = case
+    model = load_tiny(paths["base"])
+    forced = tmp_path / "elsewhere" / "forced.pt"  # --vae-path: any file, not only one of models/VAE
+    forced.parent.mkdir()
+    forced.write_bytes((folder / "other.pt").read_bytes())
+    baked, _ = _image(load_tiny(paths["baked"]), "None", library)
+    for setting in ("None", "Automatic", "other.safetensors", "not-a-file.pt"):
+        image, info = _image(model, setting, VaeLibrary(folder, forced=forced))
+        assert np.array_equal(image, baked) and "VAE: forced.pt" in info, setting
+    assert np.abs(_image(model, "None", library)[0] - baked).max() > 0  # without it: the checkpoint's own again

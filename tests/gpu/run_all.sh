@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session of measurements (the device's 10-minute command limit: run the parts as separate calls).
 #
-#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|lora|tests|all|none]
+#     bash tests/gpu/run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|lora|previews|tests|all|none]
 #
 # Writes full-size sd1/sdxl checkpoints to /tmp/ck once (≈70 s), then:
 #   bench    python -m tests.gpu.bench (W1–W6 with B, cold load, W4, resolution change)      ≈ 4 min
@@ -15,6 +15,7 @@
 #   app      app_start: the whole app (webui.py --api): a first start, two restarts; page and first jobs    ≈ 1 min
 #   lora     lora_probe: merge, restore and switch times of a rank-32 LoRA, the job with it (SD1.5, SDXL);
 #            pin_probe: pinned host memory with PyTorch's defaults and with the app's allocator settings        ≈ 3 min
+#   previews preview_probe: a watched job's time with Approx cheap and Full previews (SD1.5, SDXL)         ≈ 2 min
 #   tests    the pytest tests marked gpu (``-m gpu``: .pytest.ini leaves them out everywhere else)             ≈ 2 min
 # Wheels the machine lacks are installed from .whl/ (diffusers, transformers, omegaconf…: the benchmark's baseline)
 # and .whl-app/ (gradio, fastapi, pydantic… that the machine lacks: the app) when those folders exist. Carry .whl for
@@ -27,7 +28,7 @@
 # semantic_version tomlkit pydub python_multipart pytz truststore opentelemetry_api importlib_metadata omegaconf
 # torchsde trampoline (requirements.txt's versions; the rest is on the machine, KINDS.md).
 set -uo pipefail
-out="${1:?usage: run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|lora|tests|all|none]}"
+out="${1:?usage: run_all.sh OUT_DIR [bench|compile|compile-sdxl|profile|vae|kernels|startup|w6|app|lora|previews|tests|all|none]}"
 what="${2:-all}"
 mkdir -p "${out}" /tmp/ck
 for wheels in .whl .whl-app; do
@@ -95,6 +96,10 @@ if run lora; then
         > "${out}/lora_probe.log" 2>&1
     python3 -m tests.gpu.pin_probe "" "pinned_use_cuda_host_register:True,pinned_num_register_threads:8" \
         > "${out}/pin_probe.txt" 2>&1
+fi
+if run previews; then
+    python3 -m tests.gpu.preview_probe /tmp/ck/sd1.safetensors /tmp/ck/sdxl.safetensors \
+        --out "${out}/preview_probe.json" > "${out}/preview_probe.log" 2>&1
 fi
 if run tests; then
     python3 -m pytest -m gpu -q tests/gpu > "${out}/gpu_tests.txt" 2>&1

@@ -203,6 +203,10 @@ def test_ctrl_enter_generates_and_interrupt_stops(page, server):
     _set_number(page, "txt2img_height", 64)
     page.locator("#txt2img_prompt textarea").press("Control+Enter")
     page.locator("#txt2img_progress").filter(has_text=re.compile(r"Step \d+/150")).wait_for()
+    # watching the job brings live previews (every 10 steps; Approx NN draws as Approx cheap: 1/8 of 64 px)
+    preview = page.locator("#txt2img_progress .livePreview img")
+    preview.wait_for()
+    assert preview.evaluate("img => img.naturalWidth") == 8
     page.locator("#txt2img_interrupt").click()
     page.locator("#html_info_txt2img").filter(has_text="interrupt me").wait_for()
     steps = int(re.search(r"Steps: (\d+)", page.locator("#html_info_txt2img").inner_text()).group(1))
@@ -373,3 +377,28 @@ def test_a_lora_card_puts_its_tag_in_the_prompt_and_the_image_uses_it(page, serv
     card.click()  # a second click takes the tag out again
     page.wait_for_function("() => !document.querySelector('#txt2img_prompt textarea').value.includes('<lora:')")
     assert prompt.input_value() == "a boat"
+
+
+def test_the_style_editor_saves_a_style_and_writes_it_into_the_prompt(page, server):
+    from modules.engine.styles import PromptStyle, read_styles
+
+    page.locator("#txt2img_styles_edit_button").click()
+    page.locator("#txt2img_styles_dialog").wait_for(state="visible")
+    name = page.locator("#txt2img_styles_edit_select input")
+    name.fill("Browser noir")
+    name.press("Enter")
+    page.locator("#txt2img_edit_style_prompt textarea").fill("film noir, {prompt}")
+    page.locator("#txt2img_edit_style_neg_prompt textarea").fill("color")
+    page.locator("#txt2img_edit_style_save").click()
+    page.locator("#txt2img_edit_style_result").filter(has_text="saved to styles.csv").wait_for()
+    assert PromptStyle("Browser noir", "film noir, {prompt}", "color") in read_styles(server.data_dir / "styles.csv")
+    # choose it among the tab's styles, then 📋 writes it into the prompts and empties the choice
+    page.locator("#txt2img_prompt textarea").fill("a cat")
+    page.locator("#txt2img_neg_prompt textarea").fill("")
+    page.locator("#txt2img_styles input").click()
+    page.get_by_role("option", name="Browser noir").click()
+    page.locator("#txt2img_style_apply").click()
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value == 'film noir, a cat'")
+    assert page.locator("#txt2img_neg_prompt textarea").input_value() == "color"
+    page.locator("#txt2img_edit_style_close").click()
+    page.locator("#txt2img_styles_dialog").wait_for(state="hidden")

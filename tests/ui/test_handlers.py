@@ -11,6 +11,7 @@ import gradio as gr
 import pytest
 from PIL import Image, PngImagePlugin
 
+from modules.context import AppContext
 from modules.settings import Settings
 from modules.ui import generation, pnginfo, quicksettings, settings_tab, txt2img
 
@@ -189,7 +190,8 @@ class PreviewedJob(FakeJob):
 def test_watch_asks_for_live_previews_and_shows_each_new_one_once(enabled):
     job = PreviewedJob(4)
     settings = Settings(live_previews_enable=enabled, live_previews_image_format="jpeg")
-    ctx = SimpleNamespace(jobs=SimpleNamespace(pending=[], current=job), settings=settings)
+    jobs = SimpleNamespace(pending=[], current=job)
+    ctx = SimpleNamespace(jobs=jobs, settings=settings, encode_image=AppContext.encode_image)
     seen = list(generation.watch(ctx, job, interval=0))
     previews = [html for html in seen if "livePreview" in html]
     if not enabled:
