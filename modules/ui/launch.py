@@ -43,6 +43,11 @@ CSS = """
   text-align: center; font-size: 0.85em; line-height: 1.4em; }
 #txt2img_progress .livePreview img, #img2img_progress .livePreview img { display: block; margin: 0.5em auto 0;
   width: 100%; max-width: 512px; height: auto; border-radius: 6px; }
+#generate_context_menu { position: absolute; z-index: 1000; background: var(--background-fill-primary);
+  border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 0.2em 0;
+  box-shadow: var(--shadow-drop-lg); }
+#generate_context_menu .context-menu-item { padding: 0.3em 1em; cursor: pointer; }
+#generate_context_menu .context-menu-item:hover { background: var(--background-fill-secondary); }
 #html_info_txt2img .performance, #html_info_img2img .performance { opacity: 0.7; font-size: 0.85em; }
 #html_info_txt2img p, #html_info_img2img p, #pnginfo_html p { word-break: break-word; }
 """
@@ -61,7 +66,10 @@ TOOLTIPS: dict[str, str] = {
     "refresh_sd_model_checkpoint": "Refresh the checkpoint list",
 }
 
-# Ctrl+Enter in a prompt box clicks Generate; Esc interrupts (A1111's shortcuts); icon buttons get hover titles.
+# A1111's page behaviour: Ctrl+Enter in a prompt box clicks Generate, Alt+Enter Skip, Esc interrupts; icon buttons
+# get hover titles; the running job's percentage leads the window title; right-click on Generate offers "Generate
+# forever" (Generate is clicked again each time a job's progress bar goes away, until cancelled there, or until a
+# click starts nothing for 15 s: an error).
 JS = """
 () => {
   const tips = __TOOLTIPS__;
@@ -78,12 +86,66 @@ JS = """
     if (tab && e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
       document.querySelector(`#${tab}_generate`)?.click();
+    } else if (tab && e.key === 'Enter' && e.altKey) {
+      e.preventDefault();
+      document.querySelector(`#${tab}_skip`)?.click();
     } else if (e.key === 'Escape') {
       const visible = [...document.querySelectorAll('#txt2img_interrupt, #img2img_interrupt')]
         .find((b) => b.offsetParent !== null);
       visible?.click();
     }
   });
+  const baseTitle = document.title;
+  const busy = (tab) => document.querySelector(`#${tab}_progress .progress-track`);
+  setInterval(() => {
+    const bar = busy('txt2img') || busy('img2img');
+    const title = bar ? `[${bar.getAttribute('aria-valuenow')}%] ${baseTitle}` : baseTitle;
+    if (document.title !== title) document.title = title;
+  }, 500);
+  const forever = {};
+  const menu = document.createElement('div');
+  menu.id = 'generate_context_menu';
+  menu.className = 'context-menu';
+  menu.style.display = 'none';
+  document.body.appendChild(menu);
+  document.addEventListener('click', (e) => { if (!menu.contains(e.target)) menu.style.display = 'none'; });
+  document.addEventListener('contextmenu', (e) => {
+    const button = e.target.closest && e.target.closest('#txt2img_generate, #img2img_generate');
+    if (!button) { menu.style.display = 'none'; return; }
+    e.preventDefault();
+    const tab = button.id.replace('_generate', '');
+    const item = document.createElement('div');
+    item.className = 'context-menu-item';
+    item.textContent = forever[tab] ? 'Cancel generate forever' : 'Generate forever';
+    item.onclick = () => {
+      menu.style.display = 'none';
+      if (forever[tab]) { forever[tab].observer.disconnect(); delete forever[tab]; return; }
+      const run = { state: 'idle', since: Date.now(), saw: false };
+      run.observer = new MutationObserver(() => { if (busy(tab)) run.saw = true; });  // catches short jobs too
+      const progress = document.querySelector(`#${tab}_progress`);
+      if (progress) run.observer.observe(progress, { childList: true, subtree: true });
+      forever[tab] = run;
+    };
+    menu.replaceChildren(item);
+    menu.style.left = `${e.pageX}px`;
+    menu.style.top = `${e.pageY}px`;
+    menu.style.display = 'block';
+  });
+  setInterval(() => {
+    for (const [tab, run] of Object.entries(forever)) {
+      if (run.state === 'idle') {
+        Object.assign(run, { state: 'waiting', since: Date.now(), saw: false });
+        document.querySelector(`#${tab}_generate`)?.click();
+      } else if (run.state === 'waiting' && (run.saw || busy(tab))) {
+        run.state = 'running';
+      } else if (run.state === 'running' && !busy(tab)) {
+        run.state = 'idle';  // the job's result arrived: the next tick generates again
+      } else if (run.state === 'waiting' && Date.now() - run.since > 15000) {
+        run.observer.disconnect();
+        delete forever[tab];
+      }
+    }
+  }, 300);
 }
 """
 

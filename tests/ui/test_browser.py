@@ -207,11 +207,35 @@ def test_ctrl_enter_generates_and_interrupt_stops(page, server):
     preview = page.locator("#txt2img_progress .livePreview img")
     preview.wait_for()
     assert preview.evaluate("img => img.naturalWidth") == 8
+    page.wait_for_function(r"() => /^\[\d+%\] /.test(document.title)")  # the progress leads the window title
     page.locator("#txt2img_interrupt").click()
     page.locator("#html_info_txt2img").filter(has_text="interrupt me").wait_for()
     steps = int(re.search(r"Steps: (\d+)", page.locator("#html_info_txt2img").inner_text()).group(1))
     assert steps == 150
     assert server.ctx.jobs.current is None or server.ctx.jobs.current.kind != "txt2img"
+    page.wait_for_function(r"() => !/^\[\d+%\] /.test(document.title)")
+
+
+def test_generate_forever_repeats_until_cancelled(page, server):
+    page.locator("#txt2img_prompt textarea").fill("again and again")
+    _set_number(page, "txt2img_steps", 2)
+    _set_number(page, "txt2img_width", 64)
+    _set_number(page, "txt2img_height", 64)
+    jobs, menu = server.ctx.jobs, page.locator("#generate_context_menu .context-menu-item")
+    start = jobs.completed_count
+    page.locator("#txt2img_generate").click(button="right")
+    menu.filter(has_text="Generate forever").click()
+    deadline = time.time() + TIMEOUT_MS / 1000
+    while jobs.completed_count < start + 3:  # it goes on by itself after each result
+        assert time.time() < deadline, f"only {jobs.completed_count - start} jobs ran"
+        time.sleep(0.1)
+    page.locator("#txt2img_generate").click(button="right")
+    menu.filter(has_text="Cancel generate forever").click()
+    time.sleep(2)  # the job running at the cancel may still finish
+    settled = jobs.completed_count
+    time.sleep(2)
+    assert jobs.completed_count == settled and jobs.current is None and jobs.pending == []
+    page.locator("#html_info_txt2img").filter(has_text="again and again").wait_for()
 
 
 def test_gradio_client_txt2img_and_pnginfo(server, tmp_path):
