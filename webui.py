@@ -64,6 +64,11 @@ def create_app(ctx: AppContext) -> FastAPI:
 
         from modules.ui import create_ui, ui_launch_kwargs
 
+        if flags.api_auth or not (flags.gradio_auth or flags.gradio_auth_path):
+            # A1111's /internal routes; with only a UI login they would show previews to anyone, so they are left out
+            from modules.api.routes_internal import install_internal_routes
+
+            install_internal_routes(app)
         blocks = create_ui(ctx)
         blocks.queue(default_concurrency_limit=4)
         app = gr.mount_gradio_app(app, blocks, path="/", root_path=root_path(flags), **ui_launch_kwargs(ctx))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import logging
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 # How long one progress request keeps live previews coming: the web page asks every 0.25 s, API clients typically
 # every 0.5-2 s; when nobody asks, the worker draws nothing.
 PREVIEW_WATCH_S = 5.0
+# Finished job ids remembered for ``/internal/progress``'s ``completed`` (A1111 keeps a few too).
+FINISHED_IDS_KEPT = 64
 
 
 class JobStatus(str, enum.Enum):
@@ -166,6 +169,7 @@ class JobQueue:
         self._current: Job | None = None
         self._completed = itertools.count()
         self.completed_count = 0
+        self._finished_ids: collections.deque[str] = collections.deque(maxlen=FINISHED_IDS_KEPT)
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -201,6 +205,11 @@ class JobQueue:
             return cur
         return next((j for j in self.pending if j.id == job_id), None)
 
+    def finished(self, job_id: str) -> bool:
+        """Whether the job with this id is one of the last ``FINISHED_IDS_KEPT`` to finish."""
+        with self._lock:
+            return job_id in self._finished_ids
+
     def interrupt_all(self) -> None:
         """Interrupt the running job (pending jobs stay queued, as in A1111)."""
         cur = self._current
@@ -226,6 +235,7 @@ class JobQueue:
             with self._lock:
                 self._current = None
                 self.completed_count = next(self._completed) + 1
+                self._finished_ids.append(job.id)
             del job  # the worker keeps no finished job (its result may hold a whole model) while it waits
 
     @staticmethod

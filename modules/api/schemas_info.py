@@ -49,6 +49,27 @@ class ProgressResponse(BaseModel):
     textinfo: str | None = None
 
 
+class InternalProgressRequest(_Request):
+    """``POST /internal/progress`` body (A1111's web page sends it): which task, and the preview it has."""
+
+    id_task: str | None = None
+    id_live_preview: int = -1
+    live_preview: bool = True
+
+
+class InternalProgressResponse(BaseModel):
+    """``POST /internal/progress``: where the task stands, and a newer live preview (a data URI) when there is one."""
+
+    active: bool
+    queued: bool
+    completed: bool
+    progress: float | None = None
+    eta: float | None = None
+    live_preview: str | None = None
+    id_live_preview: int | None = None
+    textinfo: str | None = None
+
+
 class SDModelItem(BaseModel):
     """One checkpoint in ``GET /sdapi/v1/sd-models``."""
 

@@ -61,8 +61,11 @@ def info_of(body: dict) -> dict:
     return json.loads(body["info"])
 
 
-def start_server(data_dir: Path, models_dir: Path, extra_flags: list[str]) -> Iterator[LiveServer]:
-    """Start webui's own app (create_context + create_app) under uvicorn in a thread; stop it afterwards."""
+def start_server(data_dir: Path, models_dir: Path, extra_flags: list[str], ui: bool = False) -> Iterator[LiveServer]:
+    """Start webui's own app (create_context + create_app) under uvicorn in a thread; stop it afterwards.
+
+    ``ui``: with the web page too (and the ``/internal`` routes beside it); else ``--nowebui``.
+    """
     import uvicorn
 
     import webui
@@ -75,7 +78,7 @@ def start_server(data_dir: Path, models_dir: Path, extra_flags: list[str]) -> It
         "--data-dir",
         str(data_dir),
         "--api",
-        "--nowebui",
+        *([] if ui else ["--nowebui"]),
         "--ckpt-dir",
         str(models_dir),
         "--no-download-sd-model",
