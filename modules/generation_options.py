@@ -10,7 +10,7 @@ from modules.version import INFOTEXT_VERSION
 
 
 def generation_options(settings: Settings) -> GenerationOptions:
-    """Clip skip, ENSD, RNG, emphasis, sampler parameters, VAE and live previews of one job."""
+    """Clip skip, ENSD, RNG, emphasis, sampler parameters, VAE, live previews and tiling of one job."""
     return GenerationOptions(
         clip_skip=settings.CLIP_stop_at_last_layers,
         eta_noise_seed_delta=settings.eta_noise_seed_delta,
@@ -22,6 +22,7 @@ def generation_options(settings: Settings) -> GenerationOptions:
         sampler=sampler_settings(settings),
         vae=settings.sd_vae,
         preview=preview_settings(settings),
+        tiling=settings.tiling,
     )
 
 

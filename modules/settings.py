@@ -47,7 +47,6 @@ IGNORED_A1111_OPTIONS: frozenset[str] = frozenset(
         "face_restoration_model",
         "code_former_weight",
         "face_restoration_unload",
-        "tiling",
         "show_progressbar",
         "export_for_4chan",
         "img_downscale_threshold",
@@ -180,6 +179,7 @@ class Settings(BaseModel):
     emphasis: Literal["Original", "No norm", "Ignore", "None"] = _opt("Original", "Emphasis mode", "sd")
     comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit", "sd", ge=0, le=74)
     randn_source: Literal["GPU", "CPU", "NV"] = _opt("GPU", "Random number generator source", "sd")
+    tiling: bool = _opt(False, "Tiling: produce a picture that repeats seamlessly (circular padding)", "sd")
     compile_unet: bool = _opt(
         False, "Compile the UNet with torch.compile (CUDA; in the background, cached on disk; reloads the model)", "sd"
     )

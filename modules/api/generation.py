@@ -59,6 +59,8 @@ def _job_settings(ctx: AppContext, req: GenerationFields) -> tuple[dict[str, Any
     if overrides and not req.override_settings_restore_afterwards:
         ctx.update_settings(overrides)
         overrides = {}
+    if req.tiling is not None:  # the request's tiling, for this job only (null: the setting, as in A1111)
+        overrides["tiling"] = req.tiling
     return overrides, ctx.settings.with_overrides(overrides)
 
 

@@ -97,7 +97,7 @@ class GenerationFields(BaseModel):
         if self.script_name and self.script_name.lower() not in self.script_titles:
             known = ", ".join(self.script_titles) or "none for this endpoint"
             raise InvalidRequestError(f"script_name {self.script_name!r} not found; scripts here: {known}")
-        ignored = [name for name in ("restore_faces", "tiling") if getattr(self, name)]
+        ignored = ["restore_faces"] if self.restore_faces else []
         if self.alwayson_scripts:
             ignored.append(f"alwayson_scripts ({', '.join(sorted(self.alwayson_scripts))})")
         if ignored:

@@ -26,6 +26,7 @@ import torch
 from modules.engine import geglu, group_norm, kernel_build
 from modules.engine.compiling import READY, BackgroundCompiler
 from modules.engine.streams import GRAPHS, side_stream
+from modules.engine.tiling import CIRCULAR
 from modules.engine.types import ModelType
 
 logger = logging.getLogger(__name__)
@@ -122,9 +123,11 @@ class GraphedForward:
     ) -> Any:
         """Run the UNet: replay a captured graph when possible, else the eager forward."""
         extra = {k: v for k, v in kwargs.items() if v is not None}
+        # a tiling job pads circularly: the graphs hold the zero-padded kernels (engine/tiling.py)
+        tiled = getattr(self._eager.__self__, CIRCULAR, False)
         tensors = (
             {}
-            if (args or extra or torch.is_grad_enabled() or self.failed or kernel_build.active())
+            if (args or extra or torch.is_grad_enabled() or self.failed or kernel_build.active() or tiled)
             else _flatten(sample, timestep, encoder_hidden_states, added_cond_kwargs)
         )
         if not tensors:

@@ -127,6 +127,11 @@ class BackgroundCompiler:
         with self._lock:
             self._state[key] = state
 
+    def join_running(self) -> None:
+        """Wait for the compiles already running, starting none (a tiling job must not change what they trace)."""
+        for thread in list(self._threads):
+            thread.join()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Start the queued compiles and wait for them; return whether all finished within ``timeout`` seconds."""
         self.start_queued()

@@ -299,6 +299,7 @@ _FIELD_MAP: Mapping[str, tuple[str, Callable[[Any], object]]] = {
     "Old prompt editing timelines": ("use_old_scheduling", lambda v: str(v).lower() == "true"),
     "NGMS": ("s_min_uncond", float),
     "NGMS all steps": ("s_min_uncond_all", lambda v: str(v).lower() == "true"),
+    "Tiling": ("tiling", lambda v: str(v).lower() == "true"),
 }
 _VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 _MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")

@@ -28,6 +28,7 @@ from modules.engine.refiner import RefinerRun
 from modules.engine.rng import NoiseSpec, batch_noise, fix_seed, job_seeds
 from modules.engine.sampler_params import SamplerParams, resolve_params
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, resolve_sampler
+from modules.engine.tiling import tiling
 from modules.engine.types import GenerationOptions, GenerationRequest, GenerationResult, StepInfo
 from modules.engine.vae import decode_latents as _decode
 from modules.engine.validation import validate_request
@@ -57,17 +58,12 @@ def generate(
         InvalidRequestError: For an out-of-range field or an unknown sampler/schedule.
         OutOfMemoryError: The device ran out of memory twice; its cache was emptied so the next job can run.
     """
-    args = (
-        model,
-        request,
-        options,
-        controls,
-        on_step,
-        upscaler,
-        upscaler_names,
-        load_model,
-        networks,
-    )
+    tiled = options is not None and options.tiling
+
+    def run() -> GenerationResult:
+        with tiling(tiled, model, load_model) as loader:  # circular padding for the job (A1111's tiling)
+            return _generate(model, request, options, controls, on_step, upscaler, upscaler_names, loader, networks)
+
     preferred = model.preferred_mode or model.memory_mode
     if model.memory_mode != preferred:  # an earlier out of memory left it lighter: try the faster mode again
         try:
@@ -75,7 +71,7 @@ def generate(
         except torch.OutOfMemoryError:
             _free_cache()
     try:
-        result = _generate(*args)
+        result = run()
         start_queued_compiles(model.components.unet)
         return result
     except torch.OutOfMemoryError as exc:
@@ -93,7 +89,7 @@ def generate(
     logger.warning("Out of memory on %s (%s); retrying the job with %s offload", model.device, first, retry_mode)
     try:
         model.set_memory_mode(retry_mode)
-        return _generate(*args)
+        return run()
     except torch.OutOfMemoryError as exc:
         _free_cache()
         raise OutOfMemoryError(
@@ -374,6 +370,7 @@ def infotext_params(
         "Clip skip": options.clip_skip if options.clip_skip > 1 and not model.model_type.is_sdxl else None,
         "ENSD": options.eta_noise_seed_delta or None,
         "RNG": options.randn_source if options.randn_source != "GPU" else None,
+        "Tiling": True if options.tiling else None,
         "Version": options.version or None,
     }
     return {k: v for k, v in params.items() if v is not None}

@@ -234,6 +234,7 @@ class GenerationOptions:
         sampler: Sampler parameters from the settings.
         vae: ``sd_vae``: ``Automatic``, ``None`` or a file name of ``models/VAE`` (engine/vae_files.py).
         preview: Live previews (drawn only while the job's owner asks for them).
+        tiling: Seamlessly tileable images (circular padding; engine/tiling.py).
     """
 
     clip_skip: int = 1
@@ -246,6 +247,7 @@ class GenerationOptions:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     vae: str = "Automatic"
     preview: PreviewSettings = field(default_factory=PreviewSettings)
+    tiling: bool = False
 
 
 @dataclass(frozen=True, slots=True)

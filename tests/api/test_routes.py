@@ -459,3 +459,14 @@ def test_out_of_range_sampler_parameters_are_a_422_and_the_next_request_works(se
     assert options.status_code == 422 and "uni_pc_variant" in options.text
     ok = server.post("txt2img", {**A1111_BASE, "sampler_name": "UniPC", "steps": 3})
     assert ok.status_code == 200 and "Sampler: UniPC" in info_of(ok.json())["infotexts"][0]
+
+
+def test_tiling_comes_from_the_request_or_else_the_setting(server):
+    def tiled(**fields) -> bool:
+        return "Tiling: True" in info_of(server.txt2img(steps=2, **fields))["infotexts"][0]
+
+    assert tiled(tiling=True) and not tiled()
+    assert tiled(override_settings={"tiling": True})
+    assert not tiled(override_settings={"tiling": True}, tiling=False)  # the request's field wins for its job
+    assert server.get("options").json()["tiling"] is False  # nothing kept
+    assert tiled(infotext="a wall\nSteps: 2, Sampler: Euler, Seed: 1, Size: 64x64, Tiling: True")

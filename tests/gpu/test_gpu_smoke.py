@@ -246,3 +246,31 @@ def test_weights_changed_in_place_reach_the_graphs_without_a_new_capture_or_comp
         if compile:
             assert forward.compiler.seconds == compiled_seconds  # no second compile
         del model, forward
+
+
+@pytest.mark.gpu
+def test_a_tiling_job_runs_the_unet_eagerly_and_the_next_job_replays_its_graph(tmp_path):
+    """Circular padding is not what the captured graphs hold: a tiling job bypasses them (and captures nothing),
+    the next job replays the graph it had, with the zero padding back."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import numpy as np
+
+    from modules.engine.loader import LoadOptions, ModelManager
+    from modules.engine.pipeline import generate
+    from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest
+    from tests.support.tiny_checkpoints import write_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    write_checkpoint("sd1", path)
+    model = ModelManager().get(
+        CheckpointInfo(path, path.name), LoadOptions(device="cuda", dtype="float16", vae_dtype="float32")
+    )
+    request = GenerationRequest(prompt="a wall", steps=3, width=64, height=64, seed=2, sampler_name="Euler")
+    base = np.asarray(generate(model, request).images[0])
+    graphs = model.components.unet.forward.captured
+    assert graphs == ["eager"]
+    tiled = generate(model, request, GenerationOptions(tiling=True))
+    assert "Tiling: True" in tiled.infotexts[0] and np.abs(np.asarray(tiled.images[0], np.int16) - base).max() > 0
+    assert model.components.unet.forward.captured == graphs and not model.components.unet.forward.failed
+    assert np.array_equal(np.asarray(generate(model, request).images[0]), base)
