@@ -71,8 +71,8 @@ def create_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 st = settings_tab.build_tab(ctx)
         quicksettings.wire(ctx, qs)
-        generation.wire(ctx, t2i)
-        generation.wire(ctx, i2i)
+        generation.wire(ctx, t2i, qs.checkpoint)
+        generation.wire(ctx, i2i, qs.checkpoint)
         img2img.wire(i2i, i2i_extras)
         extras.wire(ctx, ext)
         pnginfo.wire(ctx, png, t2i, tabs)

@@ -1,20 +1,24 @@
-"""A1111's extra-network tabs beside "Generation": "Textual Inversion" and "Lora", a card per file.
+"""A1111's extra-network tabs beside "Generation": "Textual Inversion", "Checkpoints" and "Lora", a card per file.
 
 A card shows the file's preview (``<name>.preview.png`` and the like beside it, else a blank card) and its name.
 A click on a Lora card appends ``<lora:name:weight>`` to the prompt — the weight is the ``preferred weight`` of
 A1111's ``<name>.json`` beside the file, else 1 — followed by its ``activation text``; on a Textual Inversion card it
-appends the embedding's name. A click on a card already in the prompt takes it out again. The search box filters by
-name and path; 🔄 scans the folder again.
+appends the embedding's name. A click on a card already in the prompt takes it out again. A click on a Checkpoints
+card loads that checkpoint, as choosing it in the checkpoint dropdown does. The search box filters by name and path;
+🔄 scans the folder again.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from PIL import Image
+
+from modules.ui import quicksettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,7 +38,7 @@ class Kind:
     label: str
     key: str  # A1111's element ids: ``{tab}_{key}_cards``
     files: Callable[[AppContext, bool], list[NetworkFile]]
-    toggle: Callable[[str, NetworkFile], str]
+    toggle: Callable[[str, NetworkFile], str] | None  # None: a click selects the checkpoint instead
 
 
 @dataclass
@@ -80,8 +84,17 @@ def toggle_word(prompt: str, file: NetworkFile) -> str:
     return re.sub(r"\s{2,}", " ", text).strip(" ,")
 
 
+def checkpoint_files(ctx: AppContext, rescan: bool) -> list[NetworkFile]:
+    """The checkpoints as cards: named as A1111's cards name them (the file name without its extension)."""
+    from modules.engine.types import NetworkFile
+
+    found = ctx.refresh_checkpoints() if rescan else ctx.checkpoints
+    return [NetworkFile(Path(c.name).with_suffix("").as_posix(), c.filename) for c in found]
+
+
 KINDS = (
     Kind("Textual Inversion", "textual_inversion", lambda ctx, rescan: ctx.embedding_files(), toggle_word),
+    Kind("Checkpoints", "checkpoints", checkpoint_files, None),
     Kind("Lora", "lora", lambda ctx, rescan: ctx.lora_files(rescan=rescan), toggle),
 )
 
@@ -129,18 +142,32 @@ def build_tabs(ctx: AppContext, t: GenerationTab) -> list[NetworkCards]:
     return built
 
 
-def wire(ctx: AppContext, t: GenerationTab, c: NetworkCards) -> None:
-    """Card clicks toggle the prompt text; search filters; 🔄 rescans."""
+def pick_checkpoint(ctx: AppContext, name: str) -> dict[str, Any]:
+    """A Checkpoints card click: load that checkpoint; the checkpoint dropdown's update (unchanged if it is gone)."""
+    file = next((f for f in checkpoint_files(ctx, False) if f.name == name), None)
+    title = next((c.title for c in ctx.checkpoints if file is not None and c.filename == file.path), None)
+    return quicksettings.change_checkpoint(ctx, title)
+
+
+def wire(ctx: AppContext, t: GenerationTab, c: NetworkCards, checkpoint: gr.Dropdown | None = None) -> None:
+    """Card clicks toggle the prompt text (or load the checkpoint into ``checkpoint``); search filters; 🔄 rescans."""
     prompt = t.fields["prompt"]
 
     def on_select(evt: gr.SelectData, names: list[str], text: str) -> str:
         file = next((f for f in c.kind.files(ctx, False) if f.name == names[evt.index]), None)
-        return c.kind.toggle(text or "", file) if file is not None else gr.update()
+        return c.kind.toggle(text or "", file) if file is not None and c.kind.toggle else gr.update()
 
     def show(query: str, rescan: bool = False) -> tuple[list[tuple[Any, str]], list[str]]:
         return cards(ctx, c.kind, query or "", rescan=rescan)
 
     private = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
-    c.gallery.select(on_select, inputs=[c.names, prompt], outputs=prompt, **private)
+
+    def on_pick(evt: gr.SelectData, names: list[str]) -> dict[str, Any]:
+        return pick_checkpoint(ctx, names[evt.index])
+
+    if c.kind.toggle is None and checkpoint is not None:
+        c.gallery.select(on_pick, inputs=c.names, outputs=checkpoint, api_visibility="private")
+    elif c.kind.toggle is not None:
+        c.gallery.select(on_select, inputs=[c.names, prompt], outputs=prompt, **private)
     c.search.change(show, inputs=c.search, outputs=[c.gallery, c.names], **private)
     c.refresh.click(lambda q: show(q, True), inputs=c.search, outputs=[c.gallery, c.names], **private)

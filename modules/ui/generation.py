@@ -256,13 +256,13 @@ def wire_seeds(t: GenerationTab) -> None:
     )
 
 
-def wire(ctx: AppContext, t: GenerationTab) -> None:
-    """Attach every event of a generation tab."""
+def wire(ctx: AppContext, t: GenerationTab, checkpoint: gr.Dropdown | None = None) -> None:
+    """Attach every event of a generation tab (``checkpoint``: the dropdown a Checkpoints card click sets)."""
     wire_generate(ctx, t)
     wire_helpers(ctx, t)
     wire_seeds(t)
     for cards in t.networks:
-        extra_networks.wire(ctx, t, cards)
+        extra_networks.wire(ctx, t, cards, checkpoint)
     if t.styles_editor is not None:
         styles_editor.wire(ctx, t, t.styles_editor)
     if t.hires_accordion is not None and t.hires_info is not None:

@@ -160,7 +160,8 @@ def test_tabs_labels_ids_and_order(page):
         ]
         assert inner[:1] == [("Generation", f"{tab}_generation_tab")] and ("Lora", f"{tab}_lora_tab") in inner
         assert ("Textual Inversion", f"{tab}_textual_inversion_tab") in inner
-        assert by_id[f"{tab}_lora_cards"]["type"] == "gallery"
+        assert ("Checkpoints", f"{tab}_checkpoints_tab") in inner
+        assert by_id[f"{tab}_lora_cards"]["type"] == by_id[f"{tab}_checkpoints_cards"]["type"] == "gallery"
 
 
 @pytest.mark.parametrize(

@@ -426,3 +426,18 @@ def test_the_style_editor_saves_a_style_and_writes_it_into_the_prompt(page, serv
     assert page.locator("#txt2img_neg_prompt textarea").input_value() == "color"
     page.locator("#txt2img_edit_style_close").click()
     page.locator("#txt2img_styles_dialog").wait_for(state="hidden")
+
+
+def test_a_checkpoint_card_click_loads_that_checkpoint(page, server):
+    before = server.ctx.settings.sd_model_checkpoint
+    page.locator("#txt2img_extra_tabs button[role=tab]", has_text="Checkpoints").click()
+    cards = page.locator("#txt2img_checkpoints_cards button")
+    cards.filter(has_text=re.compile(r"(^\s*)sd1-inpaint(\s*$)")).click()  # not sd1-inpaint-ckpt
+    deadline = time.time() + TIMEOUT_MS / 1000
+    while not (server.ctx.models.current and server.ctx.models.current.checkpoint.name == "sd1-inpaint.safetensors"):
+        assert time.time() < deadline, "the card did not load sd1-inpaint"
+        time.sleep(0.2)
+    page.wait_for_function(
+        "() => document.querySelector('#setting_sd_model_checkpoint input').value.startsWith('sd1-inpaint.safetensors')"
+    )
+    server.ctx.update_settings({"sd_model_checkpoint": before})  # as the other tests expect

@@ -1,4 +1,4 @@
-"""The Lora and Textual Inversion tabs: cards from the real folders, and what a click does to the prompt."""
+"""The Lora, Textual Inversion and Checkpoints tabs: cards from the real folders, and what a click does."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from modules.engine.types import NetworkFile
-from modules.ui.extra_networks import KINDS, card_tag, cards, toggle, toggle_word
+from modules.ui.extra_networks import KINDS, card_tag, cards, pick_checkpoint, toggle, toggle_word
 from tests.ui.conftest import make_context
 
-TEXTUAL_INVERSION, LORA = KINDS
+TEXTUAL_INVERSION, CHECKPOINTS, LORA = KINDS
 
 
 def _file(folder, name: str, meta: dict | None = None) -> NetworkFile:
@@ -74,5 +74,30 @@ def test_textual_inversion_cards_add_and_remove_the_name(tmp_path):
         assert toggle_word("cat, grainy, dog", grainy) == "cat, dog"
         assert toggle_word("a (Grainy:1.2) cat", grainy) == "a cat"
         assert toggle_word("grainyfilm cat", grainy) == "grainyfilm cat grainy"  # another word: added
+    finally:
+        ctx.close()
+
+
+def test_a_checkpoint_card_loads_that_checkpoint(tmp_path, tiny_models_dir):
+    import shutil
+
+    models = tmp_path / "models" / "Stable-diffusion"
+    (models / "sub").mkdir(parents=True)
+    shutil.copy(tiny_models_dir / "sd1.safetensors", models / "first.safetensors")
+    shutil.copy(tiny_models_dir / "sd2v.safetensors", models / "sub" / "second.safetensors")
+    Image.new("RGB", (8, 8), "blue").save(models / "sub" / "second.preview.png")
+    ctx = make_context(tmp_path)
+    try:
+        items, names = cards(ctx, CHECKPOINTS)
+        assert names == ["first", "sub/second"]  # A1111's card names: the file without its extension
+        assert items[1] == (str(models / "sub" / "second.preview.png"), "sub/second")
+        ctx.update_settings({"sd_model_checkpoint": "first.safetensors"})
+        update = pick_checkpoint(ctx, "sub/second")
+        assert ctx.settings.sd_model_checkpoint.startswith("sub/second.safetensors")
+        assert update["value"] == ctx.settings.sd_model_checkpoint
+        (models / "third.safetensors").write_bytes((models / "first.safetensors").read_bytes())
+        assert "third" in cards(ctx, CHECKPOINTS, rescan=True)[1]  # 🔄 scans the folder again
+        pick_checkpoint(ctx, "gone")  # a card whose file went away changes nothing
+        assert ctx.settings.sd_model_checkpoint.startswith("sub/second.safetensors")
     finally:
         ctx.close()
