@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -323,6 +325,28 @@ class NetworkFile:
             logger.warning("%s: not read (%s)", path, exc)
             return {}
         return data if isinstance(data, dict) else {}
+
+    def save_user_metadata(self, updates: Mapping[str, object]) -> Path:
+        """Write ``updates`` into ``<name>.json`` (its other keys kept, the file replaced atomically); return its path.
+
+        Raises:
+            ValueError: The file is there but is not a JSON object; it is left as it is (the message says so).
+        """
+        path = self.path.with_suffix(".json")
+        data: dict[str, object] = {}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                message = f"{path.name} is not valid JSON ({exc}); it was left as it is: fix or remove it"
+                raise ValueError(message) from exc
+            if not isinstance(data, dict):
+                raise ValueError(f"{path.name} does not hold a JSON object; it was left as it is: fix or remove it")
+        data.update(updates)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+        temporary.replace(path)
+        return path
 
     def preview(self) -> Path | None:
         """The card image A1111 shows: ``<name>.preview.png`` (or ``.png``/``.jpg``/``.jpeg``/``.webp``) beside it."""

@@ -42,6 +42,16 @@ class Kind:
 
 
 @dataclass
+class MetadataEditor:
+    """The "Edit metadata" accordion under the cards: A1111's ``<name>.json`` fields of one card (Lora: all)."""
+
+    name: gr.Dropdown
+    fields: dict[str, Any]  # the JSON key → its component
+    save: gr.Button
+    result: gr.HTML
+
+
+@dataclass
 class NetworkCards:
     """One kind's tab inside one generation tab."""
 
@@ -50,6 +60,12 @@ class NetworkCards:
     search: gr.Textbox
     refresh: gr.Button
     names: gr.State  # the names of the cards shown, in order
+    editor: MetadataEditor | None = None
+
+
+# A1111's user-metadata keys, and the kinds that have each (Lora: all of them).
+_TEXT_KEYS = ("description", "activation text", "negative text", "notes")
+_LORA_ONLY = ("activation text", "negative text", "preferred weight")
 
 
 def card_tag(file: NetworkFile) -> str:
@@ -130,7 +146,56 @@ def build(ctx: AppContext, t: GenerationTab, kind: Kind) -> NetworkCards:
         interactive=False,
         elem_id=f"{prefix}_cards",
     )
-    return NetworkCards(kind=kind, gallery=gallery, search=search, refresh=refresh, names=gr.State(names))
+    editor = _build_editor(prefix, kind, names)
+    return NetworkCards(kind, gallery, search, refresh, gr.State(names), editor)
+
+
+def _build_editor(prefix: str, kind: Kind, names: list[str]) -> MetadataEditor:
+    keys = [k for k in (*_TEXT_KEYS, "preferred weight") if kind.key == "lora" or k not in _LORA_ONLY]
+    with gr.Accordion("Edit metadata", open=False, elem_id=f"{prefix}_edit_user_metadata"):
+        name = gr.Dropdown(label="Card", choices=names, value=None, elem_id=f"{prefix}_edit_user_metadata_name")
+        fields: dict[str, Any] = {}
+        for key in keys:
+            elem_id = f"{prefix}_edit_user_metadata_{key.replace(' ', '_')}"
+            if key == "preferred weight":
+                fields[key] = gr.Slider(0, 2, value=0, step=0.05, label="Preferred weight (0: 1)", elem_id=elem_id)
+            else:
+                fields[key] = gr.Textbox(label=key.capitalize(), lines=2 if key != "notes" else 4, elem_id=elem_id)
+        save = gr.Button("Save", variant="primary", elem_id=f"{prefix}_edit_user_metadata_save")
+        result = gr.HTML("", elem_id=f"{prefix}_edit_user_metadata_result")
+    return MetadataEditor(name, fields, save, result)
+
+
+def metadata_values(ctx: AppContext, kind: Kind, name: str | None, keys: list[str]) -> list[Any]:
+    """The values of ``keys`` in card ``name``'s ``<name>.json`` (empty, or 0 for the weight, when unset)."""
+    file = next((f for f in kind.files(ctx, False) if f.name == name), None)
+    meta = file.user_metadata() if file is not None else {}
+    values: list[Any] = []
+    for key in keys:
+        value = meta.get(key)
+        if key == "preferred weight":
+            values.append(value if isinstance(value, int | float) and not isinstance(value, bool) else 0)
+        else:
+            values.append("" if value is None else str(value))
+    return values
+
+
+def save_metadata(ctx: AppContext, kind: Kind, name: str | None, keys: list[str], values: list[Any]) -> str:
+    """Write the editor's values into card ``name``'s ``<name>.json`` (other keys kept); the message to show.
+
+    Raises:
+        gr.Error: No card chosen, or a JSON file that is there but not readable (it is left as it is).
+    """
+    file = next((f for f in kind.files(ctx, False) if f.name == name), None)
+    if file is None:
+        raise gr.Error("Choose a card first.")
+    pairs = zip(keys, values, strict=True)
+    updates = {key: (float(v or 0) if key == "preferred weight" else str(v or "")) for key, v in pairs}
+    try:
+        path = file.save_user_metadata(updates)
+    except (ValueError, OSError) as exc:
+        raise gr.Error(str(exc)) from exc
+    return f"Saved {path.name}."
 
 
 def build_tabs(ctx: AppContext, t: GenerationTab) -> list[NetworkCards]:
@@ -171,3 +236,18 @@ def wire(ctx: AppContext, t: GenerationTab, c: NetworkCards, checkpoint: gr.Drop
         c.gallery.select(on_select, inputs=[c.names, prompt], outputs=prompt, **private)
     c.search.change(show, inputs=c.search, outputs=[c.gallery, c.names], **private)
     c.refresh.click(lambda q: show(q, True), inputs=c.search, outputs=[c.gallery, c.names], **private)
+    if c.editor is not None:
+        _wire_editor(ctx, c, c.editor, private)
+
+
+def _wire_editor(ctx: AppContext, c: NetworkCards, e: MetadataEditor, private: dict[str, Any]) -> None:
+    keys = list(e.fields)
+    outputs = list(e.fields.values())
+    e.name.focus(lambda: gr.update(choices=[f.name for f in c.kind.files(ctx, False)]), outputs=e.name, **private)
+    e.name.change(lambda name: metadata_values(ctx, c.kind, name, keys), inputs=e.name, outputs=outputs, **private)
+    e.save.click(
+        lambda name, *values: save_metadata(ctx, c.kind, name, keys, list(values)),
+        inputs=[e.name, *outputs],
+        outputs=e.result,
+        **private,
+    )

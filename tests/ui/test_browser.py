@@ -441,3 +441,29 @@ def test_a_checkpoint_card_click_loads_that_checkpoint(page, server):
         "() => document.querySelector('#setting_sd_model_checkpoint input').value.startsWith('sd1-inpaint.safetensors')"
     )
     server.ctx.update_settings({"sd_model_checkpoint": before})  # as the other tests expect
+
+
+def test_the_card_metadata_editor_saves_the_json_beside_the_lora(page, server, tiny_models_dir):
+    from tests.support.tiny_loras import write_tiny_lora
+
+    target = server.data_dir / "models" / "Lora" / "quill.safetensors"
+    lora = write_tiny_lora(tiny_models_dir / "sd1.safetensors", target)
+    lora.with_suffix(".json").write_text(json.dumps({"activation text": "quill lines", "sd version": "SD1"}))
+    page.locator("#txt2img_extra_tabs button[role=tab]", has_text="Lora").click()
+    page.locator("#txt2img_lora_extra_refresh").click()
+    page.locator("#txt2img_lora_edit_user_metadata").get_by_text("Edit metadata").click()
+    name = page.locator("#txt2img_lora_edit_user_metadata_name input")
+    name.click()  # the list is read again when it opens: the new file is there
+    page.get_by_role("option", name="quill").click()
+    activation = page.locator("#txt2img_lora_edit_user_metadata_activation_text textarea")
+    page.wait_for_function(
+        "() => document.querySelector('#txt2img_lora_edit_user_metadata_activation_text textarea').value"
+        " == 'quill lines'"
+    )
+    activation.fill("quill strokes")
+    page.locator("#txt2img_lora_edit_user_metadata_notes textarea").fill("made in the browser test")
+    page.locator("#txt2img_lora_edit_user_metadata_save").click()
+    page.locator("#txt2img_lora_edit_user_metadata_result").filter(has_text="Saved quill.json").wait_for()
+    saved = json.loads(lora.with_suffix(".json").read_text(encoding="utf-8"))
+    assert saved["activation text"] == "quill strokes" and saved["notes"] == "made in the browser test"
+    assert saved["sd version"] == "SD1"  # the keys the editor does not show are kept

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 
+import gradio as gr
+import pytest
 import torch
 from PIL import Image
 
 from modules.engine.types import NetworkFile
-from modules.ui.extra_networks import KINDS, card_tag, cards, pick_checkpoint, toggle, toggle_word
+from modules.ui.extra_networks import (
+    KINDS,
+    card_tag,
+    cards,
+    metadata_values,
+    pick_checkpoint,
+    save_metadata,
+    toggle,
+    toggle_word,
+)
 from tests.ui.conftest import make_context
 
 TEXTUAL_INVERSION, CHECKPOINTS, LORA = KINDS
@@ -99,5 +110,33 @@ def test_a_checkpoint_card_loads_that_checkpoint(tmp_path, tiny_models_dir):
         assert "third" in cards(ctx, CHECKPOINTS, rescan=True)[1]  # 🔄 scans the folder again
         pick_checkpoint(ctx, "gone")  # a card whose file went away changes nothing
         assert ctx.settings.sd_model_checkpoint.startswith("sub/second.safetensors")
+    finally:
+        ctx.close()
+
+
+def test_the_metadata_editor_writes_the_cards_json_and_keeps_its_other_keys(tmp_path):
+    ctx = make_context(tmp_path)
+    try:
+        folder = tmp_path / "models" / "Lora"
+        folder.mkdir(parents=True)
+        ink = _file(folder, "ink", {"sd version": "SD1", "activation text": "old words"})
+        _file(folder, "bare")
+        cards(ctx, LORA, rescan=True)
+        keys = ["description", "activation text", "negative text", "notes", "preferred weight"]
+        assert metadata_values(ctx, LORA, "ink", keys) == ["", "old words", "", "", 0]
+        values = ["brush strokes", "ink wash", "color", "trained on scrolls", 0.6]
+        assert save_metadata(ctx, LORA, "ink", keys, values) == "Saved ink.json."
+        saved = json.loads(ink.path.with_suffix(".json").read_text(encoding="utf-8"))
+        assert saved["sd version"] == "SD1" and saved["activation text"] == "ink wash"  # other keys kept
+        assert metadata_values(ctx, LORA, "ink", keys) == values
+        assert card_tag(ink) == "<lora:ink:0.6> ink wash"  # what a card click now adds
+        save_metadata(ctx, LORA, "bare", ["notes"], ["made here"])  # no json yet: one is made
+        assert json.loads((folder / "bare.json").read_text(encoding="utf-8")) == {"notes": "made here"}
+        (folder / "bare.json").write_text("{broken", encoding="utf-8")
+        with pytest.raises(gr.Error, match=r"bare\.json is not valid JSON.*left as it is"):
+            save_metadata(ctx, LORA, "bare", ["notes"], ["x"])
+        assert (folder / "bare.json").read_text(encoding="utf-8") == "{broken"  # the user's file, untouched
+        with pytest.raises(gr.Error, match="Choose a card"):
+            save_metadata(ctx, LORA, None, ["notes"], ["x"])
     finally:
         ctx.close()
