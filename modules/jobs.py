@@ -72,10 +72,24 @@ class Job:
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stop_after_batch: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def interrupt(self) -> None:
         """Ask the job to stop as soon as possible (checked after every sampling step)."""
         self._interrupt.set()
+
+    def stop_generating(self) -> None:
+        """Ask the job to stop once the current batch is done (A1111's "Don't Interrupt in the middle")."""
+        self._stop_after_batch.set()
+
+    def should_stop_after_batch(self) -> bool:
+        """Whether the job should start no further batch."""
+        return self._stop_after_batch.is_set()
+
+    @property
+    def stopping_generation(self) -> bool:
+        """Whether it stops after the current batch (A1111's ``state.stopping_generation``)."""
+        return self._stop_after_batch.is_set()
 
     def skip(self) -> None:
         """Ask the job to abandon the current batch and continue with the next one."""

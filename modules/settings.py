@@ -150,7 +150,6 @@ IGNORED_A1111_OPTIONS: frozenset[str] = frozenset(
         "enable_reloading_ui_scripts",
         "sd_checkpoint_hash",
         "directories_max_prompt_words",
-        "interrupt_after_current",
         "sd_vae_overrides_per_model_preferences",
         "sd_vae_encode_method",
         "sd_vae_decode_method",
@@ -233,6 +232,9 @@ class Settings(BaseModel):
     outdir_txt2img_grids: str = _opt("outputs/txt2img-grids", "Output directory for txt2img grids", "saving_paths")
     outdir_img2img_grids: str = _opt("outputs/img2img-grids", "Output directory for img2img grids", "saving_paths")
     outdir_save: str = _opt("log/images", "Directory for saving images using the Save button", "saving_paths")
+    interrupt_after_current: bool = _opt(
+        True, "Don't Interrupt in the middle (with several batches, Interrupt lets the current one finish)", "ui"
+    )
     send_seed: bool = _opt(True, "Send seed when sending prompt or image to other interface", "ui")
     send_size: bool = _opt(True, "Send size when sending prompt or image to another interface", "ui")
     live_previews_enable: bool = _opt(True, "Show live previews of the created image", "live_previews")

@@ -131,3 +131,11 @@ def test_previews_are_wanted_while_someone_asks_and_kept_with_their_step(q, monk
     job.show_preview(first, 10)
     job.show_preview(second, 20)
     assert (job.current_image, job.preview_step, job.id_live_preview) == (second, 20, 2)
+
+
+def test_stop_generating_lets_the_batch_finish(q):
+    job = q.submit(lambda job: None)
+    job.wait(5)
+    assert not job.stopping_generation and not job.should_stop_after_batch()
+    job.stop_generating()
+    assert job.stopping_generation and job.should_stop_after_batch() and not job.should_stop()

@@ -80,7 +80,7 @@ def progress(
     state = ProgressState(
         skipped=job.skipped,
         interrupted=job.interrupted,
-        stopping_generation=False,
+        stopping_generation=job.stopping_generation,
         job=_job_label(job),
         job_count=max(job.job_count, 1),
         job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(started)),

@@ -201,7 +201,7 @@ def _generate(
     result = GenerationResult(width=width, height=height, job_timestamp=time.strftime("%Y%m%d%H%M%S"))
     # 4. Sample and decode each batch.
     for n in range(request.n_iter):
-        if controls.should_stop():
+        if controls.should_stop() or controls.should_stop_after_batch():
             result.interrupted = True
             break
         controls.clear_skip()

@@ -25,6 +25,9 @@ class JobControls(Protocol):
     def should_skip(self) -> bool:
         """Whether the current batch should be abandoned."""
 
+    def should_stop_after_batch(self) -> bool:
+        """Whether the job should start no further batch (the current one finishes)."""
+
     def clear_skip(self) -> None:
         """Reset the skip request at the start of a batch."""
 
@@ -48,6 +51,10 @@ class NoControls:
 
     def should_skip(self) -> bool:
         """Never skip."""
+        return False
+
+    def should_stop_after_batch(self) -> bool:
+        """Never stop."""
         return False
 
     def clear_skip(self) -> None:

@@ -151,6 +151,22 @@ def _run_generation(ctx: AppContext, t: GenerationTab, values: dict[str, Any]) -
     yield {t.progress: "", t.gallery: images, t.html_info: info_html, t.generation_info: info_json, t.selected_index: 0}
 
 
+def interrupt_job(ctx: AppContext) -> None:
+    """The Interrupt button (and Esc): stop the running job.
+
+    With several batches and "Don't Interrupt in the middle" (A1111's ``interrupt_after_current``), the first press
+    lets the current batch finish and the next press stops at once, as in A1111.
+    """
+    job = ctx.jobs.current
+    if job is None:
+        return
+    if not job.stopping_generation and job.job_count > 1 and ctx.settings.interrupt_after_current:
+        job.stop_generating()
+        gr.Info("Generation will stop after finishing this image, click again to stop immediately.")
+    else:
+        job.interrupt()
+
+
 def wire_generate(ctx: AppContext, t: GenerationTab) -> None:
     """Generate (queued, streamed progress) and Interrupt/Skip (unqueued, so they run while a job does)."""
 
@@ -158,9 +174,7 @@ def wire_generate(ctx: AppContext, t: GenerationTab) -> None:
         yield from _run_generation(ctx, t, values)
 
     def interrupt() -> None:
-        job = ctx.jobs.current
-        if job is not None:
-            job.interrupt()
+        interrupt_job(ctx)
 
     def skip() -> None:
         job = ctx.jobs.current

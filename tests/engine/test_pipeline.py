@@ -96,6 +96,27 @@ def test_interrupt_returns_what_was_made(load_tiny, tiny_models):
     assert res.interrupted and len(res.images) == 1
 
 
+def test_stop_after_the_batch_finishes_the_current_batch_and_starts_no_other(load_tiny, tiny_models):
+    """A1111's "Don't Interrupt in the middle": asked during batch 2 of 3, batch 2 runs to its last step."""
+    model = load_tiny(tiny_models["sd1"])
+    request = GenerationRequest(prompt="x", seed=1, n_iter=3, batch_size=2, **FAST)
+
+    class StopDuringSecondBatch(NoControls):
+        asked = False
+
+        def report(self, step, total, job_no=0, job_count=1):
+            self.asked = self.asked or (job_no == 1 and step == 1)
+
+        def should_stop_after_batch(self):
+            return self.asked
+
+    full = generate(model, request)
+    res = generate(model, request, controls=StopDuringSecondBatch())
+    assert res.interrupted and len(res.images) == 4 and res.seeds == full.seeds[:4]
+    for finished, whole in zip(res.images, full.images[:4], strict=True):
+        assert np.array_equal(np.asarray(finished), np.asarray(whole))  # every step of batch 2 ran
+
+
 def test_clip_skip_written_and_changes_image(load_tiny, tiny_models):
     model = load_tiny(tiny_models["sd1"])
     req = GenerationRequest(prompt="a cat", seed=3, **FAST)

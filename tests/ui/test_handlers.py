@@ -231,3 +231,26 @@ def test_pasted_settings_are_offered_as_overrides_and_apply_to_that_job_only(tmp
             list(generation._run_generation(ctx, t, {**values, "override_settings": ["Nope: 1"]}))
     finally:
         ctx.close()
+
+
+@pytest.mark.parametrize(("setting", "batches", "first", "second"), [
+    (True, 3, "stopping", "interrupted"),  # A1111's default: let the image finish, then a second press stops
+    (True, 1, "interrupted", "interrupted"),  # one batch: at once
+    (False, 3, "interrupted", "interrupted"),
+])  # fmt: skip
+def test_interrupt_lets_the_current_batch_finish_first_when_set(setting, batches, first, second, monkeypatch):
+    from modules.jobs import Job
+
+    job = Job(fn=lambda job: None)
+    job.report(1, 10, 0, batches)
+    ctx = SimpleNamespace(jobs=SimpleNamespace(current=job), settings=Settings(interrupt_after_current=setting))
+    monkeypatch.setattr(gr, "Info", lambda message: None)
+
+    def state():
+        return "interrupted" if job.should_stop() else "stopping" if job.stopping_generation else "running"
+
+    generation.interrupt_job(ctx)
+    assert state() == first
+    generation.interrupt_job(ctx)
+    assert state() == second
+    generation.interrupt_job(SimpleNamespace(jobs=SimpleNamespace(current=None), settings=Settings()))  # no job
