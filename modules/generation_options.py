@@ -32,10 +32,10 @@ def sampler_settings(settings: Settings) -> SamplerSettings:
 
 
 def preview_settings(settings: Settings) -> PreviewSettings:
-    """The engine's live-preview settings (``live_previews_enable`` off, or a period of -1: none while sampling)."""
+    """The engine's live-preview settings (``live_previews_enable`` off: none; a period of -1: one per batch)."""
     every = settings.show_progress_every_n_steps if settings.live_previews_enable else 0
     return PreviewSettings(
-        every_n_steps=max(every, 0),
+        every_n_steps=every,
         method=settings.show_progress_type,
         content=settings.live_preview_content,
         grid=settings.show_progress_grid,

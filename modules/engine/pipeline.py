@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from modules.engine import hires, img2img, kernel_build, kloop, offload, scripts
+from modules.engine import hires, img2img, kernel_build, kloop, offload, previews, scripts
 from modules.engine.accel import graphs_enabled, start_queued_compiles
 from modules.engine.infotext import format_infotext
 from modules.engine.loader import LoadedModel
@@ -214,7 +214,9 @@ def _generate(
             latents = hr.run(model, encoded, options, latents, *hr_args)
         decoder = hr.model_for(model) if hr is not None else model
         decoder = refiner.decoder(decoder) if refiner is not None else decoder
-        for i, image in enumerate(decode_latents(decoder, latents)):
+        decoded = decode_latents(decoder, latents)
+        previews.show_batch(options.preview, controls, decoded, _total_steps(request))
+        for i, image in enumerate(decoded):
             k = batch.start + i
             params = infotext_params(model, request, options, sampler, schedule, seeds[k], subseeds[k])
             if hr is not None:

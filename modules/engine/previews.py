@@ -13,7 +13,7 @@ Methods (setting ``show_progress_type``):
     ``Approx NN`` (A1111's default) and ``TAESD`` need decoder weights that A1111 ships or downloads; there are none
         here, so they draw as ``Approx cheap`` (README, deviations).
 Content (``live_preview_content``): ``Combined`` (the guided prediction), ``Prompt`` (A1111's default: the prompt's
-own prediction) or ``Negative prompt``.
+own prediction) or ``Negative prompt``. A period of -1 shows each finished batch instead (its decoded images).
 """
 
 from __future__ import annotations
@@ -81,6 +81,12 @@ def draw(model: LoadedModel, latents: torch.Tensor, settings: PreviewSettings) -
     else:
         images = approx_cheap(chosen, sdxl=model.model_type.is_sdxl)
     return grid(images)
+
+
+def show_batch(settings: PreviewSettings, controls: JobControls, images: list[Image.Image], step: int) -> None:
+    """A period of -1 (A1111's "only after a batch"): the finished batch's images are the preview, when watched."""
+    if settings.every_n_steps < 0 and images and controls.preview_wanted():
+        controls.show_preview(grid(images if settings.grid else images[:1]), step)
 
 
 @dataclass

@@ -208,8 +208,8 @@ class PreviewSettings:
     """Live previews (A1111's settings; engine/previews.py).
 
     Attributes:
-        every_n_steps: ``show_progress_every_n_steps``: steps between previews; 0 or less: none while sampling
-            (A1111's -1; also what ``live_previews_enable`` off gives).
+        every_n_steps: ``show_progress_every_n_steps``: steps between previews; 0: none (``live_previews_enable``
+            off); -1: one of each finished batch, none while sampling (A1111's).
         method: ``show_progress_type``: ``Full``, ``Approx NN``, ``Approx cheap`` or ``TAESD``.
         content: ``live_preview_content``: ``Combined``, ``Prompt`` or ``Negative prompt``.
         grid: ``show_progress_grid``: the whole batch in a grid, else its first image.

@@ -152,3 +152,16 @@ def test_sdxl_previews_use_its_own_map(load_tiny, tiny_models):
     assert image.size == (8, 8)
     full = dataclasses.replace(PreviewSettings(), method="Full")
     assert previews.draw(model, latents, full).size == decode_latents(model.components.vae, latents)[0].size
+
+
+def test_a_period_of_minus_one_shows_each_finished_batch(load_tiny, tiny_models):
+    model = load_tiny(tiny_models["sd1"])
+    request = GenerationRequest(**BASE, steps=3, sampler_name="Euler", n_iter=2)
+    watched = Watcher()
+    result = generate(model, request, _options(every_n_steps=-1), watched)
+    assert [step for step, _ in watched.shown] == [3, 3]  # none while sampling, one per batch
+    for (_, shown), image in zip(watched.shown, result.images, strict=True):
+        assert np.array_equal(np.asarray(shown), np.asarray(image))
+    unwatched = Watcher(watching=False)
+    generate(model, request, _options(every_n_steps=-1), unwatched)
+    assert unwatched.shown == []
