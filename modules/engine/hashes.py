@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -11,6 +10,8 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from modules.engine.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -154,15 +155,10 @@ class HashCache:
     def _save_locked(self) -> None:
         """Write the cache atomically; a failure is logged and the digests stay in memory."""
         payload = {"version": CACHE_FORMAT_VERSION, "files": self._entries or {}}
-        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
-            tmp.replace(self._path)
+            write_text_atomic(self._path, json.dumps(payload, indent=1, sort_keys=True))
         except OSError as error:
             logger.warning("Cannot write hash cache %s: %s", self._path, error)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
 
 
 class FileDigests:

@@ -17,15 +17,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import io
 import logging
-import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules.engine.files import write_text_atomic
 from modules.engine.types import GenerationRequest
 from modules.errors import InvalidRequestError
 
@@ -229,16 +229,10 @@ def _raw_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def _write_rows(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
     """Replace ``path`` atomically with ``rows``; the file as it was goes to ``<path>.bak`` first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         shutil.copy2(path, path.with_name(path.name + ".bak"))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=header, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=header, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from modules.engine.files import write_text_atomic
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -343,9 +345,7 @@ class NetworkFile:
             if not isinstance(data, dict):
                 raise ValueError(f"{path.name} does not hold a JSON object; it was left as it is: fix or remove it")
         data.update(updates)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
-        temporary.replace(path)
+        write_text_atomic(path, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
         return path
 
     def preview(self) -> Path | None:

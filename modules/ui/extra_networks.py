@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
+from modules.engine.types import NetworkFile
 from modules.ui import quicksettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from modules.context import AppContext
-    from modules.engine.types import NetworkFile
     from modules.ui.txt2img import GenerationTab
 
 _BLANK_CARD = (256, 384)
@@ -102,8 +102,6 @@ def toggle_word(prompt: str, file: NetworkFile) -> str:
 
 def checkpoint_files(ctx: AppContext, rescan: bool) -> list[NetworkFile]:
     """The checkpoints as cards: named as A1111's cards name them (the file name without its extension)."""
-    from modules.engine.types import NetworkFile
-
     found = ctx.refresh_checkpoints() if rescan else ctx.checkpoints
     return [NetworkFile(Path(c.name).with_suffix("").as_posix(), c.filename) for c in found]
 

@@ -13,8 +13,6 @@ the weights change in place) and the image difference the LoRA makes (it must ma
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -29,6 +27,7 @@ from modules.engine.loader import LoadOptions, ModelManager, select_device
 from modules.engine.networks import Networks
 from modules.engine.pipeline import generate
 from modules.engine.types import CheckpointInfo, GenerationRequest
+from tests.gpu import probe_cli
 from tests.support.tiny_loras import TRAINED, write_lora
 
 
@@ -103,18 +102,10 @@ def probe(path: Path, *, rank: int, runs: int, size: int | None = None, steps: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--rank", type=int, default=32)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    results = [probe(path, rank=args.rank, runs=args.runs) for path in args.checkpoints]
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    return 0
+    parse = probe_cli.parser(__doc__.splitlines()[0])
+    parse.add_argument("--rank", type=int, default=32)
+    args = parse.parse_args(argv)
+    return probe_cli.report([probe(path, rank=args.rank, runs=args.runs) for path in args.checkpoints], args.out)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ unwatched one (previews never change what is sampled).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from modules.engine.loader import LoadOptions, ModelManager, select_device
 from modules.engine.pipeline import generate
 from modules.engine.progress import NoControls
 from modules.engine.types import CheckpointInfo, GenerationOptions, GenerationRequest, PreviewSettings
+from tests.gpu import probe_cli
 
 
 class _Watcher(NoControls):
@@ -81,17 +80,8 @@ def probe(path: Path, *, runs: int, size: int | None = None, steps: int = 20) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    results = [probe(path, runs=args.runs) for path in args.checkpoints]
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    return 0
+    args = probe_cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    return probe_cli.report([probe(path, runs=args.runs) for path in args.checkpoints], args.out)
 
 
 if __name__ == "__main__":
